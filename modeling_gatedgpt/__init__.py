@@ -1,0 +1,28 @@
+"""GatedGPT2: GPT-2 with token-wise gated cross-attention to image embeddings.
+
+Importing this package registers the classes with `AutoConfig`, `AutoModel` and `AutoModelForCausalLM`; saved
+checkpoints carry the code and an `auto_map`, so they load with `trust_remote_code=True` where it is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_gatedgpt import GatedGPT2Config
+from .gating import HardGate, SoftGate
+from .modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Model, GatedGPT2PreTrainedModel
+
+
+AutoConfig.register(GatedGPT2Config.model_type, GatedGPT2Config, exist_ok=True)
+AutoModel.register(GatedGPT2Config, GatedGPT2Model, exist_ok=True)
+AutoModelForCausalLM.register(GatedGPT2Config, GatedGPT2ForCausalLM, exist_ok=True)
+GatedGPT2Config.register_for_auto_class()
+GatedGPT2Model.register_for_auto_class("AutoModel")
+GatedGPT2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "GatedGPT2Config",
+    "GatedGPT2Model",
+    "GatedGPT2ForCausalLM",
+    "GatedGPT2PreTrainedModel",
+    "HardGate",
+    "SoftGate",
+]

@@ -1,0 +1,169 @@
+"""Configuration of GatedGPT2: a GPT-2 decoder that cross-attends to image embeddings through a learned gate."""
+
+from transformers import Dinov2Config, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+GATES = ("soft", "hard", "none")
+GATE_GRANULARITIES = ("feature", "token")
+FUSIONS = ("paper", "residual")
+MODULATIONS = (None, "film", "dyintra")
+MODULATION_TARGETS = ("text", "cross_attn", "image")
+IMAGE_ENCODERS = ("transformer", "mlp", "linear")
+CONTRASTIVE_LOSSES = (None, "clip", "lcg")
+VISION_FEATURES = ("cls", "cls_patches")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+class GatedGPT2Config(PreTrainedConfig):
+    r"""
+    Defaults are the base model of "Looking to Learn" (arXiv 2510.08470): 8 layers, 768 wide, 8 heads, context 128, a
+    768-d DINOv2 image embedding through a linear projection and a 5-layer transformer encoder, and a soft
+    per-feature gate in every layer.
+
+    Text stream (same meaning as in [`GPT2Config`]): `vocab_size`, `n_positions`, `n_embd`, `n_layer`, `n_head`,
+    `n_inner`, `activation_function`, `resid_pdrop`, `embd_pdrop`, `attn_pdrop`, `layer_norm_epsilon`,
+    `initializer_range`, `scale_attn_weights`, `tie_word_embeddings`.
+
+    Image side:
+        image_embed_dim (`int`): width of the image embeddings given as `image_embeds`.
+        image_encoder (`str`): `"transformer"` (linear projection + `image_encoder_layers` bidirectional pre-LN
+            layers), `"mlp"` (two-layer MLP) or `"linear"` (projection only).
+        channel_attention (`bool`): squeeze-excitation over the feature channels of the encoded image tokens,
+            reduction `channel_attention_reduction`.
+        cross_attention_layers (`list[int]`, *optional*): decoder layers that cross-attend to the image; all of them
+            when `None`.
+        vision_config ([`Dinov2Config`], *optional*): a frozen DINOv2 tower inside the model, so that `pixel_values`
+            are accepted; `vision_feature` picks its `"cls"` token or `"cls_patches"` (CLS + all patch tokens).
+
+    Gate and fusion (per cross-attention layer, with h = LN(x) and c the cross-attention output):
+        gate (`str`): `"soft"` (sigmoid), `"hard"` (Gumbel-softmax over (text, image) in training, argmax at
+            inference) or `"none"` (x + c).
+        gate_granularity (`str`): one gate value per `"feature"` or per `"token"`.
+        gate_temperature_start, gate_temperature_end, gate_temperature_steps: the hard gate's Gumbel temperature,
+            annealed geometrically from start to end over that many optimizer steps (see `gate_temperature_at`).
+        gate_straight_through (`bool`): hard gates use the straight-through estimator in training.
+        fusion (`str`): `"paper"`: x + LN(g*h + (1-g)*c), as in the paper's code; `"residual"`: x + (1-g)*c, which is
+            exactly the text-only block when g = 1.
+
+    Modulation:
+        modulation (`str`, *optional*): `"film"` ((1+gamma) * v + beta, gamma and beta from the other modality) or
+            `"dyintra"` (v * (1 + sigmoid(W u))).
+        modulation_target (`str`): what is modulated: `"text"` (the text query h, by the pooled image),
+            `"cross_attn"` (c, by h) or `"image"` (the image tokens, by h at each position: causal by construction).
+
+    Auxiliary loss:
+        contrastive (`str`, *optional*): `"clip"` (symmetric InfoNCE, caption vs image) or `"lcg"` (each token
+            grounded to its own image, -log p), added to the LM loss with weight `contrastive_weight`;
+            `contrastive_dim` is the shared projection width (`n_embd` when `None`).
+    """
+
+    model_type = "gated_gpt2"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "n_embd",
+        "max_position_embeddings": "n_positions",
+        "num_attention_heads": "n_head",
+        "num_hidden_layers": "n_layer",
+    }
+    sub_configs_defaults = {"vision_config": SubConfigSpec(config_class=Dinov2Config, optional=True)}
+
+    vocab_size: int = 50257
+    n_positions: int = 128
+    n_embd: int = 768
+    n_layer: int = 8
+    n_head: int = 8
+    n_inner: int | None = 3072
+    activation_function: str = "gelu_new"
+    resid_pdrop: float | int = 0.1
+    embd_pdrop: float | int = 0.1
+    attn_pdrop: float | int = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    use_cache: bool = True
+    bos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256
+    pad_token_id: int | None = None
+    tie_word_embeddings: bool = True
+
+    image_embed_dim: int = 768
+    image_encoder: str = "transformer"
+    image_encoder_layers: int = 5
+    channel_attention: bool = False
+    channel_attention_reduction: int = 16
+    cross_attention_layers: list[int] | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    vision_feature: str = "cls"
+
+    gate: str = "soft"
+    gate_granularity: str = "feature"
+    gate_temperature_start: float = 1.0
+    gate_temperature_end: float = 0.1
+    gate_temperature_steps: int = 10_000
+    gate_straight_through: bool = True
+    fusion: str = "paper"
+
+    modulation: str | None = None
+    modulation_target: str = "text"
+
+    contrastive: str | None = None
+    contrastive_weight: float = 0.1
+    contrastive_dim: int | None = None
+
+    output_gates: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _check_choice("gate", self.gate, GATES)
+        _check_choice("gate_granularity", self.gate_granularity, GATE_GRANULARITIES)
+        _check_choice("fusion", self.fusion, FUSIONS)
+        _check_choice("modulation", self.modulation, MODULATIONS)
+        _check_choice("modulation_target", self.modulation_target, MODULATION_TARGETS)
+        _check_choice("image_encoder", self.image_encoder, IMAGE_ENCODERS)
+        _check_choice("contrastive", self.contrastive, CONTRASTIVE_LOSSES)
+        _check_choice("vision_feature", self.vision_feature, VISION_FEATURES)
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"`n_embd` ({self.n_embd}) must be divisible by `n_head` ({self.n_head}).")
+        if self.image_encoder == "transformer" and self.image_encoder_layers < 1:
+            raise ValueError(
+                f"`image_encoder_layers` must be >= 1 for image_encoder='transformer', got {self.image_encoder_layers}."
+            )
+        if not 0 < self.gate_temperature_end <= self.gate_temperature_start:
+            raise ValueError(
+                "Gate temperatures must satisfy 0 < gate_temperature_end <= gate_temperature_start, got "
+                f"start={self.gate_temperature_start}, end={self.gate_temperature_end}."
+            )
+        if self.gate_temperature_steps < 0:
+            raise ValueError(f"`gate_temperature_steps` must be >= 0, got {self.gate_temperature_steps}.")
+        if self.cross_attention_layers is not None:
+            layers = list(self.cross_attention_layers)
+            bad = [i for i in layers if not 0 <= i < self.n_layer]
+            if bad or len(set(layers)) != len(layers):
+                raise ValueError(
+                    f"`cross_attention_layers` must be distinct indices in [0, {self.n_layer}), got {layers}."
+                )
+            self.cross_attention_layers = sorted(layers)
+        if self.vision_config is not None and self.vision_config.hidden_size != self.image_embed_dim:
+            raise ValueError(
+                f"`image_embed_dim` ({self.image_embed_dim}) must equal the vision tower's hidden_size "
+                f"({self.vision_config.hidden_size})."
+            )
+
+    @property
+    def cross_attention_layer_indices(self) -> list[int]:
+        return list(range(self.n_layer)) if self.cross_attention_layers is None else list(self.cross_attention_layers)
+
+    def gate_temperature_at(self, step: int) -> float:
+        """Gumbel temperature after `step` optimizer steps: geometric from start to end, then constant."""
+        if self.gate_temperature_steps == 0:
+            return self.gate_temperature_end
+        progress = min(max(step, 0) / self.gate_temperature_steps, 1.0)
+        return self.gate_temperature_start * (self.gate_temperature_end / self.gate_temperature_start) ** progress
+
+
+__all__ = ["GatedGPT2Config"]

@@ -1,0 +1,138 @@
+"""GPT-2 attention and MLP, shared by the text stream and the image encoder.
+
+Parameter names follow `transformers`' GPT-2 (`c_attn`, `q_attn`, `c_proj`, `c_fc`) so GPT-2 weights load unchanged.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.pytorch_utils import Conv1D
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+        else:
+            attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1).type(value.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2)
+    return attn_output, attn_weights
+
+
+class GatedGPT2Attention(nn.Module):
+    """Multi-head attention: causal self-attention, bidirectional self-attention (image encoder), or
+    cross-attention from text queries to image tokens.
+
+    Cross-attention keys/values are computed once per sequence and kept in the cross-attention half of an
+    `EncoderDecoderCache`. Image tokens of shape (B, T, N, D), one set per query position (image modulation), are
+    attended per position and never cached, since they change with every new token.
+    """
+
+    def __init__(self, config, is_cross_attention=False, is_causal=True, layer_idx=None):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.is_cross_attention = is_cross_attention
+        self.is_causal = is_causal and not is_cross_attention
+        self.layer_idx = layer_idx
+        self.scaling = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
+
+        if is_cross_attention:
+            self.q_attn = Conv1D(self.embed_dim, self.embed_dim)
+            self.c_attn = Conv1D(2 * self.embed_dim, self.embed_dim)
+        else:
+            self.c_attn = Conv1D(3 * self.embed_dim, self.embed_dim)
+        self.c_proj = Conv1D(self.embed_dim, self.embed_dim)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        return states.view(*states.shape[:-1], self.num_heads, self.head_dim).transpose(-2, -3)
+
+    def _cross_key_values(self, key_value_states, past_key_values):
+        cache = past_key_values.cross_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else None
+        if cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            layer = cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        if key_value_states is None:
+            raise ValueError("Cross-attention needs image states when its key/value cache is empty.")
+        key, value = self.c_attn(key_value_states).split(self.embed_dim, dim=-1)
+        key, value = self._split_heads(key), self._split_heads(value)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+            past_key_values.is_updated[self.layer_idx] = True
+        return key, value
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        past_key_values=None,
+        attention_mask: torch.Tensor | None = None,
+        key_value_states: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len = hidden_states.shape[:2]
+        per_position_images = key_value_states is not None and key_value_states.dim() == 4
+
+        if not self.is_cross_attention:
+            query, key, value = self.c_attn(hidden_states).split(self.embed_dim, dim=-1)
+            query, key, value = self._split_heads(query), self._split_heads(key), self._split_heads(value)
+            if past_key_values is not None:
+                cache = past_key_values
+                if isinstance(cache, EncoderDecoderCache):
+                    cache = cache.self_attention_cache
+                key, value = cache.update(key, value, self.layer_idx)
+        elif per_position_images:
+            # Fold positions into the batch: each text position is a length-1 query over its own image tokens.
+            query = self.q_attn(hidden_states).reshape(batch_size * seq_len, 1, self.num_heads, self.head_dim)
+            query = query.transpose(1, 2)
+            key, value = self.c_attn(key_value_states.flatten(0, 1)).split(self.embed_dim, dim=-1)
+            key, value = self._split_heads(key), self._split_heads(value)
+            if attention_mask is not None:  # (B, 1, T, N) -> (B*T, 1, 1, N)
+                attention_mask = attention_mask.expand(-1, -1, seq_len, -1).transpose(1, 2)
+                attention_mask = attention_mask.reshape(batch_size * seq_len, 1, 1, -1)
+        else:
+            query = self._split_heads(self.q_attn(hidden_states))
+            key, value = self._cross_key_values(key_value_states, past_key_values)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attn_dropout.p if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, seq_len, self.embed_dim).contiguous()
+        if per_position_images and attn_weights is not None:
+            attn_weights = attn_weights.reshape(batch_size, seq_len, self.num_heads, -1).transpose(1, 2)
+        attn_output = self.resid_dropout(self.c_proj(attn_output))
+        return attn_output, attn_weights
+
+
+class GatedGPT2MLP(nn.Module):
+    def __init__(self, intermediate_size, config):
+        super().__init__()
+        self.c_fc = Conv1D(intermediate_size, config.hidden_size)
+        self.c_proj = Conv1D(config.hidden_size, intermediate_size)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))

@@ -1,0 +1,549 @@
+"""GatedGPT2: a GPT-2 decoder whose tokens read image embeddings through gated cross-attention.
+
+Each decoder layer is GPT-2's (same parameter names, so GPT-2 weights load unchanged); the layers listed in
+`config.cross_attention_layers` add, between self-attention and MLP:
+
+    h = LN(x);  c = CrossAttention(h -> image tokens);  g = Gate([h; c])
+    x = x + LN(g*h + (1-g)*c)   (fusion="paper")   or   x = x + (1-g)*c   (fusion="residual")   or   x = x + c (gate="none")
+
+Rows without an image (`image_mask` false) skip that sub-layer and get exactly the text-only computation.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import Dinov2Model, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.pytorch_utils import Conv1D
+from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_gatedgpt import GatedGPT2Config
+from .contrastive import ContrastiveHead
+from .gating import GATE_CLASSES, HardGate
+from .image_encoder import ImageEncoder
+from .layers import GatedGPT2Attention, GatedGPT2MLP
+from .modulation import MODULATION_CLASSES, masked_mean
+
+
+@dataclass
+class GatedGPT2ModelOutput(ModelOutput):
+    """
+    last_hidden_state: (B, T, D) after the final LayerNorm.
+    past_key_values: an `EncoderDecoderCache` (self-attention, cross-attention), when `use_cache`.
+    hidden_states / attentions / cross_attentions: as in GPT-2 (attention weights need eager attention).
+    gates: one tensor per cross-attention layer, (B, T, D) per-feature or (B, T) per-token; 1.0 (all text) on rows
+        without an image. Requested with `output_gates=True`.
+    contrastive_loss: the auxiliary image-text loss, when `config.contrastive` is set and the batch has images.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    gates: tuple[torch.Tensor, ...] | None = None
+    contrastive_loss: torch.Tensor | None = None
+
+
+@dataclass
+class GatedGPT2CausalLMOutput(ModelOutput):
+    """`loss` = `lm_loss` + config.contrastive_weight * `contrastive_loss`; other fields as in `GatedGPT2ModelOutput`."""
+
+    loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    contrastive_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    gates: tuple[torch.Tensor, ...] | None = None
+
+
+class GatedGPT2Block(GradientCheckpointingLayer):
+    def __init__(self, config: GatedGPT2Config, layer_idx: int):
+        super().__init__()
+        hidden_size = config.hidden_size
+        inner_dim = config.n_inner if config.n_inner is not None else 4 * hidden_size
+        self.ln_1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+        self.attn = GatedGPT2Attention(config, layer_idx=layer_idx)
+        self.ln_2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+        self.mlp = GatedGPT2MLP(inner_dim, config)
+
+        self.has_cross_attention = layer_idx in config.cross_attention_layer_indices
+        if self.has_cross_attention:
+            self.ln_cross_attn = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+            self.crossattention = GatedGPT2Attention(config, is_cross_attention=True, layer_idx=layer_idx)
+            gated = config.gate != "none"
+            self.gate = GATE_CLASSES[config.gate](config) if gated else None
+            self.ln_fused = (
+                nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon) if gated and config.fusion == "paper" else None
+            )
+            self.modulation = MODULATION_CLASSES[config.modulation](hidden_size, hidden_size) if config.modulation else None
+            self.modulation_target = config.modulation_target
+            self.per_token_gate = config.gate_granularity == "token"
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_states: torch.Tensor | None = None,
+        image_pooled: torch.Tensor | None = None,
+        image_attention_mask: torch.Tensor | None = None,
+        image_rows: torch.Tensor | None = None,
+        use_cache: bool | None = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, _ = self.attn(
+            self.ln_1(hidden_states), past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
+        )
+        hidden_states = hidden_states + attn_output
+
+        gate = None
+        if self.has_cross_attention and image_rows is not None:
+            hidden_states, gate = self.cross_attend(
+                hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values
+            )
+
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, gate
+
+    def cross_attend(self, hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values):
+        text = self.ln_cross_attn(hidden_states)
+        image_kv = image_states
+        if self.modulation is not None and self.modulation_target == "text":
+            text = self.modulation(text, image_pooled)
+        elif self.modulation is not None and self.modulation_target == "image":
+            # Image tokens seen from position t are conditioned on h_t alone, which only depends on tokens <= t.
+            image_kv = self.modulation(image_states.unsqueeze(1), text.unsqueeze(2))
+        cross, _ = self.crossattention(
+            text, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv
+        )
+        if self.modulation is not None and self.modulation_target == "cross_attn":
+            cross = self.modulation(cross, text)
+
+        if self.gate is None:
+            gate, update = None, cross
+        else:
+            gate = self.gate(text, cross)
+            update = self.ln_fused(gate * text + (1 - gate) * cross) if self.ln_fused is not None else (1 - gate) * cross
+
+        with_image = image_rows[:, None, None]
+        hidden_states = torch.where(with_image, hidden_states + update, hidden_states)
+        if gate is not None:
+            gate = torch.where(with_image, gate, 1.0)
+            gate = gate.squeeze(-1) if self.per_token_gate else gate
+        return hidden_states, gate
+
+
+class GatedGPT2PreTrainedModel(PreTrainedModel):
+    config: GatedGPT2Config
+    config_class = GatedGPT2Config
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GatedGPT2Block"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(GatedGPT2Block, index=0),
+        "attentions": OutputRecorder(GatedGPT2Attention, layer_name="attn", index=1),
+        "cross_attentions": OutputRecorder(GatedGPT2Attention, layer_name="crossattention", index=1),
+        "gates": OutputRecorder(GatedGPT2Block, index=1),
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, Conv1D):
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.bias)
+        if isinstance(module, (GatedGPT2Attention, GatedGPT2MLP)):
+            # GPT-2's scaled init of the projections that write into the residual stream.
+            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        if isinstance(module, HardGate):
+            init.constant_(module.temperature, self.config.gate_temperature_start)
+        if isinstance(module, ContrastiveHead):
+            init.constant_(module.logit_scale, math.log(1 / 0.07))
+
+    def set_gate_temperature(self, tau: float) -> None:
+        """Set the Gumbel temperature of every hard gate (the trainer anneals it with `config.gate_temperature_at`)."""
+        if tau <= 0:
+            raise ValueError(f"`tau` must be > 0, got {tau}.")
+        for module in self.modules():
+            if isinstance(module, HardGate):
+                module.temperature.fill_(tau)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes the auto_map entry of the saved class only; a checkpoint must serve all three.
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoConfig": f"{GatedGPT2Config.__module__.split('.')[-1]}.GatedGPT2Config",
+            "AutoModel": f"{GatedGPT2Model.__module__.split('.')[-1]}.GatedGPT2Model",
+            "AutoModelForCausalLM": f"{GatedGPT2ForCausalLM.__module__.split('.')[-1]}.GatedGPT2ForCausalLM",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class GatedGPT2Model(GatedGPT2PreTrainedModel):
+    def __init__(self, config: GatedGPT2Config):
+        super().__init__(config)
+        self.embed_dim = config.hidden_size
+        self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
+        self.wpe = nn.Embedding(config.max_position_embeddings, self.embed_dim)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(GatedGPT2Block(config, layer_idx=i) for i in range(config.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+
+        self.image_encoder = ImageEncoder(config)
+        self.vision_tower = None
+        if config.vision_config is not None:
+            self.vision_tower = Dinov2Model(config.vision_config)
+            self.vision_tower.requires_grad_(False)
+        self.contrastive_head = ContrastiveHead(config) if config.contrastive else None
+
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vision_tower is not None:  # frozen: no dropout or drop-path, ever
+            self.vision_tower.eval()
+        return self
+
+    @torch.no_grad()
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen vision-tower embeddings (B, 1, D) for `vision_feature="cls"`, (B, 1 + P, D) for `"cls_patches"`."""
+        if self.vision_tower is None:
+            raise ValueError(
+                "`pixel_values` were given but this model has no vision tower (config.vision_config is None); "
+                "pass precomputed `image_embeds` instead."
+            )
+        tokens = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+        return tokens[:, :1] if self.config.vision_feature == "cls" else tokens
+
+    def _check_image_inputs(self, image_embeds, image_mask, image_attention_mask, batch_size):
+        """Validate the image arguments; return (embeds (B, N, D), rows (B,) bool, token mask (B, N) bool or None)."""
+        if image_embeds.dim() == 2:
+            image_embeds = image_embeds.unsqueeze(1)
+        if image_embeds.dim() != 3:
+            raise ValueError(
+                "`image_embeds` must be (batch, image_embed_dim) or (batch, num_image_tokens, image_embed_dim), "
+                f"got shape {tuple(image_embeds.shape)}."
+            )
+        if image_embeds.shape[-1] != self.config.image_embed_dim:
+            raise ValueError(
+                f"`image_embeds` width must be config.image_embed_dim={self.config.image_embed_dim}, got "
+                f"{image_embeds.shape[-1]} (shape {tuple(image_embeds.shape)})."
+            )
+        if image_embeds.shape[0] != batch_size:
+            raise ValueError(
+                f"`image_embeds` has {image_embeds.shape[0]} rows but the text batch has {batch_size}."
+            )
+        rows = torch.ones(batch_size, dtype=torch.bool, device=image_embeds.device)
+        if image_mask is not None:
+            if tuple(image_mask.shape) != (batch_size,):
+                raise ValueError(f"`image_mask` must have shape ({batch_size},), got {tuple(image_mask.shape)}.")
+            rows = image_mask.to(device=image_embeds.device, dtype=torch.bool)
+        token_mask = None
+        if image_attention_mask is not None:
+            expected = tuple(image_embeds.shape[:2])
+            if tuple(image_attention_mask.shape) != expected:
+                raise ValueError(
+                    f"`image_attention_mask` must have shape {expected}, got {tuple(image_attention_mask.shape)}."
+                )
+            token_mask = image_attention_mask.to(device=image_embeds.device, dtype=torch.bool)
+            empty = (rows & ~token_mask.any(-1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"`image_attention_mask` masks every image token of rows {empty}, which have an image.")
+            # Rows without an image attend to (zeroed) tokens anyway, so that no softmax sees an all-masked row.
+            token_mask = token_mask | ~rows[:, None]
+            image_embeds = image_embeds.masked_fill(~token_mask.unsqueeze(-1), 0.0)
+        # Rows without an image may hold placeholders (zeros, NaN); blank them so nothing leaks into gradients.
+        image_embeds = image_embeds.masked_fill(~rows[:, None, None], 0.0)
+        finite = torch.isfinite(image_embeds).flatten(1).all(-1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"`image_embeds` contain NaN or Inf in rows {bad}.")
+        return image_embeds, rows, token_mask
+
+    def _cross_cache_ready(self, past_key_values) -> bool:
+        layers = self.config.cross_attention_layer_indices
+        return (
+            isinstance(past_key_values, EncoderDecoderCache)
+            and bool(layers)
+            and bool(past_key_values.is_updated.get(layers[0], False))
+        )
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        image_attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> GatedGPT2ModelOutput:
+        r"""
+        image_embeds (`torch.Tensor` of shape `(batch_size, image_embed_dim)` or `(batch_size, num_image_tokens,
+            image_embed_dim)`): one global image vector per row, or a token set (e.g. DINOv2 CLS + patches).
+        image_mask (`torch.BoolTensor` of shape `(batch_size,)`): which rows have an image; the others get exactly
+            the text-only computation. All rows when omitted.
+        image_attention_mask (`torch.Tensor` of shape `(batch_size, num_image_tokens)`): 1 for real image tokens,
+            0 for padding in variable-size token sets.
+        pixel_values (`torch.Tensor`): images for the frozen vision tower (needs `config.vision_config`).
+        """
+        for flag in ("output_attentions", "output_hidden_states", "output_gates"):
+            kwargs.pop(flag, None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of `input_ids` and `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        batch_size, seq_len = inputs_embeds.shape[:2]
+
+        if use_cache:
+            if past_key_values is None:
+                past_key_values = DynamicCache(config=self.config)
+            if not isinstance(past_key_values, EncoderDecoderCache):
+                past_key_values = EncoderDecoderCache(past_key_values, DynamicCache(config=self.config))
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        if position_ids is None:
+            if past_length + seq_len > self.config.n_positions:
+                raise ValueError(
+                    f"Sequence length {past_length + seq_len} (cached {past_length} + new {seq_len}) exceeds "
+                    f"n_positions={self.config.n_positions}; split or truncate the input explicitly."
+                )
+            position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device).unsqueeze(0)
+        elif int(position_ids.max()) >= self.config.n_positions:
+            raise ValueError(
+                f"`position_ids` reach {int(position_ids.max())} but n_positions={self.config.n_positions}."
+            )
+
+        if pixel_values is not None:
+            if image_embeds is not None:
+                raise ValueError("Pass either `pixel_values` or `image_embeds`, not both.")
+            image_embeds = self.get_image_features(pixel_values)
+        if image_embeds is None and (image_mask is not None or image_attention_mask is not None):
+            raise ValueError("`image_mask` / `image_attention_mask` were given without `image_embeds` or `pixel_values`.")
+
+        image_states = image_rows = cross_mask = image_pooled = token_mask = None
+        if image_embeds is not None:
+            image_embeds, image_rows, token_mask = self._check_image_inputs(
+                image_embeds, image_mask, image_attention_mask, batch_size
+            )
+            image_embeds = image_embeds.to(inputs_embeds.dtype)
+            needs_image_each_step = self.config.modulation is not None and self.config.modulation_target != "cross_attn"
+            if needs_image_each_step or not self._cross_cache_ready(past_key_values):
+                image_states = self.image_encoder(image_embeds, token_mask)
+            if self.config.modulation is not None and self.config.modulation_target == "text":
+                image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)
+            cross_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=token_mask,
+                encoder_hidden_states=image_embeds,
+            )
+
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+
+        text_features = None  # the text stream before it first reads the image (see contrastive.py)
+        for block in self.h:
+            if block.has_cross_attention and text_features is None:
+                text_features = hidden_states
+            hidden_states, _ = block(
+                hidden_states,
+                past_key_values if not (self.gradient_checkpointing and self.training) else None,
+                causal_mask,
+                image_states,  # tensors that carry gradient go positionally, for reentrant checkpointing
+                image_pooled,
+                image_attention_mask=cross_mask,
+                image_rows=image_rows,
+                use_cache=use_cache,
+                position_ids=position_ids,
+                **kwargs,
+            )
+        hidden_states = self.ln_f(hidden_states)
+
+        contrastive_loss = None
+        if self.contrastive_head is not None and image_states is not None and past_length == 0:
+            text_mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden_states.device)
+            if attention_mask is not None and attention_mask.dim() == 2:
+                text_mask = attention_mask.bool()
+            rows = image_rows
+            features = text_features if text_features is not None else hidden_states
+            contrastive_loss = self.contrastive_head(
+                features[rows], text_mask[rows], image_states[rows], None if token_mask is None else token_mask[rows]
+            )
+
+        return GatedGPT2ModelOutput(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            contrastive_loss=contrastive_loss,
+        )
+
+
+class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GatedGPT2Config):
+        super().__init__(config)
+        self.transformer = GatedGPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        image_attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_gates: bool | None = None,
+        return_dict: bool | None = None,  # consumed by @can_return_tuple
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> GatedGPT2CausalLMOutput:
+        r"""
+        See [`GatedGPT2Model.forward`] for the image arguments. `labels` are the input ids (shifted inside), with
+        -100 at ignored positions.
+        """
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states,
+                 "output_gates": output_gates}
+        outputs: GatedGPT2ModelOutput = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            image_embeds=image_embeds,
+            image_mask=image_mask,
+            image_attention_mask=image_attention_mask,
+            pixel_values=pixel_values,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **{k: v for k, v in flags.items() if v is not None},
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        lm_loss = loss = None
+        if labels is not None:
+            lm_loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = lm_loss
+            if outputs.contrastive_loss is not None:
+                loss = lm_loss + self.config.contrastive_weight * outputs.contrastive_loss
+
+        return GatedGPT2CausalLMOutput(
+            loss=loss,
+            lm_loss=lm_loss,
+            contrastive_loss=outputs.contrastive_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+            gates=outputs.gates,
+        )
+
+    @classmethod
+    def from_gpt2(cls, gpt2_model_or_path, **config_overrides) -> "GatedGPT2ForCausalLM":
+        """A GatedGPT2 whose text stream is a GPT-2 checkpoint (a "non-native" VLM) and which, until trained,
+        computes exactly what that GPT-2 computes, with or without an image.
+
+        `gpt2_model_or_path` is a `GPT2LMHeadModel` or a local path to one. The image path starts silent: with
+        `fusion="paper"` the fused LayerNorm's gain and bias are zero, otherwise the cross-attention output projection
+        is zero, and modulation projections are zero (FiLM is then the identity). Gradients still reach these
+        parameters, so the image path opens as soon as training starts.
+        """
+        from transformers import GPT2LMHeadModel
+
+        gpt2 = gpt2_model_or_path
+        if not isinstance(gpt2, GPT2LMHeadModel):
+            gpt2 = GPT2LMHeadModel.from_pretrained(gpt2_model_or_path)
+        source = gpt2.config
+        if source.scale_attn_by_inverse_layer_idx or source.reorder_and_upcast_attn:
+            raise ValueError("GPT-2 checkpoints with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported.")
+        text_fields = (
+            "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+            "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
+            "scale_attn_weights", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings",
+        )
+        clashes = sorted(set(text_fields) & set(config_overrides))
+        if clashes:
+            raise ValueError(f"{clashes} are fixed by the GPT-2 checkpoint and cannot be overridden.")
+        config = GatedGPT2Config(**{name: getattr(source, name) for name in text_fields}, **config_overrides)
+        config._attn_implementation = source._attn_implementation
+        model = cls(config)
+
+        state_dict = {k: v for k, v in gpt2.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if unexpected:
+            raise ValueError(f"GPT-2 weights with no place in GatedGPT2: {unexpected}")
+        text_missing = [k for k in missing if not _is_image_path_parameter(k)]
+        if text_missing:
+            raise ValueError(f"Text-stream weights missing from the GPT-2 checkpoint: {text_missing}")
+
+        with torch.no_grad():
+            for block in model.transformer.h:
+                if not block.has_cross_attention:
+                    continue
+                if block.ln_fused is not None:
+                    block.ln_fused.weight.zero_()
+                    block.ln_fused.bias.zero_()
+                else:
+                    block.crossattention.c_proj.weight.zero_()
+                    block.crossattention.c_proj.bias.zero_()
+                if block.modulation is not None:
+                    for parameter in block.modulation.parameters():
+                        parameter.zero_()
+        return model
+
+
+_IMAGE_PATH_PARTS = (".ln_cross_attn.", ".crossattention.", ".gate.", ".ln_fused.", ".modulation.")
+_IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.", "transformer.contrastive_head.")
+
+
+def _is_image_path_parameter(name: str) -> bool:
+    return name.startswith(_IMAGE_PATH_PREFIXES) or any(part in name for part in _IMAGE_PATH_PARTS)
+
+
+__all__ = ["GatedGPT2PreTrainedModel", "GatedGPT2Model", "GatedGPT2ForCausalLM"]

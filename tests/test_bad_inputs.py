@@ -1,0 +1,78 @@
+"""Bad input gets a clear ValueError naming the argument, what was expected and what came."""
+
+import pytest
+import torch
+
+from tests.conftest import IMAGE_DIM, tiny_config, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+IDS = torch.randint(3, 90, (2, 5))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_embeds=torch.randn(2, IMAGE_DIM + 1)), r"image_embeds.*image_embed_dim=24, got 25"),
+        (dict(image_embeds=torch.randn(2, 3, 2, IMAGE_DIM)), r"image_embeds.*got shape \(2, 3, 2, 24\)"),
+        (dict(image_embeds=torch.randn(3, IMAGE_DIM)), r"image_embeds.*3 rows but the text batch has 2"),
+        (dict(image_embeds=torch.tensor([[0.0] * IMAGE_DIM, [float("nan")] * IMAGE_DIM])), r"NaN or Inf in rows \[1\]"),
+        (dict(image_embeds=torch.full((2, 4, IMAGE_DIM), float("inf"))), r"NaN or Inf in rows \[0, 1\]"),
+        (dict(pixel_values=torch.randn(2, 3, 28, 28)), r"pixel_values.*no vision tower"),
+        (dict(image_embeds=torch.randn(2, IMAGE_DIM), image_mask=torch.ones(3, dtype=torch.bool)),
+         r"image_mask.*\(2,\), got \(3,\)"),
+        (dict(image_embeds=torch.randn(2, 4, IMAGE_DIM), image_attention_mask=torch.ones(2, 3)),
+         r"image_attention_mask.*\(2, 4\), got \(2, 3\)"),
+        (dict(image_embeds=torch.randn(2, 4, IMAGE_DIM), image_attention_mask=torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])),
+         r"masks every image token of rows \[1\]"),
+        (dict(image_mask=torch.ones(2, dtype=torch.bool)), r"image_mask.*without `image_embeds`"),
+    ],
+)
+def test_bad_image_inputs(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model(IDS, **kwargs)
+
+
+def test_nan_in_a_row_without_image_is_fine(model):
+    images = torch.randn(2, IMAGE_DIM)
+    images[1] = float("nan")
+    logits = model(IDS, image_embeds=images, image_mask=torch.tensor([True, False])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_too_long_sequence(model):
+    with pytest.raises(ValueError, match=r"Sequence length 33 .*exceeds n_positions=32"):
+        model(torch.randint(3, 90, (1, 33)))
+    with pytest.raises(ValueError, match=r"position_ids.*reach 40 but n_positions=32"):
+        model(IDS, position_ids=torch.arange(36, 41).unsqueeze(0))
+
+
+def test_too_long_generation(model):
+    with pytest.raises(ValueError, match=r"position_ids` reach 32 but n_positions=32"):
+        model.generate(torch.randint(3, 90, (1, 30)), max_new_tokens=5, do_sample=False)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(gate="sparse"), r"`gate` must be one of \['soft', 'hard', 'none'\], got 'sparse'"),
+        (dict(gate_granularity="head"), r"`gate_granularity` must be one of \['feature', 'token'\]"),
+        (dict(fusion="add"), r"`fusion` must be one of \['paper', 'residual'\]"),
+        (dict(modulation="adain"), r"`modulation` must be one of \[None, 'film', 'dyintra'\]"),
+        (dict(modulation_target="pixels"), r"`modulation_target` must be one of \['text', 'cross_attn', 'image'\]"),
+        (dict(image_encoder="cnn"), r"`image_encoder` must be one of \['transformer', 'mlp', 'linear'\]"),
+        (dict(contrastive="triplet"), r"`contrastive` must be one of \[None, 'clip', 'lcg'\]"),
+        (dict(vision_feature="patches"), r"`vision_feature` must be one of \['cls', 'cls_patches'\]"),
+        (dict(cross_attention_layers=[0, 5]), r"cross_attention_layers.*\[0, 2\), got \[0, 5\]"),
+        (dict(n_embd=30), r"n_embd.*divisible by `n_head`"),
+        (dict(gate_temperature_end=2.0), r"0 < gate_temperature_end <= gate_temperature_start"),
+        (dict(vision_config=dict(hidden_size=16, num_attention_heads=2)), r"image_embed_dim.*\(24\).*hidden_size \(16\)"),
+    ],
+)
+def test_bad_config_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)

@@ -1,0 +1,92 @@
+"""The text stream is GPT-2: same weights, same logits; `from_gpt2` starts as the GPT-2 it came from."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modeling_gatedgpt import GatedGPT2ForCausalLM
+from tests.conftest import IMAGE_DIM, VOCAB, tiny_model
+
+
+def gpt2_with_text_weights_of(model: GatedGPT2ForCausalLM) -> GPT2LMHeadModel:
+    c = model.config
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.n_positions, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+            n_inner=c.n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=1,
+        )
+    ).eval()
+    missing, unexpected = gpt2.load_state_dict(model.state_dict(), strict=False)
+    assert not missing, missing
+    assert unexpected  # the image path, which GPT-2 does not have
+    return gpt2
+
+
+def random_gpt2(seed=0, **overrides) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    values = dict(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=3, n_head=4, n_inner=64, resid_pdrop=0.0,
+                  embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=1)
+    values.update(overrides)
+    return GPT2LMHeadModel(GPT2Config(**values)).eval()
+
+
+@pytest.mark.parametrize("fusion", ["paper", "residual"])
+@pytest.mark.parametrize("gate", ["soft", "hard", "none"])
+def test_text_only_logits_match_gpt2(fusion, gate, batch):
+    model = tiny_model(fusion=fusion, gate=gate)
+    gpt2 = gpt2_with_text_weights_of(model)
+    attention_mask = torch.ones_like(batch["input_ids"])
+    attention_mask[1, :3] = 0  # a left-padded row
+    with torch.no_grad():
+        ours = model(batch["input_ids"], attention_mask=attention_mask).logits
+        reference = gpt2(batch["input_ids"], attention_mask=attention_mask).logits
+    assert (ours - reference).abs().max() <= 1e-5
+
+
+def test_from_gpt2_computes_what_gpt2_computes_with_and_without_image():
+    gpt2 = random_gpt2()
+    ids = torch.randint(3, VOCAB, (2, 11))
+    for overrides in [
+        dict(image_embed_dim=IMAGE_DIM, image_encoder_layers=1),
+        dict(image_embed_dim=IMAGE_DIM, image_encoder_layers=1, fusion="residual", gate="hard"),
+        dict(image_embed_dim=IMAGE_DIM, image_encoder="mlp", gate="none"),
+        dict(image_embed_dim=IMAGE_DIM, image_encoder="linear", modulation="film", modulation_target="cross_attn",
+             fusion="residual"),
+    ]:
+        model = GatedGPT2ForCausalLM.from_gpt2(gpt2, **overrides).eval()
+        with torch.no_grad():
+            reference = gpt2(ids).logits
+            assert (model(ids).logits - reference).abs().max() <= 1e-5
+            images = torch.randn(2, 5, IMAGE_DIM)
+            assert (model(ids, image_embeds=images).logits - reference).abs().max() <= 1e-5
+
+
+def test_from_gpt2_round_trips(tmp_path):
+    gpt2 = random_gpt2(n_layer=2)
+    model = GatedGPT2ForCausalLM.from_gpt2(gpt2, image_embed_dim=IMAGE_DIM, image_encoder_layers=1)
+    ours = model.state_dict()
+    for name, tensor in gpt2.state_dict().items():
+        if not name.endswith(".attn.bias"):
+            assert torch.equal(ours[name], tensor), name
+    # the text weights go back into a GPT-2 unchanged, and a save/load keeps everything
+    assert torch.equal(gpt2_with_text_weights_of(model).transformer.h[1].mlp.c_fc.weight, gpt2.transformer.h[1].mlp.c_fc.weight)
+    model.save_pretrained(tmp_path)
+    reloaded = GatedGPT2ForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(3, VOCAB, (2, 7))
+    images = torch.randn(2, IMAGE_DIM)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, image_embeds=images).logits, model.eval()(ids, image_embeds=images).logits)
+
+
+def test_from_gpt2_image_path_learns():
+    """The silent start must not be a dead start: one step opens the image path."""
+    model = GatedGPT2ForCausalLM.from_gpt2(random_gpt2(n_layer=2), image_embed_dim=IMAGE_DIM, image_encoder_layers=1)
+    model.train()
+    ids = torch.randint(3, VOCAB, (4, 8))
+    model(ids, image_embeds=torch.randn(4, 3, IMAGE_DIM), labels=ids).loss.backward()
+    assert model.transformer.h[0].ln_fused.weight.grad.abs().sum() > 0
+
+
+def test_from_gpt2_refuses_to_override_text_fields():
+    with pytest.raises(ValueError, match="n_embd"):
+        GatedGPT2ForCausalLM.from_gpt2(random_gpt2(), n_embd=64)
