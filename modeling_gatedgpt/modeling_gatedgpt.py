@@ -289,6 +289,36 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             and bool(past_key_values.is_updated.get(layers[0], False))
         )
 
+    def _prepare_images(self, image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values):
+        """Validate and encode the image arguments into what the blocks read: image tokens (None while the
+        cross-attention cache serves them), their pooled summary (for text modulation), the rows that have an image,
+        the token mask, and the cross-attention mask. All None without images."""
+        if pixel_values is not None:
+            if image_embeds is not None:
+                raise ValueError("Pass either `pixel_values` or `image_embeds`, not both.")
+            image_embeds = self.get_image_features(pixel_values)
+        if image_embeds is None:
+            if image_mask is not None or image_attention_mask is not None:
+                raise ValueError(
+                    "`image_mask` / `image_attention_mask` were given without `image_embeds` or `pixel_values`."
+                )
+            return None, None, None, None, None
+
+        image_embeds, image_rows, token_mask = self._check_image_inputs(
+            image_embeds, image_mask, image_attention_mask, inputs_embeds.shape[0]
+        )
+        image_embeds = image_embeds.to(inputs_embeds.dtype)
+        image_states = image_pooled = None
+        needs_image_each_step = self.config.modulation is not None and self.config.modulation_target != "cross_attn"
+        if needs_image_each_step or not self._cross_cache_ready(past_key_values):
+            image_states = self.image_encoder(image_embeds, token_mask)
+        if self.config.modulation is not None and self.config.modulation_target == "text":
+            image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)
+        cross_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=token_mask, encoder_hidden_states=image_embeds
+        )
+        return image_states, image_pooled, image_rows, token_mask, cross_mask
+
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -341,30 +371,9 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 f"`position_ids` reach {int(position_ids.max())} but n_positions={self.config.n_positions}."
             )
 
-        if pixel_values is not None:
-            if image_embeds is not None:
-                raise ValueError("Pass either `pixel_values` or `image_embeds`, not both.")
-            image_embeds = self.get_image_features(pixel_values)
-        if image_embeds is None and (image_mask is not None or image_attention_mask is not None):
-            raise ValueError("`image_mask` / `image_attention_mask` were given without `image_embeds` or `pixel_values`.")
-
-        image_states = image_rows = cross_mask = image_pooled = token_mask = None
-        if image_embeds is not None:
-            image_embeds, image_rows, token_mask = self._check_image_inputs(
-                image_embeds, image_mask, image_attention_mask, batch_size
-            )
-            image_embeds = image_embeds.to(inputs_embeds.dtype)
-            needs_image_each_step = self.config.modulation is not None and self.config.modulation_target != "cross_attn"
-            if needs_image_each_step or not self._cross_cache_ready(past_key_values):
-                image_states = self.image_encoder(image_embeds, token_mask)
-            if self.config.modulation is not None and self.config.modulation_target == "text":
-                image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)
-            cross_mask = create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=token_mask,
-                encoder_hidden_states=image_embeds,
-            )
+        image_states, image_pooled, image_rows, token_mask, cross_mask = self._prepare_images(
+            image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values
+        )
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
         causal_mask = create_causal_mask(
@@ -394,7 +403,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         hidden_states = self.ln_f(hidden_states)
 
         contrastive_loss = None
-        if self.contrastive_head is not None and image_states is not None and past_length == 0:
+        has_images = image_states is not None and bool(image_rows.any())
+        if self.contrastive_head is not None and has_images and past_length == 0:
             text_mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden_states.device)
             if attention_mask is not None and attention_mask.dim() == 2:
                 text_mask = attention_mask.bool()

@@ -101,3 +101,10 @@ def test_labels_use_minus_100_and_keep_token_zero(batch):
         loss = model(ids, labels=labels).loss
     shifted = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
     assert torch.allclose(loss, shifted)
+
+
+def test_contrastive_loss_is_absent_without_any_image_row(batch):
+    model = tiny_model(contrastive="clip")
+    ids = batch["input_ids"]
+    out = model(ids, image_embeds=batch["image_global"], image_mask=torch.zeros(3, dtype=torch.bool), labels=ids)
+    assert out.contrastive_loss is None and torch.equal(out.loss, out.lm_loss)
