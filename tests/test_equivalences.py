@@ -124,3 +124,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(overrides, use_reentran
     assert any("image_encoder" in name for name in plain)
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("decoding", [dict(num_beams=3), dict(num_beams=2, num_return_sequences=2),
+                                      dict(do_sample=True, num_return_sequences=3)], ids=str)
+def test_beam_search_and_sampling_expand_the_image_inputs(decoding):
+    """generate() repeats image_embeds/image_mask per beam or sample and reorders the cross-attention cache."""
+    model = tiny_model()
+    prompts, images = torch.randint(3, 90, (2, 5)), torch.randn(2, 5, IMAGE_DIM)
+    kwargs = dict(image_embeds=images, image_mask=torch.tensor([True, False]), max_new_tokens=6, pad_token_id=2, **decoding)
+    torch.manual_seed(0)
+    cached = model.generate(prompts, **kwargs)
+    torch.manual_seed(0)
+    uncached = model.generate(prompts, use_cache=False, **kwargs)
+    assert cached.shape == (2 * decoding.get("num_return_sequences", 1), 11)
+    assert torch.equal(cached, uncached)
