@@ -403,15 +403,15 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         hidden_states = self.ln_f(hidden_states)
 
         contrastive_loss = None
-        has_images = image_states is not None and bool(image_rows.any())
-        if self.contrastive_head is not None and has_images and past_length == 0:
+        full_pass_with_images = image_states is not None and past_length == 0
+        if self.contrastive_head is not None and full_pass_with_images and bool(image_rows.any()):
             text_mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden_states.device)
             if attention_mask is not None and attention_mask.dim() == 2:
                 text_mask = attention_mask.bool()
-            rows = image_rows
             features = text_features if text_features is not None else hidden_states
             contrastive_loss = self.contrastive_head(
-                features[rows], text_mask[rows], image_states[rows], None if token_mask is None else token_mask[rows]
+                features[image_rows], text_mask[image_rows], image_states[image_rows],
+                None if token_mask is None else token_mask[image_rows],
             )
 
         return GatedGPT2ModelOutput(
