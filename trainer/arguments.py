@@ -1,0 +1,104 @@
+"""Command-line and YAML arguments: `train.py configs/x.yaml [--key value ...]`.
+
+Three `HfArgumentParser` dataclasses: `ModelArguments` (the GatedGPT2Config fields an experiment varies; None keeps the
+config default), `DataArguments`, and transformers' `TrainingArguments` (every field usable). A YAML file gives the
+defaults; flags on the command line override them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a GatedGPT2 checkpoint."})
+    init_from_gpt2: str | None = field(default=None, metadata={"help": "Initialise the text stream from a local GPT-2."})
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    n_inner: int | None = None
+    dropout: float | None = field(default=None, metadata={"help": "Sets resid/embd/attn dropout together."})
+    gate: str | None = field(default=None, metadata={"help": "soft | hard | none"})
+    gate_granularity: str | None = field(default=None, metadata={"help": "feature | token"})
+    gate_temperature_start: float | None = None
+    gate_temperature_end: float | None = None
+    gate_temperature_steps: int | None = field(default=None, metadata={"help": "Default: the run's total steps."})
+    fusion: str | None = field(default=None, metadata={"help": "paper | residual"})
+    modulation: str | None = field(default=None, metadata={"help": "film | dyintra"})
+    modulation_target: str | None = field(default=None, metadata={"help": "text | cross_attn | image"})
+    channel_attention: bool | None = None
+    image_encoder: str | None = field(default=None, metadata={"help": "transformer | mlp | linear"})
+    image_encoder_layers: int | None = None
+    contrastive: str | None = field(default=None, metadata={"help": "clip | lcg"})
+    contrastive_weight: float | None = None
+    cross_attention_layers: str | None = field(default=None, metadata={"help": "Comma list of layers, e.g. '0,2'."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager"})
+
+    def config_overrides(self) -> dict:
+        skip = {"model_name_or_path", "init_from_gpt2", "dropout", "cross_attention_layers", "attn_implementation"}
+        overrides = {f.name: getattr(self, f.name) for f in fields(self)
+                     if f.name not in skip and getattr(self, f.name) is not None}
+        if self.dropout is not None:
+            overrides.update(resid_pdrop=self.dropout, embd_pdrop=self.dropout, attn_pdrop=self.dropout)
+        if self.cross_attention_layers is not None:
+            overrides["cross_attention_layers"] = [int(i) for i in self.cross_attention_layers.split(",")]
+        return overrides
+
+
+@dataclass
+class DataArguments:
+    world_dir: str | None = field(default="outputs/world", metadata={
+        "help": "Where the embedded grounded world is generated and read (used when no text_dir/caption_files)."})
+    world_seed: int = 0
+    world_captions: int = 6000
+    world_sentences: int = 6000
+    text_dir: str | None = field(default=None, metadata={"help": "BabyLM text: a directory of *.train files."})
+    text_pattern: str = "*.train"
+    eval_text_dir: str | None = field(default=None, metadata={"help": "Validation text (e.g. the *.dev files)."})
+    eval_text_pattern: str = "*.dev"
+    caption_files: list[str] = field(default_factory=list, metadata={"help": "Caption JSON lists, in order."})
+    embedding_files: list[str] = field(default_factory=list, metadata={"help": ".npy shards aligned with captions."})
+    eval_caption_files: list[str] = field(default_factory=list)
+    eval_embedding_files: list[str] = field(default_factory=list)
+    image_tokens: str = field(default="global", metadata={"help": "World images: global (N, D) | cls_patches."})
+    max_text_examples: int | None = field(default=None, metadata={"help": "Use only the first N text examples."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "An existing fast tokenizer (else trained)."})
+    vocab_size: int = 8192
+    block_size: int = field(default=128, metadata={"help": "Context length (the model's n_positions)."})
+    packing: bool = field(default=False, metadata={"help": "Pack text lines into full blocks (else one per line)."})
+    curriculum: str = field(default="alternating", metadata={
+        "help": "alternating | mixed_uniform | mixed_non_uniform | text_only | captions_only"})
+    mix_ratio: str = field(default="natural", metadata={"help": "mixed_non_uniform: 'natural' or 'text:captions'."})
+    cache_dir: str | None = field(default="outputs/cache", metadata={"help": "Tokenised datasets are cached here."})
+    eval_world: bool = field(default=True, metadata={"help": "Score the world's held-out sets after training."})
+    revision_words: str | None = field(default=None, metadata={
+        "help": "Save words-seen revisions: 'babylm' (chck_1M ... chck_1000M) or a list like '50K,100K'."})
+    report: bool = field(default=True, metadata={"help": "Write report.json and PNGs into output_dir/report."})
+
+    @property
+    def uses_world(self) -> bool:
+        return not self.text_dir and not self.caption_files
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """`[config.yaml] [--key value ...]`; without a YAML, configs/demo.yaml."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = Path(argv.pop(0)) if argv and argv[0].endswith((".yaml", ".yml")) else DEFAULT_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config: {config_path} does not exist")
+    values = yaml.safe_load(config_path.read_text()) or {}
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{config_path}: unknown keys {unknown}")
+    parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=argv)

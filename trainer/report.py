@@ -1,0 +1,87 @@
+"""The end-of-run report: gate values per word class on held-out captions, loss curves, and a JSON summary."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .world import word_class  # noqa: E402
+
+
+@torch.no_grad()
+def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray, batch_size: int = 64) -> dict:
+    """Mean gate (over features and cross-attention layers) per word, pooled by word class.
+
+    A word's gate is the mean over its BPE pieces, found through the tokenizer's offsets. The gate weighs the text
+    stream: 1 = the word ignores the image, 0 = it is replaced by the image.
+    """
+    model.eval()
+    per_class = defaultdict(list)
+    for start in range(0, len(captions), batch_size):
+        texts = captions[start : start + batch_size]
+        enc = tokenizer(texts, return_offsets_mapping=True, padding=True, return_tensors="pt")
+        out = model(input_ids=enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
+                    image_embeds=torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(
+                        model.device), output_gates=True, use_cache=False)
+        gates = torch.stack([g.float().mean(-1) if g.dim() == 3 else g.float() for g in out.gates]).mean(0).cpu()
+        for b, text in enumerate(texts):
+            word_of_char = np.full(len(text), -1)
+            words = text.split()
+            position = 0
+            for w, word in enumerate(words):
+                position = text.index(word, position)
+                word_of_char[position : position + len(word)] = w
+                position += len(word)
+            pieces = defaultdict(list)
+            for t, (s, e) in enumerate(enc["offset_mapping"][b].tolist()):
+                if e > s and word_of_char[s] >= 0:
+                    pieces[word_of_char[s]].append(gates[b, t].item())
+            for w, values in pieces.items():
+                per_class[word_class(words[w])].append(float(np.mean(values)))
+    return {c: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)} for c, v in sorted(per_class.items())}
+
+
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    series = defaultdict(list)
+    for entry in log_history:
+        for key in ("loss", "lm_loss", "loss_text", "loss_captions", "contrastive_loss", "eval_text_loss",
+                    "eval_captions_loss"):
+            if key in entry:
+                series[key].append((entry["step"], entry[key]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, points in series.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if key.startswith("eval") else None, markersize=3, label=key)
+    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title="Training and validation loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_gates(gates: dict, path: Path) -> None:
+    classes = sorted(gates, key=lambda c: gates[c]["mean"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(classes, [gates[c]["mean"] for c in classes],
+           yerr=[gates[c]["std"] / np.sqrt(gates[c]["count"]) for c in classes], color="tab:blue", capsize=3)
+    ax.set(ylabel="mean gate (1 = text only)", title="Gate per word class (held-out captions)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, summary: dict, log_history: list[dict], gates: dict | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_losses(log_history, out_dir / "loss_curves.png")
+    if gates:
+        plot_gates(gates, out_dir / "gate_by_word_class.png")
+    (out_dir / "report.json").write_text(json.dumps({**summary, "gate_by_word_class": gates}, indent=2))
