@@ -44,3 +44,36 @@ def batch():
         "image_global": torch.randn(3, IMAGE_DIM, generator=generator),
         "image_tokens": torch.randn(3, 5, IMAGE_DIM, generator=generator),
     }
+
+
+# ------------------------------------------------------------------------------------------ training fixtures
+
+TINY_WORLD = dict(seed=3, train_captions=240, train_sentences=240, dev_captions=48, dev_sentences=48,
+                  minimal_pairs_per_uid=8, winoground_items=16, vqa_items=16, embed_dim=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    from trainer.world import WorldSpec, write_world
+
+    return write_world(tmp_path_factory.mktemp("world"), WorldSpec(**TINY_WORLD))
+
+
+def tiny_train_args(world, out_dir, *extra: str) -> list[str]:
+    """train.py arguments for a 2-layer, 32-wide run of a few steps on the tiny world."""
+    world = str(world)
+    return [
+        "--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--n_inner", "64", "--image_encoder_layers", "1",
+        "--dropout", "0.0",
+        "--text_dir", f"{world}/text/train", "--eval_text_dir", f"{world}/text/dev",
+        "--caption_files", f"{world}/captions/train_captions.json",
+        "--embedding_files", f"{world}/captions/train_embeddings.npy",
+        "--eval_caption_files", f"{world}/captions/dev_captions.json",
+        "--eval_embedding_files", f"{world}/captions/dev_embeddings.npy",
+        "--vocab_size", "200", "--block_size", "32", "--cache_dir", f"{out_dir}/cache", "--eval_world", "false",
+        "--report", "false",
+        "--output_dir", f"{out_dir}/run", "--per_device_train_batch_size", "8", "--max_steps", "4",
+        "--learning_rate", "3e-3", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+        "--report_to", "none", "--use_cpu", "true", "--dataloader_pin_memory", "false", "--seed", "0",
+        "--disable_tqdm", "true", *extra,
+    ]

@@ -2,7 +2,8 @@
 
 Three `HfArgumentParser` dataclasses: `ModelArguments` (the GatedGPT2Config fields an experiment varies; None keeps the
 config default), `DataArguments`, and transformers' `TrainingArguments` (every field usable). A YAML file gives the
-defaults; flags on the command line override them.
+defaults; flags on the command line override them. A YAML may start from another with `base: other.yaml` (a path
+relative to it) and change only what differs.
 """
 
 from __future__ import annotations
@@ -88,13 +89,25 @@ class DataArguments:
         return not self.text_dir and not self.caption_files
 
 
+def load_yaml(path: Path) -> dict:
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values")
+    if "base" in values:
+        base = path.parent / values.pop("base")
+        if not base.is_file():
+            raise FileNotFoundError(f"{path}: base config {base} does not exist")
+        values = {**load_yaml(base), **values}
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """`[config.yaml] [--key value ...]`; without a YAML, configs/demo.yaml."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = Path(argv.pop(0)) if argv and argv[0].endswith((".yaml", ".yml")) else DEFAULT_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"config: {config_path} does not exist")
-    values = yaml.safe_load(config_path.read_text()) or {}
+    values = load_yaml(config_path)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(values) - known)

@@ -180,7 +180,7 @@ def _blocks(ids: list[int], block_size: int) -> list[list[int]]:
 
 def tokenize_examples(batch: dict, tokenizer, block_size: int, packing: bool) -> dict:
     """Batched `datasets.map` function: text (+ image_index) -> blocks of at most `block_size` tokens."""
-    encoded = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
+    encoded = tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]  # long lines are split below
     image_index = batch.get("image_index", [-1] * len(encoded))
     words = [len(t.split()) for t in batch["text"]]
     out = {"input_ids": [], "image_index": [], "num_words": []}

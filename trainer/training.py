@@ -20,7 +20,10 @@ BABYLM_REVISION_WORDS = [m * 10**6 for m in (*range(1, 10), *range(10, 100, 10),
 
 
 def revision_name(words: int) -> str:
-    return f"chck_{words // 10**6}M" if words % 10**6 == 0 else f"chck_{words // 1000}K"
+    for unit, size in (("M", 10**6), ("K", 10**3)):
+        if words % size == 0:
+            return f"chck_{words // size}{unit}"
+    return f"chck_{words}"
 
 
 def parse_revision_words(spec: str | None) -> list[int]:
@@ -118,7 +121,8 @@ class GatedGPT2Trainer(Trainer):
             num_processes=self.accelerator.num_processes,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             mix_ratio=self.curriculum.mix_ratio,
-            num_words=np.asarray(dataset["num_words"]) if "num_words" in dataset.column_names else None,
+            num_words=(np.asarray(self.train_dataset["num_words"])
+                       if "num_words" in self.train_dataset.column_names else None),
         )
         loader = DataLoader(
             dataset,
@@ -131,6 +135,17 @@ class GatedGPT2Trainer(Trainer):
                                                          self.args.process_index),
         )
         return self.accelerator.prepare(loader)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """As the Trainer saves, but the training arguments go to JSON instead of a pickled `training_args.bin`, so
+        a checkpoint folder holds no pickle at all."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        pickled = os.path.join(output_dir, "training_args.bin")
+        if os.path.exists(pickled):
+            os.remove(pickled)
+        with open(os.path.join(output_dir, "training_args.json"), "w") as handle:
+            handle.write(self.args.to_json_string())
 
     # ------------------------------------------------------------------------------------------------ loss
 

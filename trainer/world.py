@@ -185,7 +185,8 @@ def describe(scene: Scene, rng: random.Random) -> str:
             return f"what colour is the {a.shape} ? {a.colour} ."
         return f"i see one {a.size} {a.colour} {a.shape} ."
     b = scene[1]
-    template = rng.randrange(5)
+    # Conjunctions ("a red circle and a blue square") are the captions that teach which colour goes with which shape.
+    template = rng.choices(range(5), weights=(4, 2, 1, 2, 1))[0]
     if template == 0:
         return f"there is {noun_phrase(a, rng)} and {noun_phrase(b, rng)} ."
     if template == 1:

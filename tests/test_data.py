@@ -1,0 +1,111 @@
+"""BabyLM-format loaders, the tokenizer, example building and the collator."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data import (GroundedCollator, ImageStore, caption_dataset, load_caption_shards, read_captions,
+                          text_dataset, text_files, tokenize_examples, train_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    lines = ["there is a red circle .", "what colour is the square ? blue .", "the cat sat on the mat ."] * 20
+    return train_tokenizer(lines, vocab_size=300, model_max_length=16)
+
+
+def test_tokenizer_adds_bos_eos_pads_and_gives_offsets(tokenizer, tmp_path):
+    enc = tokenizer(["a red circle", "a"], padding=True, return_offsets_mapping=True)
+    ids = enc["input_ids"][0]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert enc["input_ids"][1][-1] == tokenizer.pad_token_id and enc["attention_mask"][1][-1] == 0
+    text = "a red circle"
+    pieces = [text[s:e] for s, e in enc["offset_mapping"][0] if e > s]
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+    assert all(not p.startswith(" ") for p in pieces)  # offsets are trimmed to the word
+    tokenizer.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded.is_fast and reloaded("a red circle")["input_ids"] == ids
+
+
+def test_text_files_are_cleaned_and_empty_directory_is_an_error(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match=r"text_dir: .* has no files matching '\*.train'"):
+        text_files(tmp_path)
+    with pytest.raises(FileNotFoundError, match="text_dir"):
+        text_files(tmp_path / "missing")
+    (tmp_path / "a.train").write_text("  the   cat\tsat \n\n   \nthe mat\n")
+    ds = text_dataset(text_files(tmp_path), tokenizer, block_size=16)
+    assert [tokenizer.decode(r["input_ids"], skip_special_tokens=True) for r in ds] == ["the cat sat", "the mat"]
+    assert ds["num_words"] == [3, 2] and ds["image_index"] == [-1, -1]
+
+
+def test_long_lines_are_split_not_truncated_and_packing_keeps_every_token(tokenizer):
+    long_line = " ".join(["the red circle"] * 10)
+    batch = {"text": [long_line, "the mat"]}
+    full = tokenizer(batch["text"])["input_ids"]
+    lines = tokenize_examples(batch, tokenizer, block_size=8, packing=False)
+    assert sum(map(len, lines["input_ids"])) == sum(map(len, full)) and max(map(len, lines["input_ids"])) == 8
+    assert sum(lines["num_words"]) == 32
+    packed = tokenize_examples(batch, tokenizer, block_size=8, packing=True)
+    assert [t for b in packed["input_ids"] for t in b] == full[0] + full[1]
+    assert sum(packed["num_words"]) == 32 and all(len(b) == 8 for b in packed["input_ids"][:-1])
+
+
+def test_caption_shards_align_and_stay_memory_mapped(tmp_path, tokenizer):
+    (tmp_path / "c.json").write_text(json.dumps(["a red circle", "a blue square", "two cats"]))
+    np.save(tmp_path / "e1.npy", np.arange(2 * 4, dtype=np.float32).reshape(2, 4))
+    np.save(tmp_path / "e2.npy", np.arange(8, 12, dtype=np.float32).reshape(1, 4))
+    captions, store = load_caption_shards([tmp_path / "c.json"], [tmp_path / "e1.npy", tmp_path / "e2.npy"], 4)
+    assert len(store) == 3 and store.row_shape == (4,)
+    np.testing.assert_array_equal(store.rows([2, 0]), [[8, 9, 10, 11], [0, 1, 2, 3]])
+    import pickle
+
+    assert pickle.loads(pickle.dumps(store))._shards is None  # workers reopen the maps instead of copying data
+    ds = caption_dataset(captions, [str(tmp_path / "c.json")], tokenizer, block_size=16, first_image_index=5)
+    assert ds["image_index"] == [5, 6, 7]
+
+
+def test_caption_and_embedding_errors_name_files_and_counts(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps(["a", "b", "c"]))
+    np.save(tmp_path / "e.npy", np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"c\.json'\] hold 3 captions but embedding_files \[.*e\.npy'\] hold 2"):
+        load_caption_shards([str(tmp_path / "c.json")], [str(tmp_path / "e.npy")])
+    np.save(tmp_path / "e3.npy", np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"e3\.npy: embedding width is 4, but the model's image_embed_dim is 8"):
+        load_caption_shards([str(tmp_path / "c.json")], [str(tmp_path / "e3.npy")], expected_dim=8)
+    np.save(tmp_path / "f.npy", np.zeros((1, 5), np.float32))
+    with pytest.raises(ValueError, match=r"f\.npy: per-row shape \(5,\) differs"):
+        ImageStore([tmp_path / "e.npy", tmp_path / "f.npy"])
+
+
+def test_malformed_caption_files_report_file_and_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n"a red circle",\n"a blue square"\n"oops"]')
+    with pytest.raises(ValueError, match=r"bad\.json:4: malformed JSON"):
+        read_captions(bad)
+    bad_lines = tmp_path / "bad.jsonl"
+    bad_lines.write_text('"ok"\n{"caption": "fine"}\n{"caption": 3}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: expected a string"):
+        read_captions(bad_lines)
+    bad_lines.write_text('"ok"\n{"caption": \n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: malformed JSON"):
+        read_captions(bad_lines)
+    (tmp_path / "dict.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="expected a JSON list of caption strings"):
+        read_captions(tmp_path / "dict.json")
+
+
+def test_collator_pads_with_ignored_labels_and_routes_images_per_row(tmp_path):
+    np.save(tmp_path / "e.npy", np.arange(12, dtype=np.float32).reshape(3, 4))
+    collate = GroundedCollator(pad_token_id=2, images=ImageStore([tmp_path / "e.npy"]))
+    batch = collate([{"input_ids": [5, 6, 7], "image_index": -1}, {"input_ids": [8], "image_index": 2}])
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["image_mask"].tolist() == [False, True]
+    assert torch.equal(batch["image_embeds"], torch.tensor([[0.0] * 4, [8.0, 9, 10, 11]]))
+    text_only = collate([{"input_ids": [5], "image_index": -1}])
+    assert set(text_only) == {"input_ids", "attention_mask", "labels"}

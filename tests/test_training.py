@@ -1,0 +1,173 @@
+"""train.py end to end on tiny configs: curricula, checkpoints, the gate schedule, revisions, resume, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from tests.conftest import tiny_train_args
+from trainer.arguments import parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_YAML = str(ROOT / "configs" / "demo.yaml")
+
+
+def log_history(run_dir) -> list[dict]:
+    return json.loads((Path(run_dir) / "trainer_state.json").read_text())["log_history"]
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(Path(run_dir) / "model.safetensors")
+
+
+def run_subprocess(args, extra_env=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize("curriculum", ["alternating", "mixed_uniform", "mixed_non_uniform"])
+def test_each_curriculum_trains_and_logs_its_modalities(tiny_world, tmp_path, curriculum):
+    from transformers import AutoModelForCausalLM
+
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--curriculum", curriculum, "--max_steps", "3",
+                                            "--eval_strategy", "steps", "--eval_steps", "3")])
+    history = log_history(tmp_path / "run")
+    steps = [h for h in history if "loss" in h]
+    assert len(steps) == 3 and all(np.isfinite(h["loss"]) for h in steps)
+    if curriculum == "mixed_uniform":
+        assert all("loss_text" in h and "loss_captions" in h and "gate_mean/layer_1" in h for h in steps)
+    if curriculum == "alternating":  # the round starts with the text pass
+        assert all("loss_text" in h and "loss_captions" not in h for h in steps)
+    evaluation = {k for h in history for k in h if k.startswith("eval_")}
+    assert {"eval_text_loss", "eval_captions_loss"} <= evaluation
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert type(model).__name__ == "GatedGPT2ForCausalLM"
+
+
+def test_mixed_batches_route_each_rows_image(tiny_world, tmp_path):
+    from trainer.curriculum import CurriculumBatchSampler
+    from trainer.data import GroundedCollator
+    from trainer.run import build_datasets, build_tokenizer
+
+    _, data_args, _ = parse_args([TINY_YAML, *tiny_train_args(tiny_world, tmp_path)])
+    tokenizer = build_tokenizer(data_args)
+    train_set, num_text, _, images = build_datasets(data_args, tokenizer, image_dim=32)
+    sampler = CurriculumBatchSampler(num_text, len(train_set) - num_text, "mixed_uniform", 8, seed=0)
+    indices = next(iter(sampler))
+    rows = [train_set[i] for i in indices]
+    batch = GroundedCollator(tokenizer.pad_token_id, images)(rows)
+    expected = [r["image_index"] >= 0 for r in rows]
+    assert batch["image_mask"].tolist() == expected and 0 < sum(expected) < len(expected)
+    for b, r in enumerate(rows):
+        want = images.rows([r["image_index"]])[0] if r["image_index"] >= 0 else np.zeros(32, np.float32)
+        np.testing.assert_array_equal(batch["image_embeds"][b].numpy(), want)
+
+
+def test_accelerate_launch_runs_the_demo_pipeline(tmp_path):
+    """The README's main job, shrunk: world generation, tokenizer, training, checkpoint, world eval and report."""
+    out = tmp_path / "demo"
+    result = run_subprocess([
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "train.py",
+        "--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--n_inner", "64", "--image_encoder_layers", "1",
+        "--world_dir", str(tmp_path / "world"), "--world_captions", "200", "--world_sentences", "200",
+        "--cache_dir", str(tmp_path / "cache"), "--vocab_size", "200", "--output_dir", str(out),
+        "--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "6", "--save_strategy", "no",
+        "--logging_steps", "2", "--disable_tqdm", "true",
+    ])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "modeling_gatedgpt.py",
+                 "configuration_gatedgpt.py", "report/report.json", "report/loss_curves.png",
+                 "report/gate_by_word_class.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin"))  # weights are safetensors only
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {"winoground_attribute", "winoground_attribute_no_image", "vqa", "minimal_pairs_macro"} <= set(
+        report["world_eval"])
+    assert report["world_eval"]["winoground_no_image"] == 50.0  # mirrored records: image-blind scores exactly 50
+    assert {"function", "colour", "shape"} <= set(report["gate_by_word_class"])
+
+
+def test_hard_gate_temperature_is_annealed_from_the_global_step(tiny_world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--gate", "hard", "--curriculum", "mixed_uniform",
+                                            "--max_steps", "4", "--gate_temperature_steps", "3")])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    final = model.config.gate_temperature_at(3)  # the temperature set before the last (4th) step
+    assert final == pytest.approx(0.1)
+    assert [float(b.gate.temperature) for b in model.transformer.h] == pytest.approx([final] * 2)
+
+
+def test_words_seen_revisions_are_saved_with_babylm_names(tiny_world, tmp_path):
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--max_steps", "6", "--revision_words", "60,150")])
+    words = [h["words_seen"] for h in log_history(tmp_path / "run") if "words_seen" in h]
+    assert words == sorted(words) and words[-1] > 150
+    for name in ("chck_60", "chck_150"):
+        assert (tmp_path / "run" / "revisions" / name / "model.safetensors").is_file()
+
+
+KILL_AT_SAVE = """
+import os, signal, sys
+from transformers import TrainerCallback
+import train
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train.main(sys.argv[1:], callbacks=[KillAfterSave()])
+"""
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tiny_world, tmp_path):
+    """SIGKILL right after the step-4 checkpoint, resume, and compare with an uninterrupted run (dropout and hard-gate
+    sampling on, so the restored RNG state matters). Tolerance: 1e-6 absolute on every weight."""
+    common = ["--gate", "hard", "--dropout", "0.1", "--curriculum", "mixed_non_uniform", "--max_steps", "8",
+              "--save_strategy", "steps", "--save_steps", "4", "--gradient_accumulation_steps", "2"]
+    reference = tmp_path / "reference"
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, reference, *common)])
+
+    interrupted = tmp_path / "interrupted"
+    args = [TINY_YAML, *tiny_train_args(tiny_world, interrupted, *common)]
+    killed = run_subprocess([sys.executable, "-c", KILL_AT_SAVE.format(step=4), *args])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (interrupted / "run" / "checkpoint-4").is_dir() and not (interrupted / "run" / "model.safetensors").exists()
+    train.main([*args, "--resume_from_checkpoint", "true"])
+
+    expected, actual = weights(reference / "run"), weights(interrupted / "run")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    losses = lambda d: [h["loss"] for h in log_history(d / "run") if "loss" in h]
+    assert losses(interrupted)[-4:] == pytest.approx(losses(reference)[-4:], abs=1e-6)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tiny_world, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) with 4 rows per process vs one process with 8 rows: same per-step losses
+    (to 1e-5) and the same final weights (to 1e-5): the curriculum hands each rank half of the same global batch and
+    the loss is normalised by the tokens of the whole global batch."""
+    common = ["--curriculum", "mixed_uniform", "--max_steps", "3"]
+    single = tmp_path / "single"
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, single, *common)])
+    double = tmp_path / "double"
+    args = tiny_train_args(tiny_world, double, *common, "--per_device_train_batch_size", "4")
+    result = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "train.py", TINY_YAML, *args], extra_env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = [h["loss"] for h in log_history(single / "run") if "loss" in h]
+    two = [h["loss"] for h in log_history(double / "run") if "loss" in h]
+    assert two == pytest.approx(one, abs=1e-5)
+    expected, actual = weights(single / "run"), weights(double / "run")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
