@@ -17,11 +17,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	@echo "The demo (train on the embedded grounded world, evaluate, report) arrives with the trainer (issue 3)."
-	$(BIN)/python -c "import modeling_gatedgpt as m; c = m.GatedGPT2Config(); print(m.GatedGPT2ForCausalLM(c).num_parameters(), 'parameters in the paper-size GatedGPT2')"
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train.py
+	@echo "Checkpoint: outputs/demo   Report: outputs/demo/report/{report.json,loss_curves.png,gate_by_word_class.png}"
 
 test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache outputs

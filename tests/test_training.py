@@ -171,3 +171,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_world, 
     expected, actual = weights(single / "run"), weights(double / "run")
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_a_short_training_makes_the_image_matter(tmp_path):
+    """About 30 s of training on captions of the grounded world: VQA-style questions are answered far better with the
+    image than by the same model with `image_mask=False` (8 candidates: chance is 12.5%)."""
+    from tests.conftest import TINY_WORLD
+    from trainer.world import WorldSpec, write_world
+
+    spec = WorldSpec(**{**TINY_WORLD, "train_captions": 2000, "train_sentences": 50, "vqa_items": 150})
+    world = write_world(tmp_path / "world", spec)
+    summary = train.main([TINY_YAML, *tiny_train_args(
+        world, tmp_path, "--n_embd", "64", "--n_inner", "256", "--curriculum", "captions_only", "--max_steps", "250",
+        "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--logging_steps", "50",
+        "--block_size", "64", "--world_dir", str(world), "--eval_world", "true")])
+    scores = summary["world_eval"]
+    assert scores["vqa"] >= scores["vqa_no_image"] + 15, scores
+    assert scores["winoground_no_image"] == 50.0

@@ -79,7 +79,8 @@ class DataArguments:
         "help": "alternating | mixed_uniform | mixed_non_uniform | text_only | captions_only"})
     mix_ratio: str = field(default="natural", metadata={"help": "mixed_non_uniform: 'natural' or 'text:captions'."})
     cache_dir: str | None = field(default="outputs/cache", metadata={"help": "Tokenised datasets are cached here."})
-    eval_world: bool = field(default=True, metadata={"help": "Score the world's held-out sets after training."})
+    eval_world: bool | None = field(default=None, metadata={
+        "help": "Score world_dir/eval after training (default: when training on the world)."})
     revision_words: str | None = field(default=None, metadata={
         "help": "Save words-seen revisions: 'babylm' (chck_1M ... chck_1000M) or a list like '50K,100K'."})
     report: bool = field(default=True, metadata={"help": "Write report.json and PNGs into output_dir/report."})

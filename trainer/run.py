@@ -165,7 +165,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         summary["eval"] = trainer.evaluate()
 
     if trainer.is_world_process_zero():
-        if uses_world and data_args.eval_world:
+        if data_args.eval_world or (uses_world and data_args.eval_world is None):
             summary["world_eval"] = world_evaluation(model, tokenizer, data_args)
             logger.info("World evaluation: %s", json.dumps(summary["world_eval"]))
         if data_args.report:

@@ -173,32 +173,30 @@ def relation(a: SceneObject, b: SceneObject) -> str:
 
 def describe(scene: Scene, rng: random.Random) -> str:
     """One caption for a scene, from a template chosen at random."""
-    n = len(scene)
     a = scene[0]
-    if n == 1:
-        template = rng.randrange(4)
-        if template == 0:
-            return f"there is {noun_phrase(a, rng)} ."
-        if template == 1:
-            return f"the {a.shape} is {a.colour} ."
-        if template == 2:
-            return f"what colour is the {a.shape} ? {a.colour} ."
-        return f"i see one {a.size} {a.colour} {a.shape} ."
-    b = scene[1]
-    # Conjunctions ("a red circle and a blue square") are the captions that teach which colour goes with which shape.
-    template = rng.choices(range(5), weights=(4, 2, 1, 2, 1))[0]
-    if template == 0:
-        return f"there is {noun_phrase(a, rng)} and {noun_phrase(b, rng)} ."
-    if template == 1:
-        return f"{noun_phrase(a, rng, 'the', False)} is {relation(a, b)} {noun_phrase(b, rng, 'the', False)} ."
-    if template == 2:
-        return f"there are {COUNTS[n]} objects ."
-    if template == 3:
-        return f"what shape is the {a.colour} object ? {a.shape} ."
-    same = [o for o in scene if o.shape == a.shape]
-    if len(same) > 1:
-        return f"there are {COUNTS[len(same)]} {a.shape}s ."
-    return f"how many objects are there ? {COUNTS[n]} ."
+    if len(scene) == 1:
+        templates = (
+            (1, lambda: f"there is {noun_phrase(a, rng)} ."),
+            (1, lambda: f"the {a.shape} is {a.colour} ."),
+            (1, lambda: f"what colour is the {a.shape} ? {a.colour} ."),
+            (1, lambda: f"i see one {a.size} {a.colour} {a.shape} ."),
+        )
+    else:
+        b = scene[1]
+        same_shape = sum(o.shape == a.shape for o in scene)
+        same_colour = sum(o.colour == a.colour for o in scene)
+        # Conjunctions ("a red circle and a blue square") are what teaches which colour goes with which shape.
+        templates = (
+            (4, lambda: f"there is {noun_phrase(a, rng)} and {noun_phrase(b, rng)} ."),
+            (2, lambda: f"{noun_phrase(a, rng, 'the', False)} is {relation(a, b)} {noun_phrase(b, rng, 'the', False)} ."),
+            (1, lambda: f"there are {COUNTS[len(scene)]} objects ."),
+            (2, lambda: f"what shape is the {a.colour} object ? {a.shape} ." if same_colour == 1
+             else f"there are {COUNTS[len(scene)]} objects ."),
+            (1, lambda: f"there are {COUNTS[same_shape]} {a.shape}s ." if same_shape > 1
+             else f"how many objects are there ? {COUNTS[len(scene)]} ."),
+        )
+    weights, makers = zip(*templates)
+    return rng.choices(makers, weights=weights)[0]()
 
 
 # --------------------------------------------------------------------------------------------------- evaluation sets
@@ -268,10 +266,12 @@ def winoground_items(rng: random.Random, num_items: int) -> list[tuple[str, Scen
 def vqa_items(rng: random.Random, num_items: int) -> list[tuple[Scene, str, str, list[str]]]:
     """(scene, question, answer, 7 distractors), answers of the question's type first among the distractors."""
     items = []
-    for _ in range(num_items):
+    while len(items) < num_items:
         scene = random_scene(rng)
         a = scene[0]
         kind = rng.randrange(3)
+        if kind < 2 and sum(o.shape == a.shape if kind == 0 else o.colour == a.colour for o in scene) > 1:
+            continue  # the question would be ambiguous
         if kind == 0:
             question, answer, pool = f"what colour is the {a.shape} ?", a.colour, list(COLOURS)
         elif kind == 1:
@@ -287,6 +287,9 @@ def vqa_items(rng: random.Random, num_items: int) -> list[tuple[Scene, str, str,
 
 
 # --------------------------------------------------------------------------------------------------- writing
+
+
+WORLD_VERSION = 2  # bump when the generator changes, so cached worlds are regenerated
 
 
 @dataclass
@@ -316,7 +319,8 @@ def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     """Generate the world into `out_dir` (skipped if a world with the same spec is already there)."""
     out = Path(out_dir)
     manifest_path = out / "world.json"
-    if manifest_path.exists() and json.loads(manifest_path.read_text()) == asdict(spec):
+    manifest = {"version": WORLD_VERSION, **asdict(spec)}
+    if manifest_path.exists() and json.loads(manifest_path.read_text()) == manifest:
         return out
     rng = random.Random(spec.seed)
     encoder = SceneEncoder(spec.embed_dim, seed=spec.seed)
@@ -361,5 +365,5 @@ def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     np.save(out / "eval" / "images" / "embeddings.npy", global_embeds)
     np.save(out / "eval" / "images" / "tokens.npy", tokens.astype(np.float16))
     _write_json(out / "eval" / "images" / "image_ids.json", image_ids)
-    _write_json(manifest_path, asdict(spec))
+    _write_json(manifest_path, manifest)
     return out

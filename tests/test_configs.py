@@ -1,0 +1,67 @@
+"""Every shipped YAML parses into the three argument dataclasses and builds a valid GatedGPT2Config; the accelerate
+configs load with accelerate's own config class and wrap the block class the model declares unsplittable."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modeling_gatedgpt import GatedGPT2Config, GatedGPT2PreTrainedModel
+from trainer.arguments import parse_args
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+PAPER_VARIANTS = [
+    "base", "gate_soft_per_token", "gate_hard_per_feature", "gate_hard_per_token", "gate_none", "film_on_text",
+    "film_on_cross_attn", "film_on_image", "dyintra_on_text", "dyintra_on_cross_attn", "dyintra_on_image",
+    "channel_attention", "mlp_encoder", "no_encoder", "with_clip", "with_lcg", "mixed_uniform", "mixed_non_uniform",
+]
+
+
+@pytest.mark.parametrize("name", [*PAPER_VARIANTS, "demo", "babylm_text"])
+def test_every_config_parses_and_builds_a_model_config(name):
+    model_args, data_args, training_args = parse_args([str(CONFIGS / f"{name}.yaml")])
+    config = GatedGPT2Config(**model_args.config_overrides())  # validates every variant value
+    if name in PAPER_VARIANTS:  # the paper's recipe
+        assert (config.n_layer, config.n_embd, config.n_head, data_args.block_size) == (8, 768, 8, 128)
+        assert training_args.per_device_train_batch_size == 64 and training_args.learning_rate == 5e-5
+        assert training_args.num_train_epochs == 10 and training_args.max_grad_norm == 1.0
+        assert training_args.weight_decay == 0.01 and training_args.lr_scheduler_type == "cosine"
+
+
+def test_variant_configs_differ_from_base_only_in_what_names_them():
+    base = GatedGPT2Config(**parse_args([str(CONFIGS / "base.yaml")])[0].config_overrides())
+    expected = {"gate_none": {"gate": "none"}, "film_on_image": {"modulation": "film", "modulation_target": "image"},
+                "gate_hard_per_token": {"gate": "hard", "gate_granularity": "token"}, "no_encoder": {
+                    "image_encoder": "linear"}, "with_lcg": {"contrastive": "lcg"}}
+    for name, changes in expected.items():
+        variant = GatedGPT2Config(**parse_args([str(CONFIGS / f"{name}.yaml")])[0].config_overrides())
+        differing = {k for k in changes if getattr(variant, k) != getattr(base, k)}
+        assert differing == set(changes), name
+    assert parse_args([str(CONFIGS / "mixed_uniform.yaml")])[1].curriculum == "mixed_uniform"
+
+
+def test_command_line_overrides_yaml_and_unknown_keys_are_errors(tmp_path):
+    model_args, data_args, training_args = parse_args([str(CONFIGS / "base.yaml"), "--gate", "hard",
+                                                       "--learning_rate", "1e-4", "--block_size", "64"])
+    assert (model_args.gate, training_args.learning_rate, data_args.block_size) == ("hard", 1e-4, 64)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: " + str(CONFIGS / "base.yaml") + "\ngates: hard\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown keys \['gates'\]"):
+        parse_args([str(bad)])
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2", "cpu_ddp"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    path = CONFIGS / "accelerate" / f"{name}.yaml"
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 2
+    if name == "fsdp":
+        wrapped = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+        assert wrapped in GatedGPT2PreTrainedModel._no_split_modules
+    if name == "deepspeed_zero2":
+        assert config.deepspeed_config["zero_stage"] == 2
+    if name != "cpu_ddp":
+        assert config.mixed_precision == "bf16"
+    assert yaml.safe_load(path.read_text())["distributed_type"] == config.distributed_type.value
