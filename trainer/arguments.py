@@ -71,6 +71,8 @@ class DataArguments:
     eval_embedding_files: list[str] = field(default_factory=list)
     image_tokens: str = field(default="global", metadata={"help": "World images: global (N, D) | cls_patches."})
     max_text_examples: int | None = field(default=None, metadata={"help": "Use only the first N text examples."})
+    max_eval_examples: int | None = field(default=None, metadata={
+        "help": "Use only the first N examples of each validation set."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "An existing fast tokenizer (else trained)."})
     vocab_size: int = 8192
     block_size: int = field(default=128, metadata={"help": "Context length (the model's n_positions)."})

@@ -50,19 +50,20 @@ def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:
-    series = defaultdict(list)
-    for entry in log_history:
-        for key in ("loss", "lm_loss", "loss_text", "loss_captions", "contrastive_loss", "eval_text_loss",
-                    "eval_captions_loss"):
-            if key in entry:
-                series[key].append((entry["step"], entry[key]))
+    """Per-modality training loss (gaps where a modality was not trained, e.g. alternating epochs), the auxiliary loss
+    and the per-modality validation losses, on a log scale."""
+    train_logs = [e for e in log_history if "loss" in e]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, points in series.items():
-        steps, values = zip(*points)
-        ax.plot(steps, values, marker="o" if key.startswith("eval") else None, markersize=3, label=key)
-    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title="Training and validation loss")
+    for key in ("loss_text", "loss_captions", "contrastive_loss"):
+        if any(key in e for e in train_logs):
+            ax.plot([e["step"] for e in train_logs], [e.get(key, np.nan) for e in train_logs], label=key)
+    for key in ("eval_text_loss", "eval_captions_loss"):
+        points = [(e["step"], e[key]) for e in log_history if key in e]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, linestyle="--", label=key)
+    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", yscale="log", title="Training and validation loss")
     ax.legend()
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -83,6 +83,8 @@ def build_datasets(data_args: DataArguments, tokenizer, image_dim: int | None):
         images = ImageStore(store_files, image_dim)
     if not parts:
         raise ValueError("no training data: give text_dir and/or caption_files (or neither, for the grounded world)")
+    if data_args.max_eval_examples is not None:
+        evals = {k: v.select(range(min(data_args.max_eval_examples, len(v)))) for k, v in evals.items()}
     train = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     return train, num_text, evals, images
 
@@ -166,7 +168,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
     if trainer.is_world_process_zero():
         if data_args.eval_world or (uses_world and data_args.eval_world is None):
-            summary["world_eval"] = world_evaluation(model, tokenizer, data_args)
+            summary["world_eval"] = world_evaluation(model, tokenizer, data_args, images.row_shape if images else None)
             logger.info("World evaluation: %s", json.dumps(summary["world_eval"]))
         if data_args.report:
             from .report import gate_by_word_class, write_report
@@ -181,8 +183,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     return summary
 
 
-def world_evaluation(model, tokenizer, data_args: DataArguments) -> dict:
+def world_evaluation(model, tokenizer, data_args: DataArguments, image_shape: tuple | None) -> dict:
+    """The world's held-out sets, with the image kind the model was trained on ((D,): global, (P, D): tokens)."""
     from eval.world import evaluate_world
 
-    return evaluate_world(model, tokenizer, Path(data_args.world_dir) / "eval", data_args.image_tokens,
-                          batch_size=64)
+    kind = "cls_patches" if image_shape is not None and len(image_shape) == 2 else "global"
+    return evaluate_world(model, tokenizer, Path(data_args.world_dir) / "eval", kind, batch_size=64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,8 +132,8 @@ class GatedGPT2Trainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
-            worker_init_fn=lambda worker_id: seed_worker(worker_id, self.args.dataloader_num_workers,
-                                                         self.args.process_index),
+            worker_init_fn=partial(seed_worker, num_workers=self.args.dataloader_num_workers,
+                                   rank=self.args.process_index),
         )
         return self.accelerator.prepare(loader)
 
