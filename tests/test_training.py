@@ -52,13 +52,23 @@ def test_each_curriculum_trains_and_logs_its_modalities(tiny_world, tmp_path, cu
     assert type(model).__name__ == "GatedGPT2ForCausalLM"
 
 
+def test_training_continues_from_a_checkpoint_with_its_tokenizer(tiny_world, tmp_path):
+    first = tmp_path / "first"
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, first, "--max_steps", "2")])
+    second = tmp_path / "second"
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, second, "--max_steps", "2", "--vocab_size", "150",
+                                            "--model_name_or_path", str(first / "run"))])
+    assert (second / "run" / "tokenizer.json").read_text() == (first / "run" / "tokenizer.json").read_text()
+    assert log_history(second / "run")[0]["loss"] < log_history(first / "run")[0]["loss"]
+
+
 def test_mixed_batches_route_each_rows_image(tiny_world, tmp_path):
     from trainer.curriculum import CurriculumBatchSampler
     from trainer.data import GroundedCollator
     from trainer.run import build_datasets, build_tokenizer
 
-    _, data_args, _ = parse_args([TINY_YAML, *tiny_train_args(tiny_world, tmp_path)])
-    tokenizer = build_tokenizer(data_args)
+    model_args, data_args, _ = parse_args([TINY_YAML, *tiny_train_args(tiny_world, tmp_path)])
+    tokenizer = build_tokenizer(data_args, model_args)
     train_set, num_text, _, images = build_datasets(data_args, tokenizer, image_dim=32)
     sampler = CurriculumBatchSampler(num_text, len(train_set) - num_text, "mixed_uniform", 8, seed=0)
     indices = next(iter(sampler))

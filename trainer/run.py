@@ -10,7 +10,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 import transformers
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -40,9 +39,12 @@ def resolve_world(data_args: DataArguments) -> None:
     data_args.eval_embedding_files = [str(world / "captions" / f"dev_{kind}.npy")]
 
 
-def build_tokenizer(data_args: DataArguments):
-    if data_args.tokenizer_name:
-        return load_tokenizer(data_args.tokenizer_name)
+def build_tokenizer(data_args: DataArguments, model_args: ModelArguments):
+    """The given tokenizer, else the starting checkpoint's, else a new byte-level BPE trained on the training text."""
+    source = data_args.tokenizer_name or model_args.model_name_or_path or model_args.init_from_gpt2
+    if source:
+        return load_tokenizer(source)
+
     def lines():
         if data_args.text_dir:
             yield from iter_text_lines(text_files(data_args.text_dir, data_args.text_pattern))
@@ -107,6 +109,12 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer,
     return GatedGPT2ForCausalLM(config)
 
 
+def check_vocabulary(model: GatedGPT2ForCausalLM, tokenizer) -> None:
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{model.config.vocab_size}; pass the tokenizer the checkpoint was trained with")
+
+
 def _total_steps(num_batches: int, args: TrainingArguments) -> int:
     if args.max_steps > 0:
         return args.max_steps
@@ -129,7 +137,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     with training_args.main_process_first(desc="grounded world, tokenizer and datasets"):
         if uses_world:
             resolve_world(data_args)
-        tokenizer = build_tokenizer(data_args)
+        tokenizer = build_tokenizer(data_args, model_args)
         image_dim = None
         if model_args.model_name_or_path:
             image_dim = GatedGPT2Config.from_pretrained(model_args.model_name_or_path).image_embed_dim
@@ -141,6 +149,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     num_batches = int(np.ceil(len(train) / global_batch))  # the alternating round; mixed curricula are close
     model = build_model(model_args, data_args, tokenizer, images.row_shape if images else None,
                         _total_steps(num_batches, training_args))
+    check_vocabulary(model, tokenizer)
     logger.info("GatedGPT2: %.2fM parameters, %d text + %d caption examples, curriculum %s",
                 model.num_parameters() / 1e6, num_text, len(train) - num_text, data_args.curriculum)
 
