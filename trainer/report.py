@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .training import gate_per_token  # noqa: E402
 from .world import word_class  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray
         out = model(input_ids=enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
                     image_embeds=torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(
                         model.device), output_gates=True, use_cache=False)
-        gates = torch.stack([g.float().mean(-1) if g.dim() == 3 else g.float() for g in out.gates]).mean(0).cpu()
+        gates = torch.stack([gate_per_token(g) for g in out.gates]).mean(0).cpu()
         for b, text in enumerate(texts):
             word_of_char = np.full(len(text), -1)
             words = text.split()

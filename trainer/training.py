@@ -41,6 +41,11 @@ def parse_revision_words(spec: str | None) -> list[int]:
         raise ValueError(f"revision_words: expected 'babylm' or a list like '50K,100K,1M', got {spec!r}") from None
 
 
+def gate_per_token(gate: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) per-feature or (B, T) per-token gate -> (B, T) float, the mean over features."""
+    return gate.float().mean(-1) if gate.dim() == 3 else gate.float()
+
+
 @dataclass
 class Curriculum:
     name: str
@@ -195,8 +200,7 @@ class GatedGPT2Trainer(Trainer):
         if outputs.gates and image_rows.any():
             mask = inputs["attention_mask"][image_rows].bool()
             for layer, gate in zip(self.model.config.cross_attention_layer_indices, outputs.gates):
-                per_token = gate[image_rows].float()
-                per_token = per_token.mean(-1) if per_token.dim() == 3 else per_token
+                per_token = gate_per_token(gate[image_rows])
                 sums[f"gate_mean/layer_{layer}"] += per_token[mask].sum()
                 sums[f"gate_mean/layer_{layer}/count"] += mask.sum()
 
