@@ -1,6 +1,10 @@
-"""Log-probability scoring as the BabyLM pipeline does it: the score of a text is the sum of the log-probabilities of
-its tokens (no length normalisation); a completion is scored by the tokens that cover its characters after a context.
-Batches are right-padded with an attention mask and grouped by length; with images, each text has its own."""
+"""Candidate scores as the BabyLM 2025 pipeline computes them for a causal LM.
+
+A candidate is a sentence and the completion at its end that is scored. The sentence is tokenised as it is (the
+tokenizer's post-processor adds `[BOS]`/`[EOS]`; nothing else is prepended) and the tokens whose character span ends
+after the completion's first character are the phrase; special tokens have empty spans and never count. The score is
+the sum of the phrase tokens' log-probabilities, with no length normalisation. Sentences are sorted by length and
+scored in right-padded batches with an attention mask, so the result does not depend on the batch size."""
 
 from __future__ import annotations
 
@@ -8,53 +12,69 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
+def phrase_mask(offsets: Sequence[tuple[int, int]], sentence: str, completion: str) -> list[int]:
+    """1 for the tokens that overlap the completion (the last `len(completion)` characters of `sentence`)."""
+    if not sentence.endswith(completion):
+        raise ValueError(f"The completion {completion!r} is not the end of the sentence {sentence!r}.")
+    start = len(sentence) - len(completion) + offsets[0][0]
+    return [int(end > start) for _, end in offsets]
+
+
+def encode_candidates(tokenizer, sentences: Sequence[str], completions: Sequence[str]):
+    """Token ids and phrase masks of each candidate."""
+    if len(sentences) != len(completions):
+        raise ValueError(f"{len(sentences)} sentences but {len(completions)} completions.")
+    encoded = tokenizer(list(sentences), return_offsets_mapping=True)
+    masks = [phrase_mask(offsets, s, c) for offsets, s, c in zip(encoded["offset_mapping"], sentences, completions)]
+    return encoded["input_ids"], masks
+
+
 @torch.no_grad()
-def _score(model, encodings: list[list[int]], weights: list[list[float]], images: np.ndarray | None, use_image: bool,
-           batch_size: int, pad_token_id: int, desc: str | None) -> np.ndarray:
+def score_candidates(model, tokenizer, sentences: Sequence[str], completions: Sequence[str] | None = None,
+                     images: np.ndarray | None = None, image_rows: Sequence[int] | None = None,
+                     sources: Sequence[str] | None = None, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    """Sum of log p over each candidate's phrase tokens (float64, one per sentence).
+
+    completions: the scored end of each sentence (default: the whole sentence).
+    images, image_rows: an embedding table and the row of it each candidate is scored with (default: no image).
+    sources: where each candidate comes from, named in errors (default: its index)."""
+    completions = list(sentences) if completions is None else completions
+    input_ids, masks = encode_candidates(tokenizer, sentences, completions)
+    sources = sources if sources is not None else [f"candidate {i}" for i in range(len(input_ids))]
+    context = model.config.max_position_embeddings
+    for ids, sentence, source in zip(input_ids, sentences, sources):
+        if len(ids) - 1 > context:  # the last token is only predicted
+            raise ValueError(f"{source}: {sentence!r} is {len(ids)} tokens; the model reads {len(ids) - 1} of them, "
+                             f"more than its context of {context} (config.max_position_embeddings).")
+    if (images is None) != (image_rows is None):
+        raise ValueError("Pass both `images` and `image_rows`, or neither.")
+    if image_rows is not None and len(image_rows) != len(input_ids):
+        raise ValueError(f"{len(image_rows)} image rows for {len(input_ids)} candidates.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
     device = model.device
-    order = np.argsort([-len(e) for e in encodings], kind="stable")
-    scores = np.zeros(len(encodings), dtype=np.float64)
+    order = np.argsort([-len(ids) for ids in input_ids], kind="stable")
+    scores = np.zeros(len(input_ids), dtype=np.float64)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
         rows = order[start : start + batch_size]
-        length = max(len(encodings[i]) for i in rows)
-        input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-        token_weights = torch.zeros((len(rows), length), dtype=torch.float64)
+        lengths = torch.tensor([len(input_ids[i]) for i in rows])
+        tokens = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
+        phrase = torch.zeros_like(tokens, dtype=torch.bool)
         for b, i in enumerate(rows):
-            input_ids[b, : len(encodings[i])] = torch.tensor(encodings[i])
-            token_weights[b, : len(weights[i])] = torch.tensor(weights[i], dtype=torch.float64)
-        attention_mask = (torch.arange(length) < torch.tensor([len(encodings[i]) for i in rows])[:, None]).long()
+            tokens[b, : lengths[b]] = torch.tensor(input_ids[i])
+            phrase[b, : lengths[b]] = torch.tensor(masks[i], dtype=torch.bool)
+        attention_mask = torch.arange(tokens.shape[1]) < lengths[:, None]
         kwargs = {}
         if images is not None:
-            kwargs["image_embeds"] = torch.from_numpy(np.asarray(images[rows], dtype=np.float32)).to(device)
-            kwargs["image_mask"] = torch.full((len(rows),), use_image, dtype=torch.bool, device=device)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False,
-                       **kwargs).logits
-        logprobs = F.log_softmax(logits[:, :-1].double(), dim=-1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0]
-        scores[rows] = (logprobs.cpu() * token_weights[:, 1:]).sum(-1).numpy()
+            batch_rows = np.asarray(image_rows)[rows]
+            kwargs["image_embeds"] = torch.from_numpy(np.asarray(images[batch_rows], dtype=np.float32)).to(device)
+        # position t predicts token t + 1; the last token predicts nothing
+        logits = model(input_ids=tokens[:, :-1].to(device), attention_mask=attention_mask[:, :-1].long().to(device),
+                       use_cache=False, **kwargs).logits.float()
+        targets = tokens[:, 1:].to(device)
+        logprobs = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
+        scores[rows] = (logprobs.double().cpu() * phrase[:, 1:]).sum(-1).numpy()
     return scores
-
-
-def sentence_scores(model, tokenizer, texts: Sequence[str], images: np.ndarray | None = None, use_image: bool = True,
-                    batch_size: int = 64, desc: str | None = None) -> np.ndarray:
-    """Sum of log p over every token after the first ([BOS]) of each text."""
-    encodings = tokenizer(list(texts))["input_ids"]
-    weights = [[1.0] * len(e) for e in encodings]
-    return _score(model, encodings, weights, images, use_image, batch_size, tokenizer.pad_token_id, desc)
-
-
-def completion_scores(model, tokenizer, contexts: Sequence[str], completions: Sequence[str],
-                      images: np.ndarray | None = None, use_image: bool = True, batch_size: int = 64,
-                      desc: str | None = None) -> np.ndarray:
-    """Sum of log p over the tokens of `context + completion` that start inside the completion (special tokens
-    excluded)."""
-    full = [c + x for c, x in zip(contexts, completions)]
-    encoded = tokenizer(full, return_offsets_mapping=True, return_special_tokens_mask=True)
-    weights = []
-    for context, offsets, special in zip(contexts, encoded["offset_mapping"], encoded["special_tokens_mask"]):
-        weights.append([float(not s and start >= len(context.rstrip()) and end > start)
-                        for (start, end), s in zip(offsets, special)])
-    return _score(model, encoded["input_ids"], weights, images, use_image, batch_size, tokenizer.pad_token_id, desc)

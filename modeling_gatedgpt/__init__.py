@@ -1,7 +1,8 @@
 """GatedGPT2: GPT-2 with token-wise gated cross-attention to image embeddings.
 
 Importing this package registers the classes with `AutoConfig`, `AutoModel` and `AutoModelForCausalLM`; saved
-checkpoints carry the code and an `auto_map`, so they load with `trust_remote_code=True` where it is not installed.
+checkpoints carry the code and an `auto_map` (a saved `GatedGPT2Processor` too, for `AutoProcessor`), so they load with
+`trust_remote_code=True` where it is not installed.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -9,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .configuration_gatedgpt import GatedGPT2Config
 from .gating import HardGate, SoftGate
 from .modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Model, GatedGPT2PreTrainedModel
+from .processing_gatedgpt import GatedGPT2Processor
 
 
 AutoConfig.register(GatedGPT2Config.model_type, GatedGPT2Config, exist_ok=True)
@@ -17,12 +19,14 @@ AutoModelForCausalLM.register(GatedGPT2Config, GatedGPT2ForCausalLM, exist_ok=Tr
 GatedGPT2Config.register_for_auto_class()
 GatedGPT2Model.register_for_auto_class("AutoModel")
 GatedGPT2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+GatedGPT2Processor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "GatedGPT2Config",
     "GatedGPT2Model",
     "GatedGPT2ForCausalLM",
     "GatedGPT2PreTrainedModel",
+    "GatedGPT2Processor",
     "HardGate",
     "SoftGate",
 ]

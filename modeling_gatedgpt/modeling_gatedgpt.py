@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_gatedgpt import GatedGPT2Config
+from .configuration_gatedgpt import VISION_FEATURES, GatedGPT2Config
 from .contrastive import ContrastiveHead
 from .gating import GATE_CLASSES, HardGate
 from .image_encoder import ImageEncoder
@@ -181,6 +181,20 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
         for module in self.modules():
             if isinstance(module, HardGate):
                 module.temperature.fill_(tau)
+
+    def attach_vision_tower(self, vision_tower: Dinov2Model, vision_feature: str = "cls") -> None:
+        """Make the model take `pixel_values`: a pretrained DINOv2 (the one whose embeddings it was trained on) becomes
+        its frozen vision tower, saved with it; `vision_feature` as in the config ("cls" or "cls_patches")."""
+        base = getattr(self, self.base_model_prefix, self)
+        if vision_feature not in VISION_FEATURES:
+            raise ValueError(f"`vision_feature` must be one of {VISION_FEATURES}, got {vision_feature!r}.")
+        if vision_tower.config.hidden_size != self.config.image_embed_dim:
+            raise ValueError(
+                f"The vision tower's hidden_size ({vision_tower.config.hidden_size}) must equal image_embed_dim "
+                f"({self.config.image_embed_dim})."
+            )
+        self.config.vision_config, self.config.vision_feature = vision_tower.config, vision_feature
+        base.vision_tower = vision_tower.to(device=self.device).requires_grad_(False).eval()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes the auto_map entry of the saved class only; a checkpoint must serve all three.

@@ -1,0 +1,86 @@
+"""`python -m eval <command>`: the evaluation tools on a saved checkpoint (a folder or a Hub id)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .tasks import EWOK_PASSWORD, TASKS
+
+
+def load_checkpoint(model: str, revision: str | None = None, device: str | None = None):
+    """Model and tokenizer as the BabyLM pipeline loads them (Auto classes, remote code)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=True)
+    network = AutoModelForCausalLM.from_pretrained(model, revision=revision, trust_remote_code=True)
+    return network.to(device).eval(), tokenizer
+
+
+def zero_shot_command(args: argparse.Namespace) -> None:
+    from .zero_shot import results_table, zero_shot
+
+    model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
+    results = zero_shot(model, tokenizer, args.data, args.tasks, fast=args.fast, images=args.images,
+                        no_image=args.no_image, batch_size=args.batch_size, out_dir=args.out,
+                        ewok_password=args.ewok_password, model_name=args.model)
+    print(results_table(results), end="")
+    print(f"Results: {Path(args.out) / 'results.json'}")
+
+
+def attach_vision_tower_command(args: argparse.Namespace) -> None:
+    """A checkpoint the official pipeline can feed images to: the model with its DINOv2 tower, and a processor."""
+    from transformers import AutoModel
+
+    from modeling_gatedgpt import GatedGPT2Processor
+
+    model, tokenizer = load_checkpoint(args.model, args.revision, "cpu")
+    model.attach_vision_tower(AutoModel.from_pretrained(args.vision_tower), args.vision_feature)
+    model.save_pretrained(args.out)
+    GatedGPT2Processor.for_vision_tower(tokenizer, model.config.vision_config).save_pretrained(args.out)
+    print(f"Saved {args.out}: model with a frozen {type(model.transformer.vision_tower).__name__} tower + processor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    zs = commands.add_parser("zero-shot", help="BabyLM zero-shot tasks, scored as the 2025 pipeline scores them")
+    zs.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    zs.add_argument("--data", required=True, type=Path,
+                    help="the official evaluation_data/ folder, or a flat folder with one sub-folder per task "
+                         "(the grounded world's eval/)")
+    zs.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    zs.add_argument("--fast", action="store_true", help="the fast_eval sets (BLiMP, supplement, EWoK)")
+    zs.add_argument("--no-image", action="store_true", help="score Winoground / VQA without images")
+    zs.add_argument("--images", type=Path, help="image embeddings: an .npy with image_ids.json, or a datasets folder")
+    zs.add_argument("--batch-size", type=int, default=64)
+    zs.add_argument("--out", required=True, type=Path)
+    zs.add_argument("--revision", help="a Hub revision, e.g. chck_10M")
+    zs.add_argument("--device", help="default: cuda when available, else cpu")
+    zs.add_argument("--ewok-password", default=EWOK_PASSWORD, help="password of the distributed EWoK zip")
+    zs.set_defaults(run=zero_shot_command)
+
+    tower = commands.add_parser("attach-vision-tower",
+                                help="save a copy of a checkpoint with its DINOv2 tower, so that it takes pixel_values")
+    tower.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    tower.add_argument("--vision-tower", required=True,
+                       help="the DINOv2 whose embeddings the model was trained on (folder or Hub id)")
+    tower.add_argument("--vision-feature", choices=("cls", "cls_patches"), default="cls",
+                       help="the CLS token (a global embedding) or CLS + patch tokens, as in training")
+    tower.add_argument("--revision")
+    tower.add_argument("--out", required=True, type=Path)
+    tower.set_defaults(run=attach_vision_tower_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The BabyLM zero-shot tasks, read as the 2025 pipeline reads them.
+
+Every record becomes an `Item`: candidate sentences, the completion of each that is scored (the whole sentence for
+BLiMP / supplement / Winoground, " " + target for EWoK, " " + answer for VQA), the candidate that is correct (always
+the first), its UID and the metadata the pipeline breaks accuracy down by. Two layouts are understood: the official
+`evaluation_data/` folder (`full_eval/blimp_filtered`, `fast_eval/blimp_fast`, ..., EWoK as a folder or as the
+distributed password-protected zip) and a flat folder with one sub-folder per task (the grounded world's `eval/`)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+TASKS = ("blimp", "supplement", "ewok", "winoground", "vqa")
+MULTIMODAL_TASKS = ("winoground", "vqa")
+EWOK_PASSWORD = "BabyLM2025"  # published with the evaluation data
+
+# task -> (full folder, fast folder); Winoground and VQA have no fast version
+OFFICIAL_FOLDERS = {
+    "blimp": ("full_eval/blimp_filtered", "fast_eval/blimp_fast"),
+    "supplement": ("full_eval/supplement_filtered", "fast_eval/supplement_fast"),
+    "ewok": ("full_eval/ewok_filtered", "fast_eval/ewok_fast"),
+    "winoground": ("full_eval/winoground_filtered", "full_eval/winoground_filtered"),
+    "vqa": ("full_eval/vqa_filtered", "full_eval/vqa_filtered"),
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    uid: str
+    sentences: tuple[str, ...]
+    completions: tuple[str, ...]
+    source: str  # file:line, for error messages
+    metadata: dict[str, str] = field(default_factory=dict)
+    image_id: str | None = None
+    label: int = 0
+
+
+@dataclass(frozen=True)
+class TaskData:
+    name: str
+    dataset: str  # the folder's name, as the pipeline names its output folder
+    items: list[Item]
+
+
+def _require(record: dict, names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        if name not in record:
+            raise ValueError(f"{where}: missing field {name!r}; the record has {sorted(record)}.")
+
+
+def _records(lines: list[str], name: str) -> Iterator[tuple[dict, str]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: malformed JSON ({error.msg} at column {error.colno}).") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+        yield record, where
+
+
+def _decode_minimal_pair(record: dict, stem: str, where: str) -> Item:
+    _require(record, ("sentence_good", "sentence_bad"), where)
+    sentences = (record["sentence_good"], record["sentence_bad"])
+    if "field" in record:  # BLiMP; the supplement has no field and is grouped by file
+        _require(record, ("UID", "linguistics_term"), where)
+        metadata = {"field": "syntax/semantics" if record["field"] == "syntax_semantics" else record["field"],
+                    "linguistics_term": record["linguistics_term"]}
+        uid = record["UID"]
+    else:
+        metadata = {"field": "supplement", "linguistics_term": "supplement"}
+        uid = stem
+    return Item(uid, sentences, sentences, where, metadata)
+
+
+def _decode_ewok(record: dict, stem: str, where: str) -> Item:
+    _require(record, ("Domain", "Context1", "Target1", "Target2", "ContextType", "ContextDiff", "TargetDiff"), where)
+    targets = (record["Target1"], record["Target2"])
+    return Item(
+        uid=record["Domain"],
+        sentences=tuple(f"{record['Context1']} {t}" for t in targets),
+        completions=tuple(f" {t}" for t in targets),
+        source=where,
+        metadata={"context_type": record["ContextType"], "context_contrast": record["ContextDiff"],
+                  "target_contrast": record["TargetDiff"]},
+    )
+
+
+def _decode_winoground(record: dict, stem: str, where: str) -> Item:
+    _require(record, ("caption_0", "caption_1", "tag", "secondary_tag", "collapsed_tag"), where)
+    if "image_id" not in record:
+        _require(record, ("image_idx", "image_key"), where)
+    captions = (record["caption_0"], record["caption_1"])
+    return Item(
+        uid="WinoGround",
+        sentences=captions,
+        completions=captions,
+        source=where,
+        metadata={"Type": record["collapsed_tag"], "Linguistic Feature": record["tag"],
+                  "Linguistic Sub-Feature": f"{record['tag']} {record['secondary_tag']}"},
+        image_id=str(record["image_id"]) if "image_id" in record else f"{record['image_idx']}/{record['image_key']}",
+    )
+
+
+def _decode_vqa(record: dict, stem: str, where: str) -> Item:
+    _require(record, ("question", "target_ans", "distractors"), where)
+    if "image_id" not in record:
+        _require(record, ("idx_in_hf_dataset",), where)
+    if not isinstance(record["distractors"], list) or not record["distractors"]:
+        raise ValueError(f"{where}: field 'distractors' must be a non-empty list, got {record['distractors']!r}.")
+    answers = (record["target_ans"], *record["distractors"])
+    return Item(
+        uid="VQA",
+        sentences=tuple(f"{record['question']} {a}" for a in answers),
+        completions=tuple(f" {a}" for a in answers),
+        source=where,
+        image_id=str(record["image_id"] if "image_id" in record else record["idx_in_hf_dataset"]),
+    )
+
+
+DECODERS = {"blimp": _decode_minimal_pair, "supplement": _decode_minimal_pair, "ewok": _decode_ewok,
+            "winoground": _decode_winoground, "vqa": _decode_vqa}
+
+
+def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str]]]:
+    """(stem, display name, lines) of every JSONL file of a folder, or of the zip archive next to it."""
+    if folder.is_dir():
+        files = sorted(folder.glob("*.jsonl"))
+        if not files:
+            raise FileNotFoundError(f"No *.jsonl files in {folder}.")
+        return [(f.stem, str(f), f.read_text(encoding="utf-8").splitlines()) for f in files]
+    archive = folder.with_suffix(".zip")
+    with zipfile.ZipFile(archive) as zipped:
+        members = sorted(m for m in zipped.namelist() if m.endswith(".jsonl"))
+        if not members:
+            raise FileNotFoundError(f"No *.jsonl files in {archive}.")
+        try:
+            return [(Path(m).stem, f"{archive}:{m}", zipped.read(m, pwd=password.encode()).decode("utf-8").splitlines())
+                    for m in members]
+        except RuntimeError as error:  # zipfile's way of saying "bad password"
+            raise ValueError(f"Cannot decrypt {archive} with the given password: {error}") from None
+
+
+def task_folder(data_dir: str | Path, task: str, fast: bool = False) -> Path:
+    """Where a task's files are: the official layout's folder, or `data_dir/<task>` in a flat layout (the world's
+    `blimp/` also serves as its minimal-pair set). A zip archive stands in for a missing folder."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose from {', '.join(TASKS)}.")
+    data_dir = Path(data_dir)
+    if (data_dir / "full_eval").is_dir() or (data_dir / "fast_eval").is_dir():
+        candidates = [data_dir / OFFICIAL_FOLDERS[task][int(fast)]]
+    else:
+        candidates = [data_dir / task]
+    for folder in candidates:
+        if folder.is_dir() or folder.with_suffix(".zip").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"No data for task {task!r} in {data_dir}: looked for {candidates[0]} (a folder of *.jsonl files"
+        f"{' or a .zip of them' if task == 'ewok' else ''})."
+    )
+
+
+def read_task(data_dir: str | Path, task: str, fast: bool = False, password: str = EWOK_PASSWORD) -> TaskData:
+    """All records of one task, in file order (files sorted by name), decoded as the pipeline decodes them."""
+    folder = task_folder(data_dir, task, fast)
+    items = [DECODERS[task](record, stem, where)
+             for stem, name, lines in _jsonl_sources(folder, password)
+             for record, where in _records(lines, name)]
+    if not items:
+        raise ValueError(f"Task {task!r}: the files in {folder} hold no records.")
+    return TaskData(task, folder.name, items)

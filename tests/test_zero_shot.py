@@ -1,0 +1,244 @@
+"""The BabyLM zero-shot suite: predictions equal an independent, one-sentence-at-a-time scorer with the pipeline's
+semantics on the real evaluation files; Winoground and EWoK as distributed; the outputs' formats; bad input."""
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eval.__main__ import main as eval_main
+from eval.images import ImageEmbeddings
+from eval.scoring import score_candidates
+from eval.tasks import read_task
+from eval.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
+from tests.conftest import tiny_model
+from trainer.data import train_tokenizer
+
+
+EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
+BABYLM_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "text" / "dev"
+IMAGE_DIM = 24
+needs_data = pytest.mark.skipif(not EVAL_DATA.is_dir(), reason="../shared/data/babylm is not beside the repository")
+
+
+@pytest.fixture(scope="module")
+def babylm_tokenizer():
+    text = " ".join(f.read_text(encoding="utf-8")[:100_000] for f in sorted(BABYLM_TEXT.glob("*.dev")))
+    return train_tokenizer([text[i : i + 1000] for i in range(0, len(text), 1000)], vocab_size=600,
+                           model_max_length=256)
+
+
+@pytest.fixture(scope="module")
+def model(babylm_tokenizer):
+    """A random model with large weights, so that candidates' scores are far apart (no near-ties)."""
+    return tiny_model(vocab_size=len(babylm_tokenizer), n_positions=256, n_embd=64, initializer_range=0.3,
+                      image_embed_dim=IMAGE_DIM, bos_token_id=babylm_tokenizer.bos_token_id,
+                      eos_token_id=babylm_tokenizer.eos_token_id, pad_token_id=babylm_tokenizer.pad_token_id)
+
+
+def pipeline_choice(model, tokenizer, sentences, completions, image=None) -> int:
+    """The BabyLM 2025 pipeline's causal scoring of one record, one sentence at a time, written independently."""
+    scores = []
+    for sentence, completion in zip(sentences, completions):
+        encoded = tokenizer(sentence, return_offsets_mapping=True)
+        tokens, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        start_char = len(sentence) - len(completion) + offsets[0][0]
+        phrase = torch.tensor([int(end > start_char) for _, end in offsets])
+        ids = torch.tensor([tokens])
+        kwargs = {} if image is None else {"image_embeds": torch.as_tensor(np.asarray(image))[None].float()}
+        with torch.no_grad():
+            logits = model(input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]), **kwargs).logits
+        logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[0, :, 0]
+        scores.append(float((logprobs * phrase[1:]).sum()))
+    return int(torch.tensor(scores).argmax())
+
+
+def naive_predictions(model, tokenizer, files, decode, first: int) -> dict[str, list[str]]:
+    """{UID: [chosen completion, ...]} over the first `first` records of each file."""
+    predictions = defaultdict(list)
+    for path in files:
+        for line in path.read_text().splitlines()[:first]:
+            uid, sentences, completions = decode(json.loads(line), path.stem)
+            predictions[uid].append(completions[pipeline_choice(model, tokenizer, sentences, completions)])
+    return predictions
+
+
+def minimal_pair(record, stem):
+    pair = [record["sentence_good"], record["sentence_bad"]]
+    return record.get("UID", stem), pair, pair
+
+
+@needs_data
+def test_blimp_and_supplement_fast_equal_a_naive_scorer(model, babylm_tokenizer, tmp_path):
+    results = zero_shot(model, babylm_tokenizer, EVAL_DATA, "blimp,supplement", fast=True, batch_size=128,
+                        out_dir=tmp_path, progress=False)
+    assert results["tasks"]["blimp"]["items"] == 13_400 and results["tasks"]["supplement"]["items"] == 250
+    for task, first in (("blimp", 6), ("supplement", 50)):
+        files = sorted((EVAL_DATA / "fast_eval" / f"{task}_fast").glob("*.jsonl"))
+        expected = naive_predictions(model, babylm_tokenizer, files, minimal_pair, first)
+        written = json.loads((tmp_path / task / "predictions.json").read_text())
+        assert set(written) == set(expected)
+        for uid, predictions in written.items():
+            assert [p["id"] for p in predictions["predictions"]] == [f"{uid}_{n}" for n in range(len(predictions["predictions"]))]
+            assert [p["pred"] for p in predictions["predictions"][:first]] == expected[uid], uid
+
+        accuracies = json.loads((tmp_path / task / "accuracies.json").read_text())
+        assert results["tasks"][task]["accuracy"] == pytest.approx(np.mean(list(accuracies["UID"].values())))
+    assert len(accuracies["UID"]) == 5 and "hypernym" in accuracies["UID"]  # supplement: UID = file name
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert "predictions" not in summary["tasks"]["blimp"]
+    assert summary["tasks"]["blimp"]["accuracies"]["field"].keys() == {"syntax", "morphology", "syntax/semantics",
+                                                                        "semantics"}
+    assert "| blimp | blimp_fast | 13400 |" in (tmp_path / "results.md").read_text()
+
+
+@needs_data
+def test_ewok_is_read_from_the_password_protected_zip_and_scores_the_target(model, babylm_tokenizer, tmp_path):
+    task = read_task(EVAL_DATA, "ewok", fast=True)
+    assert task.dataset == "ewok_fast" and len(task.items) == 11 * 100 == len({i.source for i in task.items})
+    item = task.items[0]
+    assert item.sentences[0] == f"{item.sentences[0][: -len(item.completions[0])]}{item.completions[0]}"
+    assert item.completions[0].startswith(" ") and item.metadata.keys() == {"context_type", "context_contrast",
+                                                                          "target_contrast"}
+    # a few records of each domain through both scorers
+    few = [i for uid in dict.fromkeys(i.uid for i in task.items) for i in [j for j in task.items if j.uid == uid][:4]]
+    ours = evaluate_task(model, babylm_tokenizer, type(task)("ewok", "ewok_fast", few), progress=False)
+    expected = [i.completions[pipeline_choice(model, babylm_tokenizer, i.sentences, i.completions)] for i in few]
+    assert [p["pred"] for uid in ours["predictions"] for p in ours["predictions"][uid]["predictions"]] == expected
+
+    with pytest.raises(ValueError, match="Cannot decrypt .*ewok_fast.zip"):
+        read_task(EVAL_DATA, "ewok", fast=True, password="wrong")
+
+
+@needs_data
+def test_winoground_with_image_embeddings_and_an_image_blind_model(model, babylm_tokenizer, tmp_path):
+    records = [json.loads(line) for line in
+               (EVAL_DATA / "full_eval" / "winoground_filtered" / "winoground.jsonl").read_text().splitlines()]
+    ids = sorted({f"{r['image_idx']}/{r['image_key']}" for r in records})
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "random.npy", rng.normal(size=(len(ids), IMAGE_DIM)).astype(np.float32))
+    (tmp_path / "random.ids.json").write_text(json.dumps(ids))
+    np.save(tmp_path / "constant.npy", np.ones((len(ids), 3, IMAGE_DIM), dtype=np.float32))
+    (tmp_path / "constant.ids.json").write_text(json.dumps(ids))
+
+    def accuracy(**kwargs):
+        return zero_shot(model, babylm_tokenizer, EVAL_DATA, "winoground", progress=False, **kwargs)["tasks"][
+            "winoground"]
+
+    blind = accuracy(no_image=True)
+    assert blind["items"] == 746 and blind["accuracy"] == 50.0
+    assert blind["accuracies"]["Type"] == {"Object": 50.0, "Relation": 50.0, "Both": 50.0}
+    assert accuracy(images=tmp_path / "constant.npy")["accuracy"] == 50.0  # every image alike: blind again
+    seeing = accuracy(images=tmp_path / "random.npy")
+    assert seeing["accuracy"] != 50.0
+
+    # the image changes the scores, and each candidate is scored with its own record's image
+    item = read_task(EVAL_DATA, "winoground").items[1]
+    images = ImageEmbeddings.load(tmp_path / "random.npy")
+    row = images.rows([item.image_id], [item.source])[0]
+    assert item.image_id == "0/image_1"
+    expected = pipeline_choice(model, babylm_tokenizer, item.sentences, item.completions, images.embeddings[row])
+    assert seeing["predictions"]["WinoGround"]["predictions"][1]["pred"] == item.completions[expected]
+
+
+def test_the_cli_evaluates_a_saved_checkpoint_on_the_world(tiny_world, tmp_path):
+    lines = (tiny_world / "text" / "train" / "world.train").read_text().splitlines()
+    tokenizer = train_tokenizer(lines, vocab_size=150, model_max_length=64)
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=64, image_embed_dim=32, initializer_range=0.3)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+
+    eval_main(["zero-shot", "--model", str(tmp_path / "model"), "--data", str(tiny_world / "eval"), "--tasks",
+               "blimp,winoground,vqa", "--batch-size", "7", "--out", str(tmp_path / "out")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["vision"] and set(results["tasks"]) == {"blimp", "winoground", "vqa"}
+    vqa = json.loads((tmp_path / "out" / "vqa" / "predictions.json").read_text())["VQA"]["predictions"]
+    records = [json.loads(line) for line in (tiny_world / "eval" / "vqa" / "vqa.jsonl").read_text().splitlines()]
+    assert len(vqa) == len(records) and all(p["pred"].startswith(" ") for p in vqa)
+    assert results["tasks"]["vqa"]["accuracy"] == pytest.approx(
+        100 * np.mean([p["pred"] == " " + r["target_ans"] for p, r in zip(vqa, records)]))
+
+    eval_main(["zero-shot", "--model", str(tmp_path / "model"), "--data", str(tiny_world / "eval"), "--tasks",
+               "winoground", "--no-image", "--out", str(tmp_path / "blind")])
+    blind = json.loads((tmp_path / "blind" / "results.json").read_text())
+    assert not blind["vision"] and blind["tasks"]["winoground"]["accuracy"] == 50.0
+    assert "winoground (no vision)" in (tmp_path / "blind" / "results.md").read_text()
+
+
+def test_scores_do_not_depend_on_the_batch_size(model, babylm_tokenizer):
+    sentences = ["The cat sat.", "A much longer sentence about dogs that ran home.", "Hi", "Where did she go?"]
+    completions = [" sat.", " home.", "Hi", "Where did she go?"]
+    one = score_candidates(model, babylm_tokenizer, sentences, completions, batch_size=1)
+    four = score_candidates(model, babylm_tokenizer, sentences, completions, batch_size=4)
+    np.testing.assert_allclose(one, four, rtol=1e-5)
+    whole = score_candidates(model, babylm_tokenizer, sentences[:1], batch_size=1)
+    assert whole[0] < one[0] < 0  # the whole sentence has more tokens to pay for than its end
+
+
+def test_the_accuracy_metric_averages_over_uids():
+    metric = load_accuracy_metric()
+    result = metric.compute(predictions=[0, 1, 0, 0], references=[0, 0, 0, 0], groups=["a", "a", "b", "b"])
+    assert result["accuracy"] == 75.0 and result["per_group"] == {"a": 50.0, "b": 100.0}
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def write_task(root: Path, task: str, lines: list[str]) -> Path:
+    folder = root / task
+    folder.mkdir(parents=True)
+    (folder / "part.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+GOOD = json.dumps({"sentence_good": "a b", "sentence_bad": "b a"})
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"sentence_good": "a b", "sentence_bad": ', r"part.jsonl:3: malformed JSON"),
+    ('{"sentence_good": "a b"}', r"part.jsonl:3: missing field 'sentence_bad'"),
+    ('["a b", "b a"]', r"part.jsonl:3: expected a JSON object, got list"),
+])
+def test_malformed_jsonl_names_file_line_and_field(tmp_path, bad_line, message):
+    write_task(tmp_path, "supplement", [GOOD, GOOD, bad_line])
+    with pytest.raises(ValueError, match=message):
+        read_task(tmp_path, "supplement")
+
+
+def test_vqa_record_without_answers_or_image_is_an_error(tmp_path):
+    record = {"question": "what colour is it?", "target_ans": "red", "distractors": ["blue"]}
+    write_task(tmp_path, "vqa", [json.dumps(record)])
+    with pytest.raises(ValueError, match=r"part.jsonl:1: missing field 'idx_in_hf_dataset'"):
+        read_task(tmp_path, "vqa")
+    shutil.rmtree(tmp_path / "vqa")
+    write_task(tmp_path, "vqa", [json.dumps({**record, "distractors": [], "image_id": "x"})])
+    with pytest.raises(ValueError, match=r"part.jsonl:1: field 'distractors' must be a non-empty list"):
+        read_task(tmp_path, "vqa")
+
+
+def test_missing_data_image_and_bad_arguments_are_errors(model, babylm_tokenizer, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No data for task 'ewok'"):
+        zero_shot(model, babylm_tokenizer, tmp_path, "ewok", progress=False)
+    with pytest.raises(ValueError, match="unknown task"):
+        zero_shot(model, babylm_tokenizer, tmp_path, "blimp,glue", progress=False)
+
+    record = {"question": "what is it?", "target_ans": "a cat", "distractors": ["a dog"], "image_id": "img7"}
+    write_task(tmp_path, "vqa", [json.dumps(record)])
+    with pytest.raises(ValueError, match=r"need image embeddings"):
+        zero_shot(model, babylm_tokenizer, tmp_path, "vqa", progress=False)
+    np.save(tmp_path / "emb.npy", np.zeros((1, IMAGE_DIM), dtype=np.float32))
+    (tmp_path / "emb.ids.json").write_text('["img1"]')
+    with pytest.raises(KeyError, match=r"part.jsonl:1: no embedding for image id 'img7'"):
+        zero_shot(model, babylm_tokenizer, tmp_path, "vqa", images=tmp_path / "emb.npy", progress=False)
+    (tmp_path / "emb.ids.json").write_text('["img1", "img7"]')
+    with pytest.raises(ValueError, match="2 image ids for 1 embeddings"):
+        ImageEmbeddings.load(tmp_path / "emb.npy")
+
+    write_task(tmp_path, "blimp", [json.dumps({"sentence_good": "word " * 300, "sentence_bad": "a", "field": "x",
+                                               "UID": "long", "linguistics_term": "x"})])
+    with pytest.raises(ValueError, match=r"part.jsonl:1: .* more than its context of 256"):
+        zero_shot(model, babylm_tokenizer, tmp_path, "blimp", progress=False)
