@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--data", required=True, type=Path,
                     help="the official evaluation_data/ folder, or a flat folder with one sub-folder per task "
                          "(the grounded world's eval/)")
-    zs.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    zs.add_argument("--tasks", default="blimp,supplement,ewok",
+                    help=f"comma-separated subset of {','.join(TASKS)} (default: the text tasks)")
     zs.add_argument("--fast", action="store_true", help="the fast_eval sets (BLiMP, supplement, EWoK)")
     zs.add_argument("--no-image", action="store_true", help="score Winoground / VQA without images")
     zs.add_argument("--images", type=Path, help="image embeddings: an .npy with image_ids.json, or a datasets folder")

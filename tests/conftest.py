@@ -1,8 +1,22 @@
+import textwrap
+
 import pytest
 import torch
 
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
 
+
+# the head of a script that must load checkpoints through their remote code, as where this package is not installed
+WITHOUT_THE_PACKAGE = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "modeling_gatedgpt":
+                raise ImportError("the package is not installed here")
+    sys.meta_path.insert(0, BlockPackage())
+    """
+)
 
 VOCAB = 97
 IMAGE_DIM = 24

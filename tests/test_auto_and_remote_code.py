@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, GatedGPT2Model
-from tests.conftest import IMAGE_DIM, tiny_config, tiny_model
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_config, tiny_model
 
 
 def test_auto_classes_know_the_model(tmp_path):
@@ -37,14 +37,8 @@ def test_auto_classes_know_the_model(tmp_path):
     assert torch.equal(base.h[0].crossattention.q_attn.weight, model.transformer.h[0].crossattention.q_attn.weight)
 
 
-REMOTE_LOADER = textwrap.dedent(
+REMOTE_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, sys
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeling_gatedgpt":
-                raise ImportError("the package is not installed here")
-    sys.meta_path.insert(0, BlockPackage())
 
     import torch
     from safetensors.torch import load_file

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
 from modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Processor
-from tests.conftest import IMAGE_DIM, tiny_model
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_model
 
 
 VISION = dict(hidden_size=IMAGE_DIM, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
@@ -47,14 +47,8 @@ def test_vision_tower_is_frozen(batch):
     assert model.transformer.image_encoder.proj.weight.grad is not None
 
 
-PIPELINE_LOADER = textwrap.dedent(
+PIPELINE_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, sys
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeling_gatedgpt":
-                raise ImportError("the package is not installed here")
-    sys.meta_path.insert(0, BlockPackage())
 
     import torch
     from PIL import Image

@@ -242,3 +242,16 @@ def test_missing_data_image_and_bad_arguments_are_errors(model, babylm_tokenizer
                                                "UID": "long", "linguistics_term": "x"})])
     with pytest.raises(ValueError, match=r"part.jsonl:1: .* more than its context of 256"):
         zero_shot(model, babylm_tokenizer, tmp_path, "blimp", progress=False)
+
+
+def test_image_embeddings_from_a_datasets_folder(tmp_path):
+    from datasets import Dataset
+
+    embeddings = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
+    Dataset.from_dict({"image_id": ["a", "b", "c"], "embedding": embeddings}).save_to_disk(tmp_path / "images")
+    images = ImageEmbeddings.load(tmp_path / "images")
+    rows = images.rows(["c", "a"], ["x:1", "x:2"])
+    np.testing.assert_array_equal(images.embeddings[rows], embeddings[[2, 0]])
+    Dataset.from_dict({"id": ["a"], "embedding": embeddings[:1]}).save_to_disk(tmp_path / "wrong")
+    with pytest.raises(ValueError, match=r"needs columns 'image_id' and 'embedding'; missing \['image_id'\]"):
+        ImageEmbeddings.load(tmp_path / "wrong")

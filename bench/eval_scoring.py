@@ -1,0 +1,105 @@
+"""BLiMP-fast scoring throughput: our batched, length-sorted scorer at several batch sizes against a naive scorer that
+runs one sentence at a time (the BabyLM pipeline's computation, unbatched). Each configuration runs in its own process,
+so its peak RSS is its own; the naive scorer runs on the first `--naive-pairs` pairs and the pairs/s are compared.
+
+    python bench/eval_scoring.py                        # a random 4 x 256 model, BabyLM-dev BPE (8192)
+    python bench/eval_scoring.py --model outputs/babylm_text
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "babylm"
+
+
+def make_checkpoint(out: Path) -> str:
+    from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
+    from trainer.data import iter_text_lines, text_files, train_tokenizer
+
+    tokenizer = train_tokenizer(iter_text_lines(text_files(DATA / "text" / "dev", "*.dev")), 8192, 128)
+    config = GatedGPT2Config(vocab_size=len(tokenizer), n_positions=128, n_layer=4, n_embd=256, n_head=4,
+                             n_inner=1024, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    GatedGPT2ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def naive_choice(model, tokenizer, pair) -> int:
+    """One sentence per forward pass, no padding: the pipeline's computation with batch size 1."""
+    scores = []
+    for sentence in pair:
+        ids = torch.tensor([tokenizer(sentence)["input_ids"]])
+        logits = model(input_ids=ids[:, :-1]).logits
+        scores.append(torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).sum().item())
+    return int(scores[1] > scores[0])
+
+
+@torch.no_grad()
+def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
+    from eval.__main__ import load_checkpoint
+    from eval.tasks import read_task
+    from eval.zero_shot import evaluate_task, load_accuracy_metric
+
+    model, tokenizer = load_checkpoint(checkpoint, device="cpu")
+    task = read_task(DATA / "evaluation_data", "blimp", fast=True)
+    metric = load_accuracy_metric()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    if batch_size == 0:
+        pairs = task.items[:naive_pairs]
+        for item in pairs:
+            naive_choice(model, tokenizer, item.sentences)
+    else:
+        pairs = task.items
+        evaluate_task(model, tokenizer, task, batch_size=batch_size, metric=metric, progress=False)
+    seconds = time.perf_counter() - start
+    return {"batch_size": batch_size or "naive (1 sentence)", "pairs": len(pairs), "seconds": seconds,
+            "pairs_per_s": len(pairs) / seconds, "threads": torch.get_num_threads(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss_before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint to score with (default: a random 4 x 256 model)")
+    parser.add_argument("--batch-sizes", default="1,16,64,256")
+    parser.add_argument("--naive-pairs", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_scoring.json")
+    parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.naive_pairs)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.model or make_checkpoint(Path(tmp) / "model")
+        rows = []
+        for batch_size in [0, *map(int, args.batch_sizes.split(","))]:
+            result = subprocess.run([sys.executable, __file__, "--worker", checkpoint, str(batch_size),
+                                     "--naive-pairs", str(args.naive_pairs)], cwd=ROOT, check=True,
+                                    capture_output=True, text=True)
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    naive = rows[0]["pairs_per_s"]
+    print("\n| scorer | pairs | pairs/s | x naive | peak RSS (MB) |\n| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        row["speedup_vs_naive"] = row["pairs_per_s"] / naive
+        print(f"| {row['batch_size']} | {row['pairs']} | {row['pairs_per_s']:,.0f} | {row['speedup_vs_naive']:.1f} | "
+              f"{row['peak_rss_mb']:,.0f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": args.model or "random 4 x 256, vocab 8192", "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
