@@ -1,6 +1,7 @@
 """BLiMP-fast scoring throughput: our batched, length-sorted scorer at several batch sizes against a naive scorer that
 runs one sentence at a time (the BabyLM pipeline's computation, unbatched). Each configuration runs in its own process,
-so its peak RSS is its own; the naive scorer runs on the first `--naive-pairs` pairs and the pairs/s are compared.
+so its peak RSS is its own; the naive scorer runs on `--naive-pairs` pairs spread evenly over the paradigms, and the
+pairs/s are compared.
 
     python bench/eval_scoring.py                        # a random 4 x 256 model, BabyLM-dev BPE (8192)
     python bench/eval_scoring.py --model outputs/babylm_text
@@ -58,7 +59,7 @@ def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     if batch_size == 0:
-        pairs = task.items[:naive_pairs]
+        pairs = task.items[:: max(1, len(task.items) // naive_pairs)][:naive_pairs]  # every paradigm, evenly
         for item in pairs:
             naive_choice(model, tokenizer, item.sentences)
     else:

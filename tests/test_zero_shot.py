@@ -49,7 +49,7 @@ def pipeline_choice(model, tokenizer, sentences, completions, image=None) -> int
         start_char = len(sentence) - len(completion) + offsets[0][0]
         phrase = torch.tensor([int(end > start_char) for _, end in offsets])
         ids = torch.tensor([tokens])
-        kwargs = {} if image is None else {"image_embeds": torch.as_tensor(np.asarray(image))[None].float()}
+        kwargs = {} if image is None else {"image_embeds": torch.tensor(np.array(image), dtype=torch.float32)[None]}
         with torch.no_grad():
             logits = model(input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]), **kwargs).logits
         logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[0, :, 0]
