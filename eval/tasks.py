@@ -155,15 +155,12 @@ def task_folder(data_dir: str | Path, task: str, fast: bool = False) -> Path:
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose from {', '.join(TASKS)}.")
     data_dir = Path(data_dir)
-    if (data_dir / "full_eval").is_dir() or (data_dir / "fast_eval").is_dir():
-        candidates = [data_dir / OFFICIAL_FOLDERS[task][int(fast)]]
-    else:
-        candidates = [data_dir / task]
-    for folder in candidates:
-        if folder.is_dir() or folder.with_suffix(".zip").is_file():
-            return folder
+    official = (data_dir / "full_eval").is_dir() or (data_dir / "fast_eval").is_dir()
+    folder = data_dir / OFFICIAL_FOLDERS[task][int(fast)] if official else data_dir / task
+    if folder.is_dir() or folder.with_suffix(".zip").is_file():
+        return folder
     raise FileNotFoundError(
-        f"No data for task {task!r} in {data_dir}: looked for {candidates[0]} (a folder of *.jsonl files"
+        f"No data for task {task!r} in {data_dir}: looked for {folder} (a folder of *.jsonl files"
         f"{' or a .zip of them' if task == 'ewok' else ''})."
     )
 

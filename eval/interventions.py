@@ -1,0 +1,139 @@
+"""Interventions on the image path, for the Narrow Gate analyses (arXiv 2412.06646, adapted to cross-attention).
+
+- `knockout`: remove image tokens from the cross-attention of chosen layers. By default the post-softmax weights of
+  the knocked tokens are zeroed (the others keep theirs), which is the same as zeroing those tokens' values; with
+  `renormalise=True` their keys are masked, so the others' weights renormalise. Where every image token of a row is
+  knocked out, that layer adds nothing from the image to the row: exactly `image_mask=False` for the layer.
+- `record_image_path` / `patch_image_path`: capture the image tokens' representations of one run (the image encoder's
+  output, and each layer's cross-attention keys and values) and put them into another run.
+
+All of them are PyTorch hooks that live only inside their `with` block: a model with no intervention runs its plain
+forward, with nothing added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+
+def cross_attention_blocks(model, layers: Sequence[int] | None = None) -> dict[int, torch.nn.Module]:
+    base = getattr(model, "transformer", model)
+    available = {i: block for i, block in enumerate(base.h) if block.has_cross_attention}
+    if layers is None:
+        return available
+    missing = [i for i in layers if i not in available]
+    if missing:
+        raise ValueError(f"layers {missing} have no cross-attention; the model's cross-attention layers are "
+                         f"{sorted(available)}.")
+    return {i: available[i] for i in layers}
+
+
+def _rows_for(mask: torch.Tensor, rows: int) -> torch.Tensor:
+    """A (B, N) mask for `rows` rows: per-position image tokens fold the T positions of each row into the batch."""
+    return mask if mask.shape[0] == rows else mask.repeat_interleave(rows // mask.shape[0], dim=0)
+
+
+@contextmanager
+def knockout(model, knocked: torch.Tensor, layers: Sequence[int] | None = None, renormalise: bool = False
+             ) -> Iterator[None]:
+    """Knock out image tokens: `knocked` is a bool (N,) mask of image tokens, the same for every row, or (B, N)."""
+    knocked = torch.as_tensor(knocked, dtype=torch.bool)
+    handles = []
+
+    def per_row(batch_size: int, device) -> torch.Tensor:
+        mask = knocked.to(device)
+        return mask.expand(batch_size, -1) if mask.dim() == 1 else mask
+
+    def block_hook(module, args, kwargs):
+        image_rows = kwargs.get("image_rows")
+        if image_rows is None:  # a text-only forward
+            return None
+        mask = per_row(image_rows.shape[0], image_rows.device)
+        image_states = args[3] if len(args) > 3 else kwargs.get("image_states")
+        tokens = None if image_states is None else image_states.shape[-2]
+        if mask.shape[0] != image_rows.shape[0] or (tokens is not None and mask.shape[1] != tokens):
+            raise ValueError(f"`knocked` has shape {tuple(knocked.shape)}; expected (num_image_tokens,) or "
+                             f"(batch_size, num_image_tokens) = ({image_rows.shape[0]}, {tokens}).")
+        all_knocked = mask.all(-1)
+        kwargs["image_rows"] = image_rows & ~all_knocked
+        if renormalise:
+            # rows with every token knocked are skipped above; their keys stay valid so the softmax stays finite
+            keep = (~mask | all_knocked[:, None])[:, None, None, :]
+            cross_mask = kwargs.get("image_attention_mask")
+            if cross_mask is None:
+                cross_mask = keep
+            elif cross_mask.dtype == torch.bool:
+                cross_mask = cross_mask & keep
+            else:
+                cross_mask = cross_mask.masked_fill(~keep, torch.finfo(cross_mask.dtype).min)
+            kwargs["image_attention_mask"] = cross_mask
+        return args, kwargs
+
+    def zero_values(module, args, output):
+        mask = _rows_for(per_row(output.shape[0], output.device), output.shape[0])
+        key, value = output.chunk(2, dim=-1)
+        return torch.cat([key, value.masked_fill(mask[..., None], 0.0)], dim=-1)
+
+    try:
+        for block in cross_attention_blocks(model, layers).values():
+            handles.append(block.register_forward_pre_hook(block_hook, with_kwargs=True))
+            if not renormalise:
+                handles.append(block.crossattention.c_attn.register_forward_hook(zero_values))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def record_image_path(model, layers: Sequence[int] | None = None) -> Iterator[dict]:
+    """Record, for the runs inside the block, the image encoder's output (`"encoder"`) and each cross-attention
+    layer's key/value projection of the image tokens (`i`: (B, N, 2D), keys then values)."""
+    base = getattr(model, "transformer", model)
+    recorded: dict = {}
+    handles = [base.image_encoder.register_forward_hook(lambda m, a, out: recorded.__setitem__("encoder", out))]
+    for i, block in cross_attention_blocks(model, layers).items():
+        handles.append(block.crossattention.c_attn.register_forward_hook(
+            lambda m, a, out, i=i: recorded.__setitem__(i, out)))
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def patch_image_path(model, recorded: dict, where: Sequence = ("encoder",), rows: torch.Tensor | None = None
+                     ) -> Iterator[None]:
+    """Replace, in the runs inside the block, the image representations named in `where` ("encoder" and/or layer
+    indices) by those `recorded` from another run; `rows` (B,) bool limits the patch to some rows."""
+    base = getattr(model, "transformer", model)
+    blocks = cross_attention_blocks(model, [w for w in where if w != "encoder"])
+    missing = [w for w in where if w not in recorded]
+    if missing:
+        raise ValueError(f"nothing was recorded for {missing}; recorded: {list(recorded)}.")
+
+    def replace(key):
+        def hook(module, args, output):
+            source = recorded[key].to(output.dtype)
+            if source.shape != output.shape:
+                raise ValueError(f"patching {key!r}: recorded shape {tuple(source.shape)} but this run has "
+                                 f"{tuple(output.shape)}.")
+            if rows is None:
+                return source
+            return torch.where(_rows_for(rows[:, None], output.shape[0]).to(output.device)[..., None], source, output)
+        return hook
+
+    handles = []
+    if "encoder" in where:
+        handles.append(base.image_encoder.register_forward_hook(replace("encoder")))
+    for i, block in blocks.items():
+        handles.append(block.crossattention.c_attn.register_forward_hook(replace(i)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
