@@ -31,6 +31,18 @@ def zero_shot_command(args: argparse.Namespace) -> None:
     print(f"Results: {Path(args.out) / 'results.json'}")
 
 
+def narrow_gate_command(args: argparse.Namespace) -> None:
+    from .images import ImageEmbeddings
+    from .narrow_gate import knockout_markdown, narrow_gate_report
+
+    model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
+    images = ImageEmbeddings.load(args.images or args.data / "images" / "tokens.npy")
+    report = narrow_gate_report(model, tokenizer, args.data, images, args.out, args.random_k, args.seeds,
+                                args.max_pairs, args.batch_size)
+    print(knockout_markdown(report["knockout"]), end="")
+    print(f"Report: {args.out / 'narrow_gate.json'}")
+
+
 def attach_vision_tower_command(args: argparse.Namespace) -> None:
     """A checkpoint the official pipeline can feed images to: the model with its DINOv2 tower, and a processor."""
     from transformers import AutoModel
@@ -64,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--device", help="default: cuda when available, else cpu")
     zs.add_argument("--ewok-password", default=EWOK_PASSWORD, help="password of the distributed EWoK zip")
     zs.set_defaults(run=zero_shot_command)
+
+    gate = commands.add_parser("narrow-gate", help="attention profile, modality gap, knockout and activation patching")
+    gate.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    gate.add_argument("--data", required=True, type=Path,
+                      help="a folder with winoground/ and vqa/ tasks (the grounded world's eval/)")
+    gate.add_argument("--images", type=Path, help="CLS + patch token embeddings (default: DATA/images/tokens.npy)")
+    gate.add_argument("--random-k", type=int, default=1, help="patches knocked out in the random control")
+    gate.add_argument("--seeds", type=int, default=3, help="random draws of the control")
+    gate.add_argument("--max-pairs", type=int, default=200, help="VQA pairs for activation patching")
+    gate.add_argument("--batch-size", type=int, default=64)
+    gate.add_argument("--revision")
+    gate.add_argument("--device")
+    gate.add_argument("--out", required=True, type=Path)
+    gate.set_defaults(run=narrow_gate_command)
 
     tower = commands.add_parser("attach-vision-tower",
                                 help="save a copy of a checkpoint with its DINOv2 tower, so that it takes pixel_values")

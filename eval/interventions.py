@@ -119,6 +119,8 @@ def patch_image_path(model, recorded: dict, where: Sequence = ("encoder",), rows
     def replace(key):
         def hook(module, args, output):
             source = recorded[key].to(output.dtype)
+            if source.shape[0] == 1 and source.shape[1:] == output.shape[1:]:  # one image for every row
+                source = source.expand_as(output).contiguous()
             if source.shape != output.shape:
                 raise ValueError(f"patching {key!r}: recorded shape {tuple(source.shape)} but this run has "
                                  f"{tuple(output.shape)}.")

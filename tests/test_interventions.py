@@ -124,3 +124,35 @@ def test_patching_carries_the_target_image_into_the_base_run(inputs, where):
         some = logits(model, input_ids=inputs["input_ids"], image_embeds=base)
     torch.testing.assert_close(some[rows], with_target[rows])
     torch.testing.assert_close(some[~rows], plain[~rows])
+
+
+def test_the_narrow_gate_report_on_a_world_model(tiny_world, tmp_path):
+    """Every analysis runs end to end; the numbers obey their definitions."""
+    import json
+
+    from eval.images import ImageEmbeddings
+    from eval.narrow_gate import narrow_gate_report
+    from trainer.data import train_tokenizer
+
+    lines = (tiny_world / "text" / "train" / "world.train").read_text().splitlines()
+    tokenizer = train_tokenizer(lines, vocab_size=150, model_max_length=64)
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=64, image_embed_dim=32, initializer_range=0.3)
+    images = ImageEmbeddings.load(tiny_world / "eval" / "images" / "tokens.npy")
+    report = narrow_gate_report(model, tokenizer, tiny_world / "eval", images, tmp_path, seeds=2, max_pairs=12)
+
+    for layer in report["attention_profile"].values():
+        assert layer["cls"] + layer["patches"] == pytest.approx(1.0)
+        assert 0 <= layer["max_patch"] <= 1 and 0 <= layer["cls_gate_weighted"] <= 1
+    for layer in report["modality_gap"].values():
+        assert 0 <= layer["q1"] <= layer["median_abs_cos"] <= layer["q3"] <= 1 and 0 <= layer["homogeneity"] <= 1
+    zeroed = report["knockout"]["zeroed"]
+    assert set(zeroed) == {"none", "cls", "patches", "random_1"} and set(zeroed["none"]) == {"vqa", "winoground"}
+    assert report["knockout"]["renormalised"]["none"] == zeroed["none"]
+    patching = report["patching"]
+    last = max(report["attention_profile"])
+    # the image path entirely from the target: the next-token distribution is the target's
+    assert patching["encoder"]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert patching[f"layers_0-{last}"]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert patching["encoder"]["pairs"] == 12
+    assert json.loads((tmp_path / "narrow_gate.json").read_text())["knockout"] == report["knockout"]
+    assert (tmp_path / "attention_profile.png").stat().st_size > 0 and "| cls |" in (tmp_path / "knockout.md").read_text()
