@@ -31,6 +31,38 @@ def zero_shot_command(args: argparse.Namespace) -> None:
     print(f"Results: {Path(args.out) / 'results.json'}")
 
 
+def gates_command(args: argparse.Namespace) -> None:
+    from trainer.data import iter_text_lines, load_caption_shards, read_captions, text_files
+
+    from .gates import Norms, gate_analysis, word_frequencies
+
+    world = args.captions.is_dir()
+    caption_file = args.captions / "captions" / "dev_captions.json" if world else args.captions
+    if args.embeddings is None and not world:
+        raise ValueError("--embeddings is needed with a captions file (the image embeddings aligned with it).")
+    embeddings = args.embeddings or args.captions / "captions" / (
+        "dev_tokens.npy" if args.image_tokens == "cls_patches" else "dev_embeddings.npy")
+    captions, store = load_caption_shards([caption_file], [embeddings])
+    corpus = args.frequency_corpus or ([args.captions / "text" / "train", args.captions / "captions" /
+                                        "train_captions.json"] if world else [])
+    frequencies = None
+    if corpus:
+        lines = [line for path in corpus for line in (iter_text_lines(text_files(path)) if path.is_dir()
+                                                      else read_captions(path) if path.suffix in (".json", ".jsonl")
+                                                      else path.read_text(encoding="utf-8").splitlines())]
+        frequencies = word_frequencies(lines)
+    model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
+    summary = gate_analysis(model, tokenizer, captions, store, args.out, [Norms.load(n) for n in args.norms],
+                            frequencies, min_count=args.min_count, batch_size=args.batch_size)
+    pooled = summary["by_layer"]["pooled"]["pos"]
+    if pooled["kruskal_wallis"]:
+        print(f"Kruskal-Wallis across POS (pooled): H = {pooled['kruskal_wallis']['H']:.2f}, "
+              f"p = {pooled['kruskal_wallis']['p']:.3g}")
+    for pos, group in sorted(pooled["groups"].items(), key=lambda kv: kv[1]["mean"]):
+        print(f"  {pos:6s} n={group['n']:6d} mean gate {group['mean']:.3f}")
+    print(f"Report: {args.out / 'gates.json'}")
+
+
 def narrow_gate_command(args: argparse.Namespace) -> None:
     from .images import ImageEmbeddings
     from .narrow_gate import knockout_markdown, narrow_gate_report
@@ -76,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--device", help="default: cuda when available, else cpu")
     zs.add_argument("--ewok-password", default=EWOK_PASSWORD, help="password of the distributed EWoK zip")
     zs.set_defaults(run=zero_shot_command)
+
+    gates = commands.add_parser("gates", help="gate values by part of speech, concreteness and frequency")
+    gates.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    gates.add_argument("--captions", required=True, type=Path,
+                       help="a captions file (JSON list or JSONL), or a grounded-world folder (its dev captions)")
+    gates.add_argument("--embeddings", type=Path, help="the captions' image embeddings (.npy, row-aligned)")
+    gates.add_argument("--image-tokens", choices=("global", "cls_patches"), default="global",
+                       help="with a world folder: which of its embeddings the model reads")
+    gates.add_argument("--norms", action="append", default=[],
+                       help="a norms TSV, as PATH or PATH:WORD_COLUMN:VALUE_COLUMN (default columns Word, Conc.M: "
+                            "Brysbaert concreteness); repeatable, the first is used in the regression")
+    gates.add_argument("--frequency-corpus", type=Path, action="append",
+                       help="training text (a folder of *.train, a text file or a captions file) for word frequencies; "
+                            "repeatable (default with a world folder: its training text and captions)")
+    gates.add_argument("--min-count", type=int, default=5, help="occurrences a POS needs to enter the tests")
+    gates.add_argument("--batch-size", type=int, default=32)
+    gates.add_argument("--revision")
+    gates.add_argument("--device")
+    gates.add_argument("--out", required=True, type=Path)
+    gates.set_defaults(run=gates_command)
 
     gate = commands.add_parser("narrow-gate", help="attention profile, modality gap, knockout and activation patching")
     gate.add_argument("--model", required=True, help="checkpoint folder or Hub id")

@@ -1,0 +1,100 @@
+"""Gate analysis: word gates from BPE pieces by character offsets, POS in context, the statistics, the outputs."""
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eval.gates import Norms, collect_word_gates, gate_analysis, load_spacy, regression, word_frequencies
+from tests.conftest import tiny_model
+from trainer.data import load_caption_shards, train_tokenizer
+from trainer.training import gate_per_token
+
+
+NORMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "norms" / "brysbaert_concreteness.tsv"
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    return load_spacy()
+
+
+def test_word_gates_average_their_pieces_and_pos_is_tagged_in_context(nlp):
+    tokenizer = train_tokenizer(["i can see a can", "the cat sat"] * 5, vocab_size=270, model_max_length=32)
+    model = tiny_model(vocab_size=len(tokenizer), gate_granularity="feature")
+    caption = "I can see a can of cats."
+    image = torch.randn(1, 24).numpy()
+    rows = collect_word_gates(model, tokenizer, [caption], image, nlp, progress=False)
+    assert [r["word"] for r in rows] == ["i", "can", "see", "a", "can", "of", "cats", "."]
+    assert [rows[1]["pos"], rows[4]["pos"]] == ["AUX", "NOUN"]  # the same string, two parts of speech
+    assert rows[6]["pieces"] > 1  # "cats" is split: its gate is the mean of its pieces'
+
+    encoded = tokenizer(caption, return_offsets_mapping=True)
+    with torch.no_grad():
+        gates = model(torch.tensor([encoded["input_ids"]]), image_embeds=torch.from_numpy(image), output_gates=True).gates
+    per_layer = torch.stack([gate_per_token(g)[0] for g in gates], -1).numpy()
+    start = caption.index("cats")
+    pieces = [t for t, (s, e) in enumerate(encoded["offset_mapping"]) if e > start and s < start + 4 and e > s]
+    np.testing.assert_allclose(rows[6]["gates"], per_layer[pieces].mean(0), rtol=1e-6)
+
+
+def test_regression_recovers_known_effects():
+    rng = np.random.default_rng(0)
+    n = 2000
+    pos = rng.choice(["NOUN", "DET", "ADJ"], n, p=[0.5, 0.3, 0.2])
+    concreteness, log_frequency = rng.normal(3, 1, n), rng.normal(0, 2, n)
+    gates = (0.5 - 0.1 * (pos == "DET") + 0.05 * (concreteness - concreteness.mean()) / concreteness.std()
+             + rng.normal(0, 0.01, n))
+    result = regression(gates, pos, concreteness, log_frequency, min_count=5)
+    assert result["reference_pos"] == "NOUN"
+    coefficients = result["coefficients"]
+    assert coefficients["pos=DET"]["beta"] == pytest.approx(-0.1, abs=0.003)
+    assert coefficients["concreteness (z)"]["beta"] == pytest.approx(0.05, abs=0.002)
+    assert abs(coefficients["log frequency (z)"]["beta"]) < 0.002 and coefficients["log frequency (z)"]["p"] > 0.001
+    assert result["r2"] > 0.9
+
+
+def test_gate_analysis_on_a_world_model_end_to_end(tiny_world, tmp_path, nlp):
+    captions, store = load_caption_shards([tiny_world / "captions" / "dev_captions.json"],
+                                          [tiny_world / "captions" / "dev_tokens.npy"])
+    lines = (tiny_world / "text" / "train" / "world.train").read_text().splitlines()
+    tokenizer = train_tokenizer(lines, vocab_size=150, model_max_length=64)
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=64, image_embed_dim=32, initializer_range=0.3)
+    frequencies = word_frequencies(lines)
+    summary = gate_analysis(model, tokenizer, captions, store, tmp_path, [Norms.load(str(NORMS))], frequencies,
+                            nlp=nlp, min_count=3, progress=False)
+
+    occurrences = sum(len([t for t in doc if not t.is_space]) for doc in nlp.pipe(captions))
+    assert summary["occurrences"] == occurrences
+    pooled = summary["by_layer"]["pooled"]
+    assert pooled["pos"]["kruskal_wallis"]["H"] > 0 and 0 <= pooled["pos"]["kruskal_wallis"]["p"] <= 1
+    assert {"NOUN", "ADJ", "DET"} <= set(pooled["pos"]["groups"])
+    assert all(0 <= p["p"] <= p["p_bh"] <= 1 for p in pooled["pos"]["pairwise"])
+    concreteness = pooled["norms"]["concreteness"]
+    assert concreteness["coverage"] > 0.5 and -1 <= concreteness["per_word_type"]["rho"] <= 1
+    assert set(summary["by_layer"]) == {"layer_0", "layer_1", "pooled"}
+    assert "concreteness (z)" in pooled["regression"]["coefficients"]
+
+    with open(tmp_path / "gates.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == occurrences and rows[0].keys() >= {"word", "pos", "gate_layer_0", "gate_mean", "concreteness"}
+    assert float(rows[0]["gate_mean"]) == pytest.approx((float(rows[0]["gate_layer_0"]) +
+                                                          float(rows[0]["gate_layer_1"])) / 2, abs=1e-5)
+    assert json.loads((tmp_path / "gates.json").read_text())["occurrences"] == occurrences
+    for name in ("gate_by_pos.png", "gate_by_layer.png", "gate_vs_concreteness.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_bad_norms_and_mismatched_inputs_are_errors(tmp_path, nlp):
+    (tmp_path / "norms.tsv").write_text("Word\tValue\nred\t4.5\nblue\thigh\n")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['Conc.M'\]"):
+        Norms.load(str(tmp_path / "norms.tsv"))
+    with pytest.raises(ValueError, match=r"norms.tsv:3: Value='high' is not a number"):
+        Norms.load(f"{tmp_path / 'norms.tsv'}:Word:Value")
+    with pytest.raises(ValueError, match="2 captions but 1 image embeddings"):
+        gate_analysis(tiny_model(), None, ["a", "b"], np.zeros((1, 24)), tmp_path, nlp=nlp)
+    assert word_frequencies(["The cat's cat.", "cat"]) == Counter({"cat": 2, "the": 1, "cat's": 1})
