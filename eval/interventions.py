@@ -19,8 +19,15 @@ from contextlib import contextmanager
 import torch
 
 
+def backbone(model) -> torch.nn.Module:
+    """The GatedGPT2Model inside a causal LM, a PEFT-wrapped one, or itself."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return getattr(model, "transformer", model)
+
+
 def cross_attention_blocks(model, layers: Sequence[int] | None = None) -> dict[int, torch.nn.Module]:
-    base = getattr(model, "transformer", model)
+    base = backbone(model)
     available = {i: block for i, block in enumerate(base.h) if block.has_cross_attention}
     if layers is None:
         return available
@@ -92,7 +99,7 @@ def knockout(model, knocked: torch.Tensor, layers: Sequence[int] | None = None, 
 def record_image_path(model, layers: Sequence[int] | None = None) -> Iterator[dict]:
     """Record, for the runs inside the block, the image encoder's output (`"encoder"`) and each cross-attention
     layer's key/value projection of the image tokens (`i`: (B, N, 2D), keys then values)."""
-    base = getattr(model, "transformer", model)
+    base = backbone(model)
     recorded: dict = {}
     handles = [base.image_encoder.register_forward_hook(lambda m, a, out: recorded.__setitem__("encoder", out))]
     for i, block in cross_attention_blocks(model, layers).items():
@@ -110,7 +117,7 @@ def patch_image_path(model, recorded: dict, where: Sequence = ("encoder",), rows
                      ) -> Iterator[None]:
     """Replace, in the runs inside the block, the image representations named in `where` ("encoder" and/or layer
     indices) by those `recorded` from another run; `rows` (B,) bool limits the patch to some rows."""
-    base = getattr(model, "transformer", model)
+    base = backbone(model)
     blocks = cross_attention_blocks(model, [w for w in where if w != "encoder"])
     missing = [w for w in where if w not in recorded]
     if missing:

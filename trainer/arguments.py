@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .lora import LORA_TARGET_MODULES
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
@@ -43,8 +45,21 @@ class ModelArguments:
     cross_attention_layers: str | None = field(default=None, metadata={"help": "Comma list of layers, e.g. '0,2'."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager"})
 
+    lora_r: int = field(default=0, metadata={"help": "> 0: train a LoRA adapter of this rank on model_name_or_path."})
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = field(default=LORA_TARGET_MODULES, metadata={
+        "help": "Regex of the modules LoRA adapts (default: the text stream's attention and cross-attention)."})
+    lora_modules_to_save: str = field(default="gate", metadata={"help": "Comma list of modules trained in full."})
+    load_in_bits: int | None = field(default=None, metadata={"help": "4 | 8: QLoRA, the base quantised (bitsandbytes)."})
+    mask_cls_probability: float = field(default=0.0, metadata={
+        "help": "Mask the global/CLS image key out of cross-attention with this probability per training row."})
+    mask_random_patches: int = field(default=0, metadata={"help": "Also mask this many random patch keys per row."})
+
     def config_overrides(self) -> dict:
-        skip = {"model_name_or_path", "init_from_gpt2", "dropout", "cross_attention_layers", "attn_implementation"}
+        skip = {"model_name_or_path", "init_from_gpt2", "dropout", "cross_attention_layers", "attn_implementation",
+                "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "load_in_bits",
+                "mask_cls_probability", "mask_random_patches"}
         overrides = {f.name: getattr(self, f.name) for f in fields(self)
                      if f.name not in skip and getattr(self, f.name) is not None}
         if self.dropout is not None:

@@ -87,3 +87,9 @@ def write_report(out_dir: Path, summary: dict, log_history: list[dict], gates: d
     if gates:
         plot_gates(gates, out_dir / "gate_by_word_class.png")
     (out_dir / "report.json").write_text(json.dumps({**summary, "gate_by_word_class": gates}, indent=2))
+    if "knockout" in summary:
+        from eval.narrow_gate import knockout_markdown
+
+        (out_dir / "knockout.md").write_text("".join(
+            f"{when.capitalize()} masked fine-tuning:\n\n{knockout_markdown(table)}\n"
+            for when, table in summary["knockout"].items()))

@@ -19,6 +19,7 @@ from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
 from .arguments import DataArguments, ModelArguments
 from .data import (GroundedCollator, ImageStore, caption_dataset, iter_text_lines, load_caption_shards, load_tokenizer,
                    read_captions, text_dataset, text_files, train_tokenizer)
+from .lora import ImageKeyMasking, lora_model, quantization_config
 from .training import Curriculum, GatedGPT2Trainer, parse_revision_words
 from .world import WorldSpec, write_world
 
@@ -97,7 +98,16 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer,
     if model_args.gate_temperature_steps is None:
         overrides["gate_temperature_steps"] = max(total_steps, 1)
     if model_args.model_name_or_path:
-        return GatedGPT2ForCausalLM.from_pretrained(model_args.model_name_or_path, **overrides)
+        quantization = quantization_config(model_args.load_in_bits) if model_args.load_in_bits else None
+        model = GatedGPT2ForCausalLM.from_pretrained(model_args.model_name_or_path, quantization_config=quantization,
+                                                     **overrides)
+        if model_args.lora_r > 0:
+            model = lora_model(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                               model_args.lora_target_modules,
+                               [m for m in model_args.lora_modules_to_save.split(",") if m])
+        return model
+    if model_args.lora_r > 0 or model_args.load_in_bits:
+        raise ValueError("lora_r / load_in_bits fine-tune a trained model: give its checkpoint as model_name_or_path.")
     if image_shape is not None:
         overrides.setdefault("image_embed_dim", image_shape[-1])
     if model_args.init_from_gpt2:
@@ -150,8 +160,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     model = build_model(model_args, data_args, tokenizer, images.row_shape if images else None,
                         _total_steps(num_batches, training_args))
     check_vocabulary(model, tokenizer)
+    masking = None
+    if model_args.mask_cls_probability > 0 or model_args.mask_random_patches > 0:
+        if images is None or len(images.row_shape) != 2:
+            raise ValueError("mask_cls_probability / mask_random_patches need CLS + patch image tokens "
+                             f"(embeddings of shape (N, P, D)); the images here have row shape "
+                             f"{None if images is None else images.row_shape}.")
+        masking = ImageKeyMasking(model_args.mask_cls_probability, model_args.mask_random_patches, training_args.seed)
     logger.info("GatedGPT2: %.2fM parameters, %d text + %d caption examples, curriculum %s",
                 model.num_parameters() / 1e6, num_text, len(train) - num_text, data_args.curriculum)
+    if model_args.lora_r > 0:
+        trainable, total = model.get_nb_trainable_parameters()
+        logger.info("LoRA rank %d: %.3fM of %.2fM parameters are trained", model_args.lora_r, trainable / 1e6,
+                    total / 1e6)
 
     trainer = GatedGPT2Trainer(
         model=model,
@@ -162,8 +183,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         processing_class=tokenizer,
         curriculum=Curriculum(data_args.curriculum, num_text, data_args.mix_ratio),
         revision_words=parse_revision_words(data_args.revision_words),
+        image_key_masking=masking,
         callbacks=callbacks,
     )
+    evaluate_world = data_args.eval_world or (uses_world and data_args.eval_world is None)
+    knockout_before = None
+    if masking is not None and evaluate_world and trainer.is_world_process_zero():
+        knockout_before = world_knockout(model, tokenizer, data_args)
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", True):
         resume = get_last_checkpoint(training_args.output_dir)
@@ -176,9 +202,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         summary["eval"] = trainer.evaluate()
 
     if trainer.is_world_process_zero():
-        if data_args.eval_world or (uses_world and data_args.eval_world is None):
+        if evaluate_world:
             summary["world_eval"] = world_evaluation(model, tokenizer, data_args, images.row_shape if images else None)
             logger.info("World evaluation: %s", json.dumps(summary["world_eval"]))
+        if knockout_before is not None:
+            summary["knockout"] = {"before": knockout_before, "after": world_knockout(model, tokenizer, data_args)}
+            logger.info("Knockout before / after masked fine-tuning: %s", json.dumps(summary["knockout"]))
         if data_args.report:
             from .report import gate_by_word_class, write_report
 
@@ -198,3 +227,12 @@ def world_evaluation(model, tokenizer, data_args: DataArguments, image_shape: tu
 
     kind = "cls_patches" if image_shape is not None and len(image_shape) == 2 else "global"
     return evaluate_world(model, tokenizer, Path(data_args.world_dir) / "eval", kind, batch_size=64)
+
+
+def world_knockout(model, tokenizer, data_args: DataArguments) -> dict:
+    """The Narrow Gate knockout table on the world's held-out sets (CLS + patch tokens)."""
+    from eval.images import ImageEmbeddings
+    from eval.narrow_gate import knockout_table
+
+    eval_dir = Path(data_args.world_dir) / "eval"
+    return knockout_table(model, tokenizer, eval_dir, ImageEmbeddings.load(eval_dir / "images" / "tokens.npy"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import seed_worker
 
 from .curriculum import CurriculumBatchSampler
+from .lora import ImageKeyMasking
 
 # BabyLM checkpoint schedule: every 1M words to 10M, every 10M to 100M, every 100M to 1B.
 BABYLM_REVISION_WORDS = [m * 10**6 for m in (*range(1, 10), *range(10, 100, 10), *range(100, 1001, 100))]
@@ -96,9 +98,11 @@ class GatedGPT2Trainer(Trainer):
     `eval_captions_loss`).
     """
 
-    def __init__(self, *args, curriculum: Curriculum | None = None, revision_words: list[int] | None = None, **kwargs):
+    def __init__(self, *args, curriculum: Curriculum | None = None, revision_words: list[int] | None = None,
+                 image_key_masking: ImageKeyMasking | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.curriculum = curriculum
+        self.image_key_masking = image_key_masking
         self.curriculum_sampler: CurriculumBatchSampler | None = None
         self._metric_sums = self._zero_metrics()
         self.add_callback(GateTemperatureCallback())
@@ -161,7 +165,9 @@ class GatedGPT2Trainer(Trainer):
         inputs = {**inputs, "output_gates": model.training}
         if num_items_in_batch is not None:
             inputs["num_items_in_batch"] = num_items_in_batch
-        outputs = model(**inputs)
+        masking = self.image_key_masking if model.training else None
+        with masking.applied(self.accelerator.unwrap_model(model), inputs) if masking else nullcontext():
+            outputs = model(**inputs)
         loss = outputs.lm_loss
         scaled = num_items_in_batch is not None and self.model_accepts_loss_kwargs
         processes = self.accelerator.num_processes if scaled and self.args.average_tokens_across_devices else 1
