@@ -92,8 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    zs = commands.add_parser("zero-shot", help="BabyLM zero-shot tasks, scored as the 2025 pipeline scores them")
-    zs.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    def command(name: str, help: str, run, batch_size: int | None = 64) -> argparse.ArgumentParser:
+        """A sub-command on one checkpoint, with the arguments they all share."""
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+        sub.add_argument("--revision", help="a Hub revision, e.g. chck_10M")
+        sub.add_argument("--out", required=True, type=Path)
+        if batch_size is not None:
+            sub.add_argument("--batch-size", type=int, default=batch_size)
+            sub.add_argument("--device", help="default: cuda when available, else cpu")
+        sub.set_defaults(run=run)
+        return sub
+
+    zs = command("zero-shot", "BabyLM zero-shot tasks, scored as the 2025 pipeline scores them", zero_shot_command)
     zs.add_argument("--data", required=True, type=Path,
                     help="the official evaluation_data/ folder, or a flat folder with one sub-folder per task "
                          "(the grounded world's eval/)")
@@ -102,15 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--fast", action="store_true", help="the fast_eval sets (BLiMP, supplement, EWoK)")
     zs.add_argument("--no-image", action="store_true", help="score Winoground / VQA without images")
     zs.add_argument("--images", type=Path, help="image embeddings: an .npy with image_ids.json, or a datasets folder")
-    zs.add_argument("--batch-size", type=int, default=64)
-    zs.add_argument("--out", required=True, type=Path)
-    zs.add_argument("--revision", help="a Hub revision, e.g. chck_10M")
-    zs.add_argument("--device", help="default: cuda when available, else cpu")
     zs.add_argument("--ewok-password", default=EWOK_PASSWORD, help="password of the distributed EWoK zip")
-    zs.set_defaults(run=zero_shot_command)
 
-    gates = commands.add_parser("gates", help="gate values by part of speech, concreteness and frequency")
-    gates.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    gates = command("gates", "gate values by part of speech, concreteness and frequency", gates_command, 32)
     gates.add_argument("--captions", required=True, type=Path,
                        help="a captions file (JSON list or JSONL), or a grounded-world folder (its dev captions)")
     gates.add_argument("--embeddings", type=Path, help="the captions' image embeddings (.npy, row-aligned)")
@@ -123,36 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training text (a folder of *.train, a text file or a captions file) for word frequencies; "
                             "repeatable (default with a world folder: its training text and captions)")
     gates.add_argument("--min-count", type=int, default=5, help="occurrences a POS needs to enter the tests")
-    gates.add_argument("--batch-size", type=int, default=32)
-    gates.add_argument("--revision")
-    gates.add_argument("--device")
-    gates.add_argument("--out", required=True, type=Path)
-    gates.set_defaults(run=gates_command)
 
-    gate = commands.add_parser("narrow-gate", help="attention profile, modality gap, knockout and activation patching")
-    gate.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    gate = command("narrow-gate", "attention profile, modality gap, knockout and activation patching",
+                   narrow_gate_command)
     gate.add_argument("--data", required=True, type=Path,
                       help="a folder with winoground/ and vqa/ tasks (the grounded world's eval/)")
     gate.add_argument("--images", type=Path, help="CLS + patch token embeddings (default: DATA/images/tokens.npy)")
     gate.add_argument("--random-k", type=int, default=1, help="patches knocked out in the random control")
     gate.add_argument("--seeds", type=int, default=3, help="random draws of the control")
     gate.add_argument("--max-pairs", type=int, default=200, help="VQA pairs for activation patching")
-    gate.add_argument("--batch-size", type=int, default=64)
-    gate.add_argument("--revision")
-    gate.add_argument("--device")
-    gate.add_argument("--out", required=True, type=Path)
-    gate.set_defaults(run=narrow_gate_command)
 
-    tower = commands.add_parser("attach-vision-tower",
-                                help="save a copy of a checkpoint with its DINOv2 tower, so that it takes pixel_values")
-    tower.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    tower = command("attach-vision-tower", "save a copy of a checkpoint with its DINOv2 tower, so that it takes "
+                    "pixel_values", attach_vision_tower_command, batch_size=None)
     tower.add_argument("--vision-tower", required=True,
                        help="the DINOv2 whose embeddings the model was trained on (folder or Hub id)")
     tower.add_argument("--vision-feature", choices=("cls", "cls_patches"), default="cls",
                        help="the CLS token (a global embedding) or CLS + patch tokens, as in training")
-    tower.add_argument("--revision")
-    tower.add_argument("--out", required=True, type=Path)
-    tower.set_defaults(run=attach_vision_tower_command)
     return parser
 
 
