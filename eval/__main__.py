@@ -69,8 +69,9 @@ def narrow_gate_command(args: argparse.Namespace) -> None:
 
     model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
     images = ImageEmbeddings.load(args.images or args.data / "images" / "tokens.npy")
+    layers = [int(i) for i in args.layers.split(",")] if args.layers else None
     report = narrow_gate_report(model, tokenizer, args.data, images, args.out, args.random_k, args.seeds,
-                                args.max_pairs, args.batch_size)
+                                args.max_pairs, args.batch_size, layers)
     print(knockout_markdown(report["knockout"]), end="")
     print(f"Report: {args.out / 'narrow_gate.json'}")
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--random-k", type=int, default=1, help="patches knocked out in the random control")
     gate.add_argument("--seeds", type=int, default=3, help="random draws of the control")
     gate.add_argument("--max-pairs", type=int, default=200, help="VQA pairs for activation patching")
+    gate.add_argument("--layers", help="comma list of the cross-attention layers to knock out (default: all)")
 
     tower = command("attach-vision-tower", "save a copy of a checkpoint with its DINOv2 tower, so that it takes "
                     "pixel_values", attach_vision_tower_command, batch_size=None)

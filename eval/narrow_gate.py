@@ -6,7 +6,7 @@ through one image token (the global/CLS one) or spread over the patches?
 - `modality_gap`: per layer, |cos| between text hidden states and image token representations (median, quartiles) and
   how well 2-means clustering separates the two modalities (homogeneity, 1 = perfectly).
 - `knockout_table`: task accuracy with no knockout, the CLS token, all patches, or k random patches knocked out of
-  every cross-attention layer (post-softmax zeroing and renormalised), the paper's Table 1 layout.
+  the chosen cross-attention layers (default: all; post-softmax zeroing and renormalised), the paper's Table 1 layout.
 - `activation_patching`: VQA questions asked of one image while the image path carries another's representations;
   distribution similarity sum_v min(p, q) with the other image's answer distribution and the answer-switch rate.
 """
@@ -244,9 +244,9 @@ def knockout_markdown(table: dict) -> str:
 
 
 def narrow_gate_report(model, tokenizer, data_dir, images: ImageEmbeddings, out_dir, random_k: int = 1,
-                       seeds: int = 3, max_pairs: int = 200, batch_size: int = 64) -> dict:
-    """All four analyses on a folder with Winoground- and VQA-style tasks; writes narrow_gate.json, knockout.md and
-    attention_profile.png into `out_dir`."""
+                       seeds: int = 3, max_pairs: int = 200, batch_size: int = 64, layers=None) -> dict:
+    """All four analyses on a folder with Winoground- and VQA-style tasks (knockout in `layers`, default all); writes
+    narrow_gate.json, knockout.md and attention_profile.png into `out_dir`."""
     import json
 
     out_dir = Path(out_dir)
@@ -259,7 +259,7 @@ def narrow_gate_report(model, tokenizer, data_dir, images: ImageEmbeddings, out_
         "attention_profile": attention_profile(model, tokenizer, texts, images.embeddings, rows),
         "modality_gap": modality_gap(model, tokenizer, texts, images.embeddings, rows),
         "knockout": knockout_table(model, tokenizer, data_dir, images, random_k=random_k, seeds=seeds,
-                                   batch_size=batch_size),
+                                   layers=layers, batch_size=batch_size),
         "patching": activation_patching(model, tokenizer, data_dir, images, max_pairs=max_pairs),
     }
     (out_dir / "narrow_gate.json").write_text(json.dumps(report, indent=2))
