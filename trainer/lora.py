@@ -5,7 +5,7 @@ patches. Optionally QLoRA: the base loaded in 4 or 8 bits through bitsandbytes (
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 
@@ -71,9 +71,8 @@ class ImageKeyMasking:
     def applied(self, model, inputs: dict):
         """Renormalised knockout of the drawn tokens, in every cross-attention layer, for one forward."""
         images = inputs.get("image_embeds")
-        if images is None:
-            with nullcontext():
-                yield
+        if images is None:  # a text-only batch
+            yield
             return
         tokens = images.shape[1] if images.dim() == 3 else 1
         with knockout(model, self.draw(images.shape[0], tokens), renormalise=True):
