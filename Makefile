@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 demo: install
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train.py
-	@echo "Checkpoint: outputs/demo   Report: outputs/demo/report/{report.json,loss_curves.png,gate_by_word_class.png}"
+	@echo "Checkpoint + card: outputs/demo   Report: outputs/demo/report/{report.json,loss_curves.png,gate_by_word_class.png}"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -174,6 +174,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         logger.info("LoRA rank %d: %.3fM of %.2fM parameters are trained", model_args.lora_r, trainable / 1e6,
                     total / 1e6)
 
+    # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = GatedGPT2Trainer(
         model=model,
         args=training_args,
@@ -197,7 +199,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     trainer.save_model()
     trainer.save_state()
     summary = {"train": train_result.metrics, "parameters": model.num_parameters(),
-               "model_arguments": asdict(model_args), "data_arguments": asdict(data_args)}
+               "model_arguments": asdict(model_args), "data_arguments": asdict(data_args),
+               "image_shape": list(images.row_shape) if images else None}
     if evals:
         summary["eval"] = trainer.evaluate()
 
@@ -218,6 +221,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                 gates = gate_by_word_class(model, tokenizer, captions, store.rows(range(len(store))))
             summary["wall_time_s"] = round(time.time() - started, 1)
             write_report(Path(training_args.output_dir) / "report", summary, trainer.state.log_history, gates)
+        if (data_args.report or push_to_hub) and (Path(training_args.output_dir) / "config.json").is_file():
+            from hub_cards.card import write_card  # an adapter-only folder keeps the card PEFT wrote
+
+            write_card(training_args.output_dir, repo_id=training_args.hub_model_id)
+        if push_to_hub:
+            from huggingface_hub import HfApi
+
+            from hub_cards.push import push_with_revisions
+
+            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+            summary["pushed"] = push_with_revisions(training_args.output_dir, repo_id,
+                                                    bool(training_args.hub_private_repo),
+                                                    api=HfApi(token=training_args.hub_token))
     return summary
 
 

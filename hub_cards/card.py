@@ -1,0 +1,157 @@
+"""The model card of a GatedGPT2 checkpoint: YAML metadata (with a `model-index` built from `eval`'s results.json) and
+a body that says what the model is, how it was trained, how it scores and how to load it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+
+TEMPLATE = Path(__file__).with_name("model_card_template.md")
+DATASET_NAMES = {"blimp": "BLiMP", "supplement": "BLiMP supplement", "ewok": "EWoK", "winoground": "Winoground",
+                 "vqa": "VQA"}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def variant_table(config: dict, image_shape: list | None) -> list[tuple[str, str]]:
+    gate = config["gate"] if config["gate"] == "none" else f"{config['gate']}, per {config['gate_granularity']}"
+    modulation = f"{config['modulation']} on {config['modulation_target']}" if config.get("modulation") else "none"
+    encoder = config["image_encoder"] + (f" ({config['image_encoder_layers']} layers)"
+                                         if config["image_encoder"] == "transformer" else "")
+    aux = f"{config['contrastive']} (weight {config['contrastive_weight']})" if config.get("contrastive") else "none"
+    layers = config.get("cross_attention_layers") or "all"
+    tokens = ("one global embedding" if not image_shape or len(image_shape) == 1
+              else f"{image_shape[0]} tokens (CLS + {image_shape[0] - 1} patches)")
+    return [
+        ("size", f"{config['n_layer']} layers x {config['n_embd']} wide, {config['n_head']} heads, context "
+                 f"{config['n_positions']}, vocabulary {config['vocab_size']}"),
+        ("gate", gate), ("fusion", config["fusion"]), ("modulation", modulation),
+        ("channel attention", "yes" if config.get("channel_attention") else "no"),
+        ("image encoder", encoder), ("image tokens", f"{tokens} of width {config['image_embed_dim']}"),
+        ("cross-attention layers", str(layers)), ("auxiliary loss", aux),
+    ]
+
+
+def trained_on_world(data: dict) -> bool:
+    """Whether the training data came from a grounded world (a folder with its world.json)."""
+    first = data.get("text_dir") or (data.get("caption_files") or [None])[0]
+    if not first:
+        return bool(data.get("world_dir"))
+    return any((folder / "world.json").is_file() for folder in Path(first).resolve().parents)
+
+
+def training_text(report: dict | None) -> str:
+    if not report:
+        return "The checkpoint carries no training report (`report/report.json`), so nothing is claimed here."
+    data, model, train = report.get("data_arguments", {}), report.get("model_arguments", {}), report.get("train", {})
+    if not trained_on_world(data):
+        sources = ", ".join(str(s) for s in [data.get("text_dir"), *(data.get("caption_files") or [])] if s)
+    else:
+        sources = "the package's grounded world (rendered scenes and their captions)"
+    lines = [f"- Data: {sources}; curriculum `{data.get('curriculum', '?')}`."]
+    if model.get("model_name_or_path"):
+        lines.append(f"- Started from `{model['model_name_or_path']}`"
+                     + (f", LoRA rank {model['lora_r']}" if model.get("lora_r") else "") + ".")
+    if model.get("init_from_gpt2"):
+        lines.append(f"- Text stream initialised from GPT-2 (`{model['init_from_gpt2']}`).")
+    if train:
+        lines.append(f"- {train.get('epoch', '?')} epochs in {train.get('train_runtime', 0):.0f} s, final training "
+                     f"loss {train.get('train_loss', float('nan')):.3f}.")
+    if report.get("parameters"):
+        lines.append(f"- {report['parameters'] / 1e6:.2f} M parameters.")
+    return "\n".join(lines)
+
+
+def dataset_id(task: str, folder: str) -> tuple[str, str]:
+    """(type, name) of an evaluation set: the official BabyLM folders keep their names; others (the grounded world's
+    held-out sets) say so."""
+    name = DATASET_NAMES.get(task, task)
+    if folder.endswith(("_fast", "_filtered")):
+        return f"babylm/{folder}", f"{name} ({folder.rsplit('_', 1)[1]})"
+    return f"gatedgpt2/grounded-world-{task}", f"grounded world, {name}-style"
+
+
+def eval_results(results: list[dict]) -> list[EvalResult]:
+    """One model-index entry per task and vision setting (the "no vision" runs as the dataset config)."""
+    entries = []
+    for run in results:
+        for task, result in run["tasks"].items():
+            dataset_type, dataset_name = dataset_id(task, result["dataset"])
+            entries.append(EvalResult(
+                task_type="zero-shot-classification", task_name="BabyLM zero-shot",
+                dataset_type=dataset_type, dataset_name=dataset_name,
+                dataset_config=None if run.get("vision", True) else "no vision",
+                metric_type="accuracy", metric_name="accuracy (macro over UIDs)",
+                metric_value=round(result["accuracy"], 2),
+            ))
+    return entries
+
+
+def eval_table(results: list[dict]) -> str:
+    if not results:
+        return ""
+    lines = ["| task | data | vision | items | accuracy |", "| --- | --- | --- | ---: | ---: |"]
+    for run in results:
+        for task, result in run["tasks"].items():
+            vision = "yes" if run.get("vision", True) or task not in ("winoground", "vqa") else "no vision"
+            lines.append(f"| {dataset_id(task, result['dataset'])[1]} | {result['dataset']} | {vision} | "
+                         f"{result['items']} | {result['accuracy']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_card(model_dir: str | Path, results: list[str | Path] = (), figures: list[str | Path] = (),
+               repo_id: str | None = None, license: str = "apache-2.0", datasets: list[str] = (),
+               revision: str | None = None) -> Path:
+    """Render README.md into `model_dir`. `results`: eval's results.json files; `figures`: PNGs (or folders of them),
+    copied into `figures/`; the training report's figures are taken when present."""
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json")
+    if config is None:
+        raise FileNotFoundError(f"{model_dir} has no config.json: it is not a saved checkpoint.")
+    if config.get("model_type") != "gated_gpt2":
+        raise ValueError(f"{model_dir}/config.json has model_type {config.get('model_type')!r}, not 'gated_gpt2'.")
+    report = _read_json(model_dir / "report" / "report.json")
+    runs = [json.loads(Path(r).read_text()) for r in results]
+    for path, run in zip(results, runs):
+        if "tasks" not in run:
+            raise ValueError(f"{path}: not an eval results.json (no 'tasks').")
+
+    pngs = [p for f in [*figures, *([model_dir / "report"] if report else [])]
+            for p in (sorted(Path(f).glob("*.png")) if Path(f).is_dir() else [Path(f)])]
+    shown = []
+    for png in pngs:
+        (model_dir / "figures").mkdir(exist_ok=True)
+        target = model_dir / "figures" / png.name
+        if png.resolve() != target.resolve():
+            shutil.copyfile(png, target)
+        shown.append((f"figures/{png.name}", png.stem.replace("_", " ")))
+
+    data = (report or {}).get("data_arguments", {})
+    image_shape = (report or {}).get("image_shape")
+    init = (report or {}).get("model_arguments", {}).get("init_from_gpt2")
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag="text-generation", license=license,
+        tags=["babylm", "custom_code", "gatedgpt2", "vision-language", "token-wise-gating"],
+        datasets=list(datasets) or None, base_model=init or None,
+        model_name=repo_id or model_dir.name, eval_results=eval_results(runs) or None,
+    )
+    card = ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE),
+        model_name=repo_id or model_dir.name, repo_id=repo_id or str(model_dir), revision=revision,
+        variant=variant_table(config, image_shape), training=training_text(report),
+        eval_table=eval_table(runs), has_no_vision=any(not r.get("vision", True) for r in runs),
+        figures=shown, babylm=True, has_processor=(model_dir / "processor_config.json").is_file(),
+        example_text="there is a red square ." if trained_on_world(data) else "The cat sat on the mat.",
+        image_shape=", ".join(str(d) for d in (image_shape or [config["image_embed_dim"]])),
+        image_note=("CLS + patch tokens" if image_shape and len(image_shape) == 2 else "one global embedding")
+        + f" of width {config['image_embed_dim']}, as in training",
+    )
+    path = model_dir / "README.md"
+    card.save(path)
+    return path

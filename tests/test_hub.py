@@ -1,0 +1,159 @@
+"""Hub publishing: the card (metadata, model-index from results.json), the exact upload (mocked HfApi: no server is
+reachable here), revision branches, and a staged upload that loads from an offline Hub cache without the package."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file, save_file
+
+import train
+from hub_cards.__main__ import main as hub_main
+from hub_cards.card import write_card
+from hub_cards.push import push, push_with_revisions
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_model, tiny_train_args
+from tests.test_auto_and_remote_code import make_offline_hub_cache
+from trainer.data import train_tokenizer
+
+
+RESULTS = {"model": "x", "data": "evaluation_data", "fast": True, "vision": True, "tasks": {
+    "blimp": {"dataset": "blimp_fast", "accuracy": 61.234, "micro_accuracy": 60.0, "items": 13400},
+    "winoground": {"dataset": "winoground_filtered", "accuracy": 52.5, "micro_accuracy": 52.5, "items": 746}}}
+EXPECTED_FILES = ["README.md", "config.json", "configuration_gatedgpt.py", "contrastive.py", "figures/gates.png",
+                  "gating.py", "generation_config.json", "image_encoder.py", "layers.py", "model.safetensors",
+                  "modeling_gatedgpt.py", "modulation.py", "tokenizer.json", "tokenizer_config.json"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A saved tiny model with tokenizer, eval results and a figure, among files that must stay home."""
+    folder = tmp_path / "model"
+    tokenizer = train_tokenizer(["a red circle left of a blue cube"] * 20, 80, 32)
+    tiny_model(vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (tmp_path / "results.json").write_text(json.dumps(RESULTS))
+    (tmp_path / "gates.png").write_bytes(b"\x89PNG fake")
+    for junk in ("checkpoint-10/model.safetensors", "report/report.json", "trainer_state.json", "training_args.json",
+                 "revisions/chck_1M/model.safetensors", "cache/data.arrow"):
+        (folder / junk).parent.mkdir(parents=True, exist_ok=True)
+        (folder / junk).write_text("{}")
+    write_card(folder, [tmp_path / "results.json"], [tmp_path / "gates.png"], repo_id="org/tiny")
+    return folder
+
+
+def test_the_card_parses_and_its_model_index_matches_the_results(checkpoint):
+    card = ModelCard.load(checkpoint / "README.md")
+    assert card.data.library_name == "transformers" and {"babylm", "custom_code"} <= set(card.data.tags)
+    results = {(r.dataset_type, r.dataset_config): r.metric_value for r in card.data.eval_results}
+    assert results == {("babylm/blimp_fast", None): 61.23, ("babylm/winoground_filtered", None): 52.5}
+    assert 'AutoModelForCausalLM.from_pretrained("org/tiny", trust_remote_code=True)' in card.text
+    assert "| gate | soft, per feature |" in card.text and "![gates](figures/gates.png)" in card.text
+
+
+def test_push_uploads_exactly_the_checkpoint_in_one_commit(checkpoint):
+    api = mock.create_autospec(HfApi, instance=True)
+    files = push(checkpoint, "org/tiny", private=True, api=api)
+    assert files == EXPECTED_FILES
+    assert [c[0] for c in api.method_calls] == ["create_repo", "create_commit"]  # nothing else is sent
+    api.create_repo.assert_called_once_with("org/tiny", private=True, exist_ok=True, repo_type="model")
+    commit = api.create_commit.call_args
+    assert commit.kwargs["revision"] is None and commit.args == ("org/tiny",)
+    operations = commit.kwargs["operations"]
+    assert [op.path_in_repo for op in operations] == EXPECTED_FILES
+    assert all(op.path_or_fileobj == str(checkpoint / op.path_in_repo) for op in operations)
+
+
+def test_revisions_go_to_branches_of_the_same_repo(checkpoint):
+    revision = checkpoint / "revisions" / "chck_1M"
+    tiny_model().save_pretrained(revision)
+    api = mock.create_autospec(HfApi, instance=True)
+    pushed = push_with_revisions(checkpoint, "org/tiny", api=api)
+    assert list(pushed) == ["main", "chck_1M"] and "model.safetensors" in pushed["chck_1M"]
+    assert [c[0] for c in api.method_calls] == ["create_repo", "create_commit", "create_repo", "create_branch",
+                                                "create_commit"]
+    api.create_branch.assert_called_once_with("org/tiny", branch="chck_1M", exist_ok=True, repo_type="model")
+    assert api.create_commit.call_args_list[1].kwargs["revision"] == "chck_1M"
+
+
+def test_pickles_are_refused_and_a_dry_run_sends_nothing(checkpoint, tmp_path, capsys):
+    with mock.patch("hub_cards.push.HfApi") as api_class:
+        hub_main(["push", "--model", str(checkpoint), "--repo", "org/tiny", "--dry-run", "--stage",
+                  str(tmp_path / "stage")])
+    api_class.assert_not_called()
+    printed = capsys.readouterr().out.split()
+    assert [f for f in printed if f in EXPECTED_FILES] == EXPECTED_FILES
+    staged = sorted(str(p.relative_to(tmp_path / "stage")) for p in (tmp_path / "stage").rglob("*") if p.is_file())
+    assert staged == EXPECTED_FILES
+
+    (checkpoint / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match=r"pickled files \['pytorch_model.bin'\]"):
+        push(checkpoint, "org/tiny", dry_run=True)
+
+
+HUB_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    repo, inputs_file, out_file = sys.argv[1:]
+    inputs = load_file(inputs_file)
+    config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(repo)
+    lm = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
+    ids = tokenizer(["a red circle"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        save_file({"logits": lm(ids, image_embeds=inputs["image_embeds"]).logits,
+                   "hidden": base(ids, image_embeds=inputs["image_embeds"]).last_hidden_state, "ids": ids}, out_file)
+    print("HUB-OK", type(config).__name__, type(lm).__name__, type(base).__name__, type(tokenizer).__name__)
+    """
+)
+
+
+def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(checkpoint, tmp_path):
+    push(checkpoint, "org/tiny", dry_run=True, stage=tmp_path / "stage")
+    hf_home = tmp_path / "hf_home"
+    make_offline_hub_cache(tmp_path / "stage", hf_home, "org/tiny")
+    image_embeds = torch.randn(1, IMAGE_DIM)
+    save_file({"image_embeds": image_embeds}, tmp_path / "inputs.safetensors")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE", "HF_MODULES_CACHE")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", HUB_LOADER, "org/tiny", str(tmp_path / "inputs.safetensors"),
+                             str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "HUB-OK GatedGPT2Config GatedGPT2ForCausalLM GatedGPT2Model" in result.stdout
+
+    out = load_file(tmp_path / "out.safetensors")
+    from modeling_gatedgpt import GatedGPT2ForCausalLM
+
+    model = GatedGPT2ForCausalLM.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        assert torch.equal(out["logits"], model(out["ids"], image_embeds=image_embeds).logits)
+        assert torch.equal(out["hidden"], model.transformer(out["ids"], image_embeds=image_embeds).last_hidden_state)
+    card = ModelCard.load(tmp_path / "stage" / "README.md")
+    assert {r.metric_value for r in card.data.eval_results} == {61.23, 52.5}
+
+
+def test_a_training_run_writes_its_card_and_pushes_main_and_revisions(tiny_world, tmp_path):
+    api = mock.create_autospec(HfApi, instance=True)
+    with mock.patch("huggingface_hub.HfApi", return_value=api) as api_class:
+        summary = train.main(tiny_train_args(tiny_world, tmp_path, "--max_steps", "4", "--revision_words", "60",
+                                             "--block_size", "64",
+                                             "--report", "true", "--push_to_hub", "true", "--hub_model_id",
+                                             "org/tiny-run", "--hub_token", "hf_test"))
+    api_class.assert_called_once_with(token="hf_test")
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    assert "grounded world" in card.text and "## Training" in card.text
+    assert list(summary["pushed"]) == ["main", "chck_60"]
+    assert "README.md" in summary["pushed"]["main"] and "figures/loss_curves.png" in summary["pushed"]["main"]
+    branches = [c.kwargs["branch"] for c in api.create_branch.call_args_list]
+    assert branches == ["chck_60"]
+    assert [c.kwargs["revision"] for c in api.create_commit.call_args_list] == [None, "chck_60"]
