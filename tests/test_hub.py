@@ -109,16 +109,31 @@ HUB_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
     lm = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True).eval()
     base = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
     ids = tokenizer(["a red circle"], return_tensors="pt")["input_ids"]
+    processor = None
+    if lm.config.vision_config is not None:
+        from transformers import AutoProcessor
+        processor = type(AutoProcessor.from_pretrained(repo, trust_remote_code=True)).__name__
     with torch.no_grad():
         save_file({"logits": lm(ids, image_embeds=inputs["image_embeds"]).logits,
                    "hidden": base(ids, image_embeds=inputs["image_embeds"]).last_hidden_state, "ids": ids}, out_file)
-    print("HUB-OK", type(config).__name__, type(lm).__name__, type(base).__name__, type(tokenizer).__name__)
+    print("HUB-OK", type(config).__name__, type(lm).__name__, type(base).__name__, processor)
     """
 )
 
 
-def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(checkpoint, tmp_path):
-    push(checkpoint, "org/tiny", dry_run=True, stage=tmp_path / "stage")
+@pytest.mark.parametrize("with_tower", [False, True])
+def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(checkpoint, tmp_path, with_tower):
+    if with_tower:  # a checkpoint with its vision tower also carries a processor
+        from transformers import Dinov2Config, Dinov2Model
+
+        from eval.__main__ import main as eval_main
+        from tests.test_vision_tower import VISION
+
+        Dinov2Model(Dinov2Config(**VISION)).save_pretrained(tmp_path / "dinov2")
+        eval_main(["attach-vision-tower", "--model", str(checkpoint), "--vision-tower", str(tmp_path / "dinov2"),
+                   "--out", str(checkpoint)])
+    files = push(checkpoint, "org/tiny", dry_run=True, stage=tmp_path / "stage")
+    assert ({"processor_config.json", "processing_gatedgpt.py"} <= set(files)) == with_tower
     hf_home = tmp_path / "hf_home"
     make_offline_hub_cache(tmp_path / "stage", hf_home, "org/tiny")
     image_embeds = torch.randn(1, IMAGE_DIM)
@@ -129,7 +144,8 @@ def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(che
                              str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "HUB-OK GatedGPT2Config GatedGPT2ForCausalLM GatedGPT2Model" in result.stdout
+    processor = "GatedGPT2Processor" if with_tower else "None"
+    assert f"HUB-OK GatedGPT2Config GatedGPT2ForCausalLM GatedGPT2Model {processor}" in result.stdout
 
     out = load_file(tmp_path / "out.safetensors")
     from modeling_gatedgpt import GatedGPT2ForCausalLM
