@@ -76,6 +76,34 @@ def narrow_gate_command(args: argparse.Namespace) -> None:
     print(f"Report: {args.out / 'narrow_gate.json'}")
 
 
+def fewshot_command(args: argparse.Namespace) -> None:
+    import json
+
+    import numpy as np
+
+    from .fewshot import class_text_features, fewshot, world_dataset, write
+
+    if args.features is not None:
+        if args.labels is None or args.class_names is None:
+            raise ValueError("--features needs --labels (.npy of class indices) and --class-names (a JSON list).")
+        features, labels = np.load(args.features), np.load(args.labels)
+        class_names = json.loads(args.class_names.read_text())
+    else:
+        features, labels, class_names = world_dataset(args.per_class, seed=0)
+    if args.text_features is not None:
+        text_features = np.load(args.text_features)
+    else:
+        model, tokenizer = load_checkpoint(args.text_model, device="cpu")
+        text_features = class_text_features(model, tokenizer, class_names, args.template)
+    shots = [int(n) for n in args.shots.split(",")]
+    results = fewshot(features, labels, text_features, shots, args.seeds, args.k, args.epochs)
+    write(results, args.out, classes=class_names, k=args.k, seeds=args.seeds,
+          data=str(args.features or "grounded world"), text_encoder=str(args.text_features or args.text_model))
+    for n, result in results.items():
+        print(f"{n:3d}-shot  " + "   ".join(f"{name} {r['mean']:.1f} +- {r['std']:.1f}" for name, r in result.items()))
+    print(f"Results: {args.out / 'fewshot.json'}")
+
+
 def attach_vision_tower_command(args: argparse.Namespace) -> None:
     """A checkpoint the official pipeline can feed images to: the model with its DINOv2 tower, and a processor."""
     from transformers import AutoModel
@@ -139,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--seeds", type=int, default=3, help="random draws of the control")
     gate.add_argument("--max-pairs", type=int, default=200, help="VQA pairs for activation patching")
     gate.add_argument("--layers", help="comma list of the cross-attention layers to knock out (default: all)")
+
+    few = commands.add_parser("fewshot", help="N-shot linear probes on raw vs top-k-fusion-enhanced image features")
+    few.add_argument("--features", type=Path, help="image features .npy (N, D); default: the grounded world's")
+    few.add_argument("--labels", type=Path, help="class index per row .npy (N,)")
+    few.add_argument("--class-names", type=Path, help="JSON list of the class names")
+    few.add_argument("--text-features", type=Path, help="class text features .npy (C, D_text), instead of a model")
+    few.add_argument("--text-model", default="outputs/demo", help="GatedGPT2 checkpoint whose text stream encodes "
+                     "the class names (default: outputs/demo)")
+    few.add_argument("--template", default="{}", help="prompt around each class name, e.g. 'a photo of a {}'")
+    few.add_argument("--shots", default="4,16")
+    few.add_argument("--seeds", type=int, default=5)
+    few.add_argument("--k", type=int, default=3, help="text features each image feature reads")
+    few.add_argument("--epochs", type=int, default=20)
+    few.add_argument("--per-class", type=int, default=40, help="world images per class")
+    few.add_argument("--out", required=True, type=Path)
+    few.set_defaults(run=fewshot_command)
 
     tower = command("attach-vision-tower", "save a copy of a checkpoint with its DINOv2 tower, so that it takes "
                     "pixel_values", attach_vision_tower_command, batch_size=None)

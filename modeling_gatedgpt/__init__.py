@@ -11,6 +11,7 @@ from .configuration_gatedgpt import GatedGPT2Config
 from .gating import HardGate, SoftGate
 from .modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Model, GatedGPT2PreTrainedModel
 from .processing_gatedgpt import GatedGPT2Processor
+from .topk_fusion import TopKCrossModalFusion, topk_fusion_loss
 
 
 AutoConfig.register(GatedGPT2Config.model_type, GatedGPT2Config, exist_ok=True)
@@ -29,4 +30,6 @@ __all__ = [
     "GatedGPT2Processor",
     "HardGate",
     "SoftGate",
+    "TopKCrossModalFusion",
+    "topk_fusion_loss",
 ]
