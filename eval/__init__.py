@@ -1,1 +1,2 @@
-"""Evaluation: BabyLM zero-shot scoring, gate analysis, Narrow Gate toolkit, few-shot probe (issues 4, 5, 7)."""
+"""Evaluation and analysis: the BabyLM zero-shot suite, gate analysis, the Narrow Gate toolkit, the few-shot probe;
+`python -m eval zero-shot|gates|narrow-gate|fewshot|attach-vision-tower`."""

@@ -1,1 +1,1 @@
-"""Training: data loading, the embedded grounded world, collators, curricula, Trainer subclass (issue 3)."""
+"""Training: data loading, the embedded grounded world, collators, curricula, the Trainer subclass, masked LoRA."""
