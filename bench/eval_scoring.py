@@ -9,7 +9,6 @@ pairs/s are compared.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from process_memory import rss_mb
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
     model, tokenizer = load_checkpoint(checkpoint, device="cpu")
     task = read_task(DATA / "evaluation_data", "blimp", fast=True)
     metric = load_accuracy_metric()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = rss_mb()[0]
     start = time.perf_counter()
     if batch_size == 0:
         pairs = task.items[:: max(1, len(task.items) // naive_pairs)][:naive_pairs]  # every paradigm, evenly
@@ -68,7 +68,7 @@ def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
     seconds = time.perf_counter() - start
     return {"batch_size": batch_size or "naive (1 sentence)", "pairs": len(pairs), "seconds": seconds,
             "pairs_per_s": len(pairs) / seconds, "threads": torch.get_num_threads(),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss_before}
+            "peak_rss_mb": rss_mb()[1], "rss_before_mb": rss_before}
 
 
 def main() -> None:

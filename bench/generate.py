@@ -55,11 +55,12 @@ def main():
         peer = GPT2LMHeadModel(GPT2Config(**text, add_cross_attention=True)).to(device).eval()
         for batch in map(int, args.batches.split(",")):
             ids = torch.randint(1, VOCAB, (batch, args.prompt), device=device)
+            prompt = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
             image = torch.randn(batch, args.image_tokens, spec["n_embd"], device=device)
             runs = {
-                "ours, cache": (ours, dict(input_ids=ids, image_embeds=image), True),
-                "ours, no cache": (ours, dict(input_ids=ids, image_embeds=image), False),
-                "peer, cache": (peer, dict(input_ids=ids, encoder_hidden_states=image), True),
+                "ours, cache": (ours, dict(**prompt, image_embeds=image), True),
+                "ours, no cache": (ours, dict(**prompt, image_embeds=image), False),
+                "peer, cache": (peer, dict(**prompt, encoder_hidden_states=image), True),
             }
             for model, inputs, cache in runs.values():  # warm-up
                 timed_generate(model, inputs, 4, cache)

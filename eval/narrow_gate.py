@@ -132,16 +132,22 @@ def knockout_sets(num_tokens: int, random_k: int, seeds: int) -> dict[str, list[
 
 
 def knockout_table(model, tokenizer, data_dir, images: ImageEmbeddings, tasks=("vqa", "winoground"),
-                   random_k: int = 1, seeds: int = 3, layers=None, batch_size: int = 64) -> dict:
-    """{variant: {condition: {task: accuracy}}} for variant in ("zeroed", "renormalised"); random conditions are
-    the mean over `seeds` draws."""
+                   random_k: int = 1, seeds: int = 3, layers=None, batch_size: int = 64,
+                   variants=("zeroed", "renormalised")) -> dict:
+    """{variant: {condition: {task: accuracy}}} for each of `variants` ("zeroed": the knocked-out tokens' attention
+    weights are zeroed; "renormalised": they are masked before the softmax); random conditions are the mean over
+    `seeds` draws."""
     if images.embeddings.ndim != 3 or images.embeddings.shape[1] < 2:
         raise ValueError(f"Knockout needs CLS + patch tokens; the image embeddings have shape "
                          f"{images.embeddings.shape}.")
     task_data = {t: read_task(data_dir, t) for t in tasks}
     metric = load_accuracy_metric()
     table = {}
-    for variant, renormalise in (("zeroed", False), ("renormalised", True)):
+    unknown = sorted(set(variants) - {"zeroed", "renormalised"})
+    if unknown:
+        raise ValueError(f"`variants` must be among ('zeroed', 'renormalised'), got {unknown}.")
+    for variant in variants:
+        renormalise = variant == "renormalised"
         table[variant] = {}
         for condition, masks in knockout_sets(images.embeddings.shape[1], random_k, seeds).items():
             scores = defaultdict(list)

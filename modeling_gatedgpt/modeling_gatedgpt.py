@@ -286,14 +286,20 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 raise ValueError(f"`image_attention_mask` masks every image token of rows {empty}, which have an image.")
             # Rows without an image attend to (zeroed) tokens anyway, so that no softmax sees an all-masked row.
             token_mask = token_mask | ~rows[:, None]
+        return image_embeds, rows, token_mask
+
+    @staticmethod
+    def _blank_and_check_values(image_embeds, rows, token_mask):
+        """Zero padding tokens and the placeholders of rows without an image (zeros, NaN), so nothing leaks into
+        gradients; the remaining values must be finite."""
+        if token_mask is not None:
             image_embeds = image_embeds.masked_fill(~token_mask.unsqueeze(-1), 0.0)
-        # Rows without an image may hold placeholders (zeros, NaN); blank them so nothing leaks into gradients.
         image_embeds = image_embeds.masked_fill(~rows[:, None, None], 0.0)
         finite = torch.isfinite(image_embeds).flatten(1).all(-1)
         if not bool(finite.all()):
             bad = (~finite).nonzero().flatten().tolist()
             raise ValueError(f"`image_embeds` contain NaN or Inf in rows {bad}.")
-        return image_embeds, rows, token_mask
+        return image_embeds
 
     def _cross_cache_ready(self, past_key_values) -> bool:
         layers = self.config.cross_attention_layer_indices
@@ -321,10 +327,11 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         image_embeds, image_rows, token_mask = self._check_image_inputs(
             image_embeds, image_mask, image_attention_mask, inputs_embeds.shape[0]
         )
-        image_embeds = image_embeds.to(inputs_embeds.dtype)
         image_states = image_pooled = None
         needs_image_each_step = self.config.modulation is not None and self.config.modulation_target != "cross_attn"
+        # Once the cross-attention cache holds the image's keys and values, decoding steps never read the values.
         if needs_image_each_step or not self._cross_cache_ready(past_key_values):
+            image_embeds = self._blank_and_check_values(image_embeds, image_rows, token_mask).to(inputs_embeds.dtype)
             image_states = self.image_encoder(image_embeds, token_mask)
         if self.config.modulation is not None and self.config.modulation_target == "text":
             image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)

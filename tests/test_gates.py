@@ -58,6 +58,22 @@ def test_regression_recovers_known_effects():
     assert result["r2"] > 0.9
 
 
+def test_regression_interactions_recover_a_content_word_slope():
+    rng = np.random.default_rng(1)
+    n = 3000
+    pos = rng.choice(["NOUN", "DET", "ADJ"], n, p=[0.5, 0.3, 0.2])
+    concreteness, log_frequency = rng.normal(3, 1, n), rng.normal(0, 2, n)
+    z = lambda v: (v - v.mean()) / v.std()  # noqa: E731
+    content = pos != "DET"
+    # Frequency matters for function words only; concreteness for content words only.
+    gates = 0.5 + 0.04 * z(log_frequency) * ~content + 0.06 * z(concreteness) * content + rng.normal(0, 0.01, n)
+    coefficients = regression(gates, pos, concreteness, log_frequency, min_count=5, interactions=True)["coefficients"]
+    assert coefficients["concreteness (z)"]["beta"] == pytest.approx(0.0, abs=0.003)
+    assert coefficients["content x concreteness (z)"]["beta"] == pytest.approx(0.06, abs=0.003)
+    assert coefficients["log frequency (z)"]["beta"] == pytest.approx(0.04, abs=0.003)
+    assert coefficients["content x log frequency (z)"]["beta"] == pytest.approx(-0.04, abs=0.003)
+
+
 def test_gate_analysis_on_a_world_model_end_to_end(tiny_world, tmp_path, nlp):
     captions, store = load_caption_shards([tiny_world / "captions" / "dev_captions.json"],
                                           [tiny_world / "captions" / "dev_tokens.npy"])

@@ -1,0 +1,109 @@
+"""The sweep command: a grid of real (tiny) trainings, evaluated, tabulated, plotted, and resumable."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.sweep import Sweep, aggregate, main
+
+
+def world_files(world, kind: str) -> dict:
+    """train.py data keys for the tiny world with `kind` image embeddings ("embeddings" or "tokens")."""
+    return {"text_dir": f"{world}/text/train", "eval_text_dir": f"{world}/text/dev",
+            "caption_files": [f"{world}/captions/train_captions.json"],
+            "embedding_files": [f"{world}/captions/train_{kind}.npy"],
+            "eval_caption_files": [f"{world}/captions/dev_captions.json"],
+            "eval_embedding_files": [f"{world}/captions/dev_{kind}.npy"]}
+
+
+def write_sweep(tmp_path, world, runs: dict, seeds=(0, 1)) -> Path:
+    base = {
+        "n_layer": 2, "n_embd": 32, "n_head": 2, "n_inner": 64, "image_encoder_layers": 1, "dropout": 0.0,
+        "world_dir": str(world), "eval_world": True, **world_files(world, "embeddings"),
+        "cache_dir": str(tmp_path / "cache"), "vocab_size": 200, "block_size": 64,
+        "per_device_train_batch_size": 16, "max_steps": 6, "learning_rate": 3e-3, "eval_strategy": "no",
+        "save_strategy": "no", "logging_steps": 2, "report_to": "none", "use_cpu": True,
+        "dataloader_pin_memory": False, "disable_tqdm": True,
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {"config": "base.yaml", "common": {"max_steps": 4}, "seeds": list(seeds),
+             "evaluate": ["world", "gates", "knockout"], "work_dir": str(tmp_path / "work"),
+             "results": str(tmp_path / "results"), "runs": runs}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, capsys):
+    patches = {"image_tokens": "cls_patches", "gate_granularity": "token", **world_files(tiny_world, "tokens")}
+    path = write_sweep(tmp_path, tiny_world, {"patches": patches, "not_run": {}})
+    main([str(path), "--only", "patches"])
+    results = tmp_path / "results"
+    payload = json.loads((results / "results.json").read_text())
+    assert set(payload["runs"]) == {"patches"}
+    result = payload["runs"]["patches"]
+    metrics = result["metrics"]
+    assert result["seeds"] == [0, 1] and result["overrides"] == patches
+    for name in ("minimal_pairs_macro", "winoground_attribute", "winoground_relation", "vqa", "vqa_no_image",
+                 "gate_pos_kw_h", "gate_content", "gate_function", "gate_beta_content_x_concreteness", "train_loss",
+                 "vqa_knockout_none", "vqa_knockout_cls", "vqa_knockout_patches", "vqa_knockout_random_1",
+                 "cls_attention_share"):
+        assert metrics[name]["n"] == 2, name
+    assert metrics["train_loss"]["values"][0] != metrics["train_loss"]["values"][1]  # two seeds, two trainings
+    assert 0.0 <= metrics["gate_content"]["mean"] <= 1.0
+    assert metrics["vqa_knockout_none"]["values"] == pytest.approx(metrics["vqa"]["values"])
+    table = (results / "results.md").read_text()
+    assert "| patches |" in table and "±" in table and "not_run" not in table
+    assert (results / "results.png").stat().st_size > 0
+    assert (tmp_path / "work" / "patches" / "seed1" / "gates" / "gates.csv").is_file()
+    record = json.loads((results / "runs" / "patches" / "seed0.json").read_text())
+    assert record["seed"] == 0 and record["metrics"]["vqa"] == metrics["vqa"]["values"][0]
+
+    # A rerun does nothing but rewrite the table; deleting one result re-evaluates that run without retraining it.
+    capsys.readouterr()
+    weights = tmp_path / "work" / "patches" / "seed1" / "model.safetensors"
+    mtime = weights.stat().st_mtime
+    (results / "runs" / "patches" / "seed1.json").unlink()
+    main([str(path), "--only", "patches"])
+    assert "2 runs, 1 to do" in capsys.readouterr().out
+    assert weights.stat().st_mtime == mtime
+    assert json.loads((results / "results.json").read_text())["runs"]["patches"]["metrics"]["vqa"] == metrics["vqa"]
+
+
+def test_runs_can_start_from_an_earlier_runs_checkpoint(tiny_world, tmp_path):
+    path = write_sweep(tmp_path, tiny_world, {"patches": {"image_tokens": "cls_patches"},
+                                  "lora": {"model_name_or_path": "{work_dir}/patches/seed{seed}", "lora_r": 4}})
+    sweep = Sweep(path)
+    config = sweep.train_config("lora", 1)
+    assert config["model_name_or_path"] == f"{tmp_path / 'work'}/patches/seed1"
+    assert config["seed"] == 1 and config["output_dir"] == f"{tmp_path / 'work'}/lora/seed1"
+    assert config["max_steps"] == 4 and config["n_embd"] == 32 and config["report"] is True
+
+
+def test_bad_sweep_files_are_named(tiny_world, tmp_path):
+    path = write_sweep(tmp_path, tiny_world, {"base": {}})
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "evaluate": ["world", "vibes"]}))
+    with pytest.raises(ValueError, match=r"sweep.yaml: unknown evaluations \['vibes'\]"):
+        Sweep(path)
+    path.write_text(yaml.safe_dump({**spec, "seed": 3}))
+    with pytest.raises(ValueError, match=r"unknown keys \['seed'\]"):
+        Sweep(path)
+    path.write_text(yaml.safe_dump({k: v for k, v in spec.items() if k != "runs"}))
+    with pytest.raises(ValueError, match="missing key 'runs'"):
+        Sweep(path)
+    path.write_text(yaml.safe_dump({**spec, "config": "nowhere.yaml"}))
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml does not exist"):
+        Sweep(path)
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"--only names runs not in .*: \['other'\]"):
+        main([str(path), "--only", "other"])
+
+
+def test_aggregate_is_mean_and_sample_std_over_seeds():
+    records = [{"metrics": {"vqa": 50.0, "gate": None}}, {"metrics": {"vqa": 60.0, "gate": None}},
+               {"metrics": {"vqa": 70.0}}]
+    summary = aggregate(records)
+    assert summary == {"vqa": {"mean": 60.0, "std": 10.0, "n": 3, "values": [50.0, 60.0, 70.0]}}
