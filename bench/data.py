@@ -5,11 +5,12 @@ on the BabyLM text split into one utterance per line, against the bare fast toke
 no cleaning, blocks or Arrow). Lines/s, tokens/s, and the reload time of the on-disk cache.
 
 Embeddings: `trainer.data.ImageStore` + `GroundedCollator` reading random batches from memory-mapped `.npy` shards of
-growing size N, against `np.load` of the whole array (the peer), each in its own process so its RSS is its own. The
-memory-mapped RSS grows with the rows read, never with N.
+growing size N, against `np.load` of the whole array (the peer), each in its own process. Memory is split into the
+process's private memory (flat in N when memory-mapped, N rows with `np.load`) and the mapped file pages (shared page
+cache the kernel can drop; the kernel maps it in large chunks around every row read).
 
-    python bench/data.py                                  # BabyLM train_600k, N up to 100k x 768
-    python bench/data.py --rows 1000,10000 --image-tokens 1
+    python bench/data.py                                  # BabyLM train_600k; N up to 300k x 768
+    python bench/data.py --rows 3000,30000 --image-tokens 1
 """
 
 import argparse
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from process_memory import rss_mb
+from process_memory import memory_mb
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,9 @@ def utterance_files(source: Path, out: Path) -> list[Path]:
 def bench_text(source: Path, block_size: int, vocab_size: int) -> list[dict]:
     from trainer.data import iter_text_lines, text_dataset, train_tokenizer
 
+    import datasets
+
+    datasets.disable_progress_bars()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = utterance_files(source, Path(tmp))
@@ -95,7 +99,7 @@ def embedding_worker(path: str, mode: str, batches: int, batch_size: int) -> dic
 
     from trainer.data import GroundedCollator, ImageStore
 
-    baseline, _ = rss_mb()
+    baseline = memory_mb()
     start = time.perf_counter()
     if mode == "mmap":
         store = ImageStore([path])
@@ -106,7 +110,7 @@ def embedding_worker(path: str, mode: str, batches: int, batch_size: int) -> dic
         rows_of = lambda indices: array[indices]  # noqa: E731
         count = len(array)
     opened = time.perf_counter() - start
-    after_open, _ = rss_mb()
+    after_open = memory_mb()
     rng = np.random.default_rng(0)
     collate = GroundedCollator(pad_token_id=0, images=store) if mode == "mmap" else None
     times = []
@@ -118,16 +122,23 @@ def embedding_worker(path: str, mode: str, batches: int, batch_size: int) -> dic
         else:
             rows_of(np.sort(index))
         times.append(time.perf_counter() - start)
-    current, peak = rss_mb()
-    return dict(open_s=opened, rss_after_open_mb=after_open - baseline, rss_after_reads_mb=current - baseline,
-                peak_rss_mb=peak, rows_per_s=batch_size / statistics.median(times))
+    after_reads = memory_mb()
+    return dict(open_s=opened, private_after_open_mb=after_open["anon"] - baseline["anon"],
+                private_after_reads_mb=after_reads["anon"] - baseline["anon"],
+                mapped_file_after_reads_mb=after_reads["file"] - baseline["file"],
+                rss_after_reads_mb=after_reads["rss"] - baseline["rss"], rows_read=batches * batch_size,
+                rows_per_s=batch_size / statistics.median(times))
 
 
-def bench_embeddings(sizes: list[int], image_tokens: list[int], batches: int, batch_size: int) -> list[dict]:
+def bench_embeddings(sizes: list[int], image_tokens: list[int], batches: int, batch_size: int,
+                     max_bytes: float) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for tokens in image_tokens:
             for n in sizes:
+                if n * tokens * WIDTH * 4 > max_bytes:
+                    print(f"skipping N={n:,} x {tokens} token(s): over --max-file-gb")
+                    continue
                 path = Path(tmp) / f"emb_{n}_{tokens}.npy"
                 write_shard(path, n, tokens)
                 for mode in ("mmap", "np.load"):
@@ -147,10 +158,10 @@ def main():
     parser.add_argument("--text-dir", default=str(TEXT))
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--rows", default="1000,10000,100000", help="embedding rows N")
+    parser.add_argument("--rows", default="3000,30000,300000", help="embedding rows N")
     parser.add_argument("--image-tokens", default="1,17", help="global vector (1) and CLS + 16 patches (17)")
     parser.add_argument("--max-file-gb", type=float, default=2.0, help="skip shards larger than this")
-    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--batches", type=int, default=20, help="random batches read (keep their rows << N)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default="bench/results/data.json")
     parser.add_argument("--embedding-worker", nargs=4, help=argparse.SUPPRESS)
@@ -164,17 +175,18 @@ def main():
     print("| text run | lines | tokens | lines/s | x bare tokenizer |\n| --- | ---: | ---: | ---: | ---: |")
     for r in text:
         ratio = f"{r['ratio_to_peer']:.2f}" if r["ratio_to_peer"] is not None else ""
-        print(f"| {r['run']} | {r['lines']:,} | {r.get('tokens', 0):,} | {r['lines_per_s']:,.0f} | {ratio} |")
+        tokens = f"{r['tokens']:,}" if "tokens" in r else ""
+        print(f"| {r['run']} | {r['lines']:,} | {tokens} | {r['lines_per_s']:,.0f} | {ratio} |")
 
     tokens = [int(t) for t in args.image_tokens.split(",")]
     sizes = [int(n) for n in args.rows.split(",")]
-    affordable = [n for n in sizes if n * max(tokens) * WIDTH * 4 <= args.max_file_gb * 2**30]
-    embeddings = bench_embeddings(affordable, tokens, args.batches, args.batch_size)
-    print("| N | tokens | file | loader | RSS after open | RSS after reads | rows/s |\n"
-          "| ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+    embeddings = bench_embeddings(sizes, tokens, args.batches, args.batch_size, args.max_file_gb * 2**30)
+    print("| N | tokens | file | loader | private memory after open | after reads | mapped file pages | rows/s |\n"
+          "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in embeddings:
         print(f"| {r['rows']:,} | {r['image_tokens']} | {r['file_mb']:,.0f} MB | {r['mode']} | "
-              f"{r['rss_after_open_mb']:,.0f} MB | {r['rss_after_reads_mb']:,.0f} MB | {r['rows_per_s']:,.0f} |")
+              f"{r['private_after_open_mb']:,.0f} MB | {r['private_after_reads_mb']:,.0f} MB | "
+              f"{r['mapped_file_after_reads_mb']:,.0f} MB | {r['rows_per_s']:,.0f} |")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

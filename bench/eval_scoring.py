@@ -41,7 +41,7 @@ def naive_choice(model, tokenizer, pair) -> int:
     """One sentence per forward pass, no padding: the pipeline's computation with batch size 1."""
     scores = []
     for sentence in pair:
-        ids = torch.tensor([tokenizer(sentence)["input_ids"]])
+        ids = torch.tensor([tokenizer(sentence)["input_ids"]], device=model.device)
         logits = model(input_ids=ids[:, :-1]).logits
         scores.append(torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).sum().item())
     return int(scores[1] > scores[0])
@@ -53,7 +53,7 @@ def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
     from eval.tasks import read_task
     from eval.zero_shot import evaluate_task, load_accuracy_metric
 
-    model, tokenizer = load_checkpoint(checkpoint, device="cpu")
+    model, tokenizer = load_checkpoint(checkpoint)  # CUDA when available
     task = read_task(DATA / "evaluation_data", "blimp", fast=True)
     metric = load_accuracy_metric()
     rss_before = rss_mb()[0]
@@ -74,7 +74,7 @@ def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint to score with (default: a random 4 x 256 model)")
-    parser.add_argument("--batch-sizes", default="1,16,64,256")
+    parser.add_argument("--batch-sizes", default="16,64,256")
     parser.add_argument("--naive-pairs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_scoring.json")
     parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "BATCH"), help=argparse.SUPPRESS)

@@ -43,6 +43,7 @@ def main():
     parser.add_argument("--out", default="bench/results/generate.json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
     rows = []
@@ -51,12 +52,12 @@ def main():
         text = dict(**spec, n_inner=4 * spec["n_embd"], n_positions=args.prompt + args.new_tokens, vocab_size=VOCAB,
                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
         torch.manual_seed(0)
-        ours = GatedGPT2ForCausalLM(GatedGPT2Config(**text, image_embed_dim=spec["n_embd"])).to(device).eval()
-        peer = GPT2LMHeadModel(GPT2Config(**text, add_cross_attention=True)).to(device).eval()
+        ours = GatedGPT2ForCausalLM(GatedGPT2Config(**text, image_embed_dim=spec["n_embd"])).to(device, dtype).eval()
+        peer = GPT2LMHeadModel(GPT2Config(**text, add_cross_attention=True)).to(device, dtype).eval()
         for batch in map(int, args.batches.split(",")):
             ids = torch.randint(1, VOCAB, (batch, args.prompt), device=device)
             prompt = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
-            image = torch.randn(batch, args.image_tokens, spec["n_embd"], device=device)
+            image = torch.randn(batch, args.image_tokens, spec["n_embd"], device=device, dtype=dtype)
             runs = {
                 "ours, cache": (ours, dict(**prompt, image_embeds=image), True),
                 "ours, no cache": (ours, dict(**prompt, image_embeds=image), False),

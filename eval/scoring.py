@@ -66,15 +66,16 @@ def score_candidates(model, tokenizer, sentences: Sequence[str], completions: Se
         for b, i in enumerate(rows):
             tokens[b, : lengths[b]] = torch.tensor(input_ids[i])
             phrase[b, : lengths[b]] = torch.tensor(masks[i], dtype=torch.bool)
-        attention_mask = torch.arange(tokens.shape[1]) < lengths[:, None]
         kwargs = {}
         if images is not None:
             batch_rows = np.asarray(image_rows)[rows]
             kwargs["image_embeds"] = torch.from_numpy(np.asarray(images[batch_rows], dtype=np.float32)).to(device)
-        # position t predicts token t + 1; the last token predicts nothing
-        logits = model(input_ids=tokens[:, :-1].to(device), attention_mask=attention_mask[:, :-1].long().to(device),
-                       use_cache=False, **kwargs).logits.float()
+        # Position t predicts token t + 1; the last token predicts nothing. Padding is on the right, and causal
+        # attention never looks right, so real positions see no padding without an attention mask (whose absence
+        # lets SDPA take its causal fast path).
+        logits = model(input_ids=tokens[:, :-1].to(device), use_cache=False, **kwargs).logits.float()
         targets = tokens[:, 1:].to(device)
-        logprobs = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
+        logprobs = -torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        logprobs = logprobs.view(targets.shape)
         scores[rows] = (logprobs.double().cpu() * phrase[:, 1:]).sum(-1).numpy()
     return scores
