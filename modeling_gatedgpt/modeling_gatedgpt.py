@@ -533,15 +533,14 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         source = gpt2.config
         if source.scale_attn_by_inverse_layer_idx or source.reorder_and_upcast_attn:
             raise ValueError("GPT-2 checkpoints with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported.")
-        text_fields = (
-            "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
-            "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
-            "scale_attn_weights", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings",
-        )
-        clashes = sorted(set(text_fields) & set(config_overrides))
+        text = {name: getattr(source, name) for name in _GPT2_TEXT_FIELDS}
+        clashes = sorted(name for name, value in config_overrides.items()
+                         if name in text and not name.endswith("_pdrop") and value != text[name])
         if clashes:
-            raise ValueError(f"{clashes} are fixed by the GPT-2 checkpoint and cannot be overridden.")
-        config = GatedGPT2Config(**{name: getattr(source, name) for name in text_fields}, **config_overrides)
+            raise ValueError(f"{clashes} are fixed by the GPT-2 checkpoint and cannot be overridden "
+                             f"(checkpoint: {[text[name] for name in clashes]}, given: "
+                             f"{[config_overrides[name] for name in clashes]}).")
+        config = GatedGPT2Config(**{**text, **config_overrides})
         config._attn_implementation = source._attn_implementation
         model = cls(config)
 
@@ -568,7 +567,28 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
                         parameter.zero_()
         return model
 
+    def to_gpt2(self):
+        """The text stream as a `transformers.GPT2LMHeadModel`: what this model computes for text without an image.
+        The inverse of `from_gpt2` on the text weights, e.g. to ground a model after text-only pretraining."""
+        from transformers import GPT2Config, GPT2LMHeadModel
 
+        config = GPT2Config(**{name: getattr(self.config, name) for name in _GPT2_TEXT_FIELDS})
+        config._attn_implementation = self.config._attn_implementation
+        gpt2 = GPT2LMHeadModel(config).to(self.device, self.dtype)
+        text_stream = {k: v for k, v in self.state_dict().items() if not _is_image_path_parameter(k)}
+        missing, unexpected = gpt2.load_state_dict(text_stream, strict=False)
+        missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+        if missing or unexpected:
+            raise ValueError(f"the text stream does not map onto GPT-2: missing {missing}, unexpected {unexpected}")
+        return gpt2.train(self.training)
+
+
+# The configuration a GPT-2 checkpoint fixes for the text stream (`from_gpt2` / `to_gpt2`).
+_GPT2_TEXT_FIELDS = (
+    "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+    "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
+    "scale_attn_weights", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings",
+)
 _IMAGE_PATH_PARTS = (".ln_cross_attn.", ".crossattention.", ".gate.", ".ln_fused.", ".modulation.")
 _IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.", "transformer.contrastive_head.")
 

@@ -88,5 +88,26 @@ def test_from_gpt2_image_path_learns():
 
 
 def test_from_gpt2_refuses_to_override_text_fields():
-    with pytest.raises(ValueError, match="n_embd"):
-        GatedGPT2ForCausalLM.from_gpt2(random_gpt2(), n_embd=64)
+    with pytest.raises(ValueError, match=r"\['n_embd'\] are fixed by the GPT-2 checkpoint .* \(checkpoint: \[32\], given: \[64\]\)"):
+        GatedGPT2ForCausalLM.from_gpt2(random_gpt2(), n_embd=64, n_layer=3)  # an equal value is no clash
+    model = GatedGPT2ForCausalLM.from_gpt2(random_gpt2(), n_embd=32, resid_pdrop=0.3)  # dropout is the run's choice
+    assert model.config.resid_pdrop == 0.3
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    dict(gate="hard", gate_granularity="token", fusion="residual"),
+    dict(modulation="film", modulation_target="text", channel_attention=True),
+    dict(modulation="dyintra", modulation_target="image", image_encoder="mlp", contrastive="clip"),
+])
+def test_to_gpt2_is_the_text_stream_and_from_gpt2_takes_it_back(overrides, batch):
+    model = tiny_model(**overrides).eval()
+    gpt2 = model.to_gpt2()
+    assert type(gpt2) is GPT2LMHeadModel and not gpt2.training
+    with torch.no_grad():
+        assert (gpt2(batch["input_ids"]).logits - model(batch["input_ids"]).logits).abs().max() <= 1e-5
+    regrown = GatedGPT2ForCausalLM.from_gpt2(gpt2, image_embed_dim=IMAGE_DIM, image_encoder_layers=1)
+    ours = model.state_dict()
+    for name, tensor in regrown.state_dict().items():
+        if name in gpt2.state_dict() and not name.endswith(".attn.bias"):
+            assert torch.equal(ours[name], tensor), name

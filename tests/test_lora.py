@@ -9,8 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from eval.__main__ import load_checkpoint
 from eval.interventions import knockout
 from tests.conftest import tiny_model, tiny_train_args
+from trainer.data import train_tokenizer
 from trainer.lora import ImageKeyMasking, lora_model
 
 
@@ -52,6 +54,16 @@ def test_adapter_saves_loads_on_a_remote_code_base_and_merges_exactly(adapted, t
         merged = loaded.merge_and_unload()
         torch.testing.assert_close(merged(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
     assert not any("lora" in n for n, _ in merged.named_parameters())
+
+    # the evaluation commands take the adapter folder as a model: its base, merged (train.py's adapters name their
+    # base; this in-memory one is told)
+    path = tmp_path / "adapter" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": str(tmp_path / "base")}))
+    train_tokenizer(["a red cube"] * 5, vocab_size=270, model_max_length=32).save_pretrained(tmp_path / "adapter")
+    model, _ = load_checkpoint(str(tmp_path / "adapter"), device="cpu")
+    assert type(model).__name__ == "GatedGPT2ForCausalLM" and not any("lora" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_image_key_masking_masks_the_cls_key_with_its_probability(batch):

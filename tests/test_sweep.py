@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.sweep import Sweep, aggregate, main
+from trainer.sweep import Sweep, aggregate, main, plan
+
+EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
 
 
 def world_files(world, kind: str) -> dict:
@@ -39,7 +41,7 @@ def write_sweep(tmp_path, world, runs: dict, seeds=(0, 1)) -> Path:
 def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, capsys):
     patches = {"image_tokens": "cls_patches", "gate_granularity": "token", **world_files(tiny_world, "tokens")}
     path = write_sweep(tmp_path, tiny_world, {"patches": patches, "not_run": {}})
-    main([str(path), "--only", "patches"])
+    main([str(path), "--only", "patches", "--jobs", "2"])  # one seed per process
     results = tmp_path / "results"
     payload = json.loads((results / "results.json").read_text())
     assert set(payload["runs"]) == {"patches"}
@@ -82,6 +84,50 @@ def test_runs_can_start_from_an_earlier_runs_checkpoint(tiny_world, tmp_path):
     assert config["max_steps"] == 4 and config["n_embd"] == 32 and config["report"] is True
 
 
+def test_the_plan_covers_every_run_seed_by_seed_and_keeps_a_run_behind_the_one_it_starts_from(tiny_world, tmp_path):
+    lora = {"model_name_or_path": "{work_dir}/patches/seed{seed}", "lora_r": 4}
+    path = write_sweep(tmp_path, tiny_world, {"base": {}, "patches": {}, "lora": lora, "other": {}}, seeds=(0, 1))
+    sweep = Sweep(path)
+    assert plan(sweep) == [[("base", 0), ("patches", 0), ("lora", 0), ("other", 0),
+                            ("base", 1), ("patches", 1), ("lora", 1), ("other", 1)]]
+    lanes = plan(sweep, jobs=2)
+    assert sorted(sum(lanes, [])) == sorted(plan(sweep)[0])
+    for lane in lanes:  # each seed's lora runs in its patches' lane, after it
+        for seed in (0, 1):
+            if ("lora", seed) in lane:
+                assert lane.index(("patches", seed)) == lane.index(("lora", seed)) - 1
+    assert [len(lane) for lane in lanes] == [4, 4]
+
+    done = sweep.result_path("patches", 0)  # finished runs drop out; their dependents stay
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    assert ("patches", 0) not in sum(plan(sweep, jobs=2), []) and ("lora", 0) in sum(plan(sweep, jobs=2), [])
+    assert plan(sweep, only=["lora"]) == [[("lora", 0), ("lora", 1)]]
+
+
+def test_zero_shot_with_revisions_gives_learning_curves(tiny_world, tmp_path):
+    data = tmp_path / "evaluation_data" / "fast_eval"
+    for task, files in (("blimp_fast", ["anaphor_gender_agreement", "adjunct_island"]), ("supplement_fast", ["hypernym"])):
+        (data / task).mkdir(parents=True)
+        for name in files:
+            lines = (EVAL_DATA / "fast_eval" / task / f"{name}.jsonl").read_text().splitlines()[:6]
+            (data / task / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    # the tiny world's 200-token BPE spells BabyLM sentences out in up to ~110 tokens
+    path = write_sweep(tmp_path, tiny_world, {"base": {"revision_words": "60,150", "block_size": 256}}, seeds=(0,))
+    spec = yaml.safe_load(path.read_text())
+    spec.update(evaluate=["zero_shot"], zero_shot={"data": str(tmp_path / "evaluation_data"), "revisions": True})
+    path.write_text(yaml.safe_dump(spec))
+    main([str(path)])
+    payload = json.loads((tmp_path / "results" / "results.json").read_text())
+    metrics = payload["runs"]["base"]["metrics"]
+    assert set(metrics) >= {"blimp", "supplement"} and "vqa" not in metrics  # only what `evaluate` asks for
+    curve = payload["curves"]["base"][0]
+    assert curve["words"][:2] == [60, 150] and curve["words"][2] > 150  # the revisions, then the final model
+    assert curve["blimp"][-1] == metrics["blimp"]["mean"] and len(curve["supplement"]) == 3
+    assert all(0 <= accuracy <= 100 for accuracy in curve["blimp"] + curve["supplement"])
+    assert (tmp_path / "results" / "learning_curves.png").stat().st_size > 0
+
+
 def test_bad_sweep_files_are_named(tiny_world, tmp_path):
     path = write_sweep(tmp_path, tiny_world, {"base": {}})
     spec = yaml.safe_load(path.read_text())
@@ -97,9 +143,18 @@ def test_bad_sweep_files_are_named(tiny_world, tmp_path):
     path.write_text(yaml.safe_dump({**spec, "config": "nowhere.yaml"}))
     with pytest.raises(FileNotFoundError, match="nowhere.yaml does not exist"):
         Sweep(path)
+    path.write_text(yaml.safe_dump({**spec, "runs": {"lora": {"model_name_or_path": "{work_dir}/gone/seed0"}}}))
+    with pytest.raises(ValueError, match="run 'lora' starts from '{work_dir}/gone/seed0', but there is no run 'gone'"):
+        Sweep(path)
+    path.write_text(yaml.safe_dump({**spec, "runs": {"a": {"model_name_or_path": "{work_dir}/b/seed0"},
+                                                     "b": {"model_name_or_path": "{work_dir}/a/seed{seed}"}}}))
+    with pytest.raises(ValueError, match="runs start from each other in a circle: a -> b -> a"):
+        Sweep(path)
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=r"--only names runs not in .*: \['other'\]"):
         main([str(path), "--only", "other"])
+    with pytest.raises(SystemExit):
+        main([str(path), "--jobs", "0"])
 
 
 def test_aggregate_is_mean_and_sample_std_over_seeds():

@@ -62,6 +62,29 @@ def test_training_continues_from_a_checkpoint_with_its_tokenizer(tiny_world, tmp
     assert log_history(second / "run")[0]["loss"] < log_history(first / "run")[0]["loss"]
 
 
+def test_text_pretraining_exports_a_gpt2_that_grounds_a_second_run(tiny_world, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from modeling_gatedgpt import GatedGPT2ForCausalLM
+
+    text = tmp_path / "text"
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, text, "--curriculum", "text_only", "--max_steps", "3",
+                                            "--save_gpt2", "true")])
+    gpt2 = GPT2LMHeadModel.from_pretrained(text / "run" / "gpt2").eval()
+    ids = torch.randint(3, 200, (2, 9))
+    with torch.no_grad():
+        reference = GatedGPT2ForCausalLM.from_pretrained(text / "run").eval()(ids).logits
+        assert (gpt2(ids).logits - reference).abs().max() <= 1e-5
+    grounded = tmp_path / "grounded"
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, grounded, "--max_steps", "2", "--vocab_size", "150",
+                                            "--init_from_gpt2", str(text / "run" / "gpt2"))])
+    assert (grounded / "run" / "tokenizer.json").read_text() == (text / "run" / "tokenizer.json").read_text()
+    assert log_history(grounded / "run")[0]["loss"] < log_history(text / "run")[0]["loss"]  # it starts pretrained
+    with pytest.raises(ValueError, match="save_gpt2 exports a whole model's text stream"):
+        train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path / "lora", "--model_name_or_path",
+                                                str(grounded / "run"), "--lora_r", "4", "--save_gpt2", "true")])
+
+
 def test_mixed_batches_route_each_rows_image(tiny_world, tmp_path):
     from trainer.curriculum import CurriculumBatchSampler
     from trainer.data import GroundedCollator

@@ -207,11 +207,14 @@ def _cached(key: dict, cache_dir: str | None, build) -> datasets.Dataset:
     if (path / "dataset_info.json").exists():
         return datasets.load_from_disk(str(path))
     dataset = build()
-    tmp = path.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel runs may build one entry at once
     dataset.save_to_disk(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if not (path / "dataset_info.json").exists():
+        shutil.rmtree(path, ignore_errors=True)  # what an interrupted write left
+    try:
+        tmp.rename(path)
+    except OSError:  # another process saved the same entry first
+        shutil.rmtree(tmp)
     return datasets.load_from_disk(str(path))
 
 

@@ -94,6 +94,8 @@ def build_datasets(data_args: DataArguments, tokenizer, image_dim: int | None):
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer, image_shape: tuple | None,
                 total_steps: int) -> GatedGPT2ForCausalLM:
+    if model_args.save_gpt2 and model_args.lora_r > 0:
+        raise ValueError("save_gpt2 exports a whole model's text stream, but lora_r > 0 trains only an adapter.")
     overrides = model_args.config_overrides()
     if model_args.gate_temperature_steps is None:
         overrides["gate_temperature_steps"] = max(total_steps, 1)
@@ -198,6 +200,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
+    if model_args.save_gpt2 and trainer.is_world_process_zero():
+        gpt2_dir = Path(training_args.output_dir) / "gpt2"
+        trainer.accelerator.unwrap_model(model).to_gpt2().save_pretrained(gpt2_dir)
+        tokenizer.save_pretrained(gpt2_dir)
     summary = {"train": train_result.metrics, "parameters": model.num_parameters(),
                "model_arguments": asdict(model_args), "data_arguments": asdict(data_args),
                "image_shape": list(images.row_shape) if images else None}

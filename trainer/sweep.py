@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -65,6 +66,8 @@ class Sweep:
         self.work_dir, self.results = Path(spec["work_dir"]), Path(spec["results"])
         self.runs = {str(name): (overrides or {}) for name, overrides in spec["runs"].items()}
         self.metrics = spec.get("metrics")  # the table's columns; default: all
+        for run in self.runs:
+            self.ancestry(run)  # a run that starts from a missing run is an error now, not hours into the sweep
 
     def train_config(self, run: str, seed: int) -> dict:
         """The full train.py config of one (run, seed): base config, then the shared budget, then the run. String
@@ -75,11 +78,45 @@ class Sweep:
         values.update(seed=seed, output_dir=str(self.work_dir / run / f"seed{seed}"), report=True)
         return values
 
+    def depends_on(self, run: str) -> str | None:
+        """The run whose output this run starts from (`model_name_or_path` or `init_from_gpt2` under
+        `{work_dir}/<run>/`), if any."""
+        overrides = self.runs[run]
+        start = str(overrides.get("model_name_or_path") or overrides.get("init_from_gpt2") or "")
+        if not start.startswith("{work_dir}/"):
+            return None
+        parent = start.removeprefix("{work_dir}/").split("/")[0]
+        if parent not in self.runs:
+            raise ValueError(f"{self.path}: run {run!r} starts from {start!r}, but there is no run {parent!r}")
+        return parent
+
+    def ancestry(self, run: str) -> list[str]:
+        """The run, the run it starts from, that run's start, and so on."""
+        chain = [run]
+        while parent := self.depends_on(chain[-1]):
+            if parent in chain:
+                raise ValueError(f"{self.path}: runs start from each other in a circle: {' -> '.join([*chain, parent])}")
+            chain.append(parent)
+        return chain
+
     def result_path(self, run: str, seed: int) -> Path:
         return self.results / "runs" / run / f"seed{seed}.json"
 
 
+def prepare_world(config: dict) -> None:
+    """Generate the grounded world a run reads, before its training process starts: a run may name the world's files
+    as ordinary data files (e.g. captions next to BabyLM text), and parallel lanes must not write it at once."""
+    from .arguments import DataArguments
+    from .run import resolve_world
+
+    keys = ("world_dir", "world_seed", "world_captions", "world_sentences", "text_dir", "caption_files")
+    data_args = DataArguments(**{k: config[k] for k in keys if k in config})
+    if not config.get("model_name_or_path") and (data_args.uses_world or "world_dir" in config):
+        resolve_world(data_args)
+
+
 def train(config: dict) -> None:
+    prepare_world(config)
     out = Path(config["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep_config.yaml"
@@ -149,18 +186,44 @@ def knockout_metrics(model, tokenizer, world: Path) -> dict:
     return metrics
 
 
-def zero_shot_metrics(model, tokenizer, options: dict, out_dir: Path) -> dict:
+def zero_shot_metrics(model, tokenizer, options: dict, run_dir: Path) -> dict:
+    """The zero-shot tasks' accuracies; with `revisions: true` also a learning curve over the run's words-seen
+    revisions (train.py's `revision_words`) and the final model: {"words": [...], "<task>": [...]} under "curve"."""
+    from eval.__main__ import load_checkpoint
     from eval.zero_shot import zero_shot
 
+    from .training import parse_revision_words
+
     tasks = options.get("tasks", "blimp,supplement")
-    results = zero_shot(model, tokenizer, ROOT / options["data"], tasks.split(",") if isinstance(tasks, str) else tasks,
-                        fast=options.get("fast", True), out_dir=out_dir, progress=False)
-    return {name: task["accuracy"] for name, task in results["tasks"].items()}
+    tasks = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+
+    def score(network, out_dir: Path) -> dict:
+        results = zero_shot(network, tokenizer, ROOT / options["data"], tasks, fast=options.get("fast", True),
+                            out_dir=out_dir, progress=False)
+        return {name: task["accuracy"] for name, task in results["tasks"].items()}
+
+    metrics = score(model, run_dir / "zero_shot")
+    if options.get("revisions"):
+        revisions = sorted((run_dir / "revisions").glob("chck_*"),
+                           key=lambda p: parse_revision_words(p.name.removeprefix("chck_"))[0])
+        curve = {"words": [], **{task: [] for task in metrics}}
+        for revision in revisions:
+            network, _ = load_checkpoint(str(revision), device="cpu")
+            scores = score(network, run_dir / "zero_shot" / revision.name)
+            curve["words"].append(parse_revision_words(revision.name.removeprefix("chck_"))[0])
+            for task in metrics:
+                curve[task].append(scores[task])
+        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+        curve["words"].append(max((e["words_seen"] for e in history if "words_seen" in e), default=None))
+        for task in metrics:
+            curve[task].append(metrics[task])
+        metrics["curve"] = curve
+    return metrics
 
 
 def evaluate(sweep: Sweep, config: dict) -> dict:
-    """Metrics of one trained run: its report's, then those of the evaluations the sweep lists. A LoRA run's folder
-    holds an adapter, not a model; its world scores and knockout (before / after) come from its report alone."""
+    """Metrics of one trained run: its report's, then those of the evaluations the sweep lists (a LoRA run's adapter
+    merged into its base). A masked LoRA run's knockout before / after fine-tuning comes from its report."""
     import torch
 
     from eval.__main__ import load_checkpoint
@@ -175,33 +238,56 @@ def evaluate(sweep: Sweep, config: dict) -> dict:
     for stage, table in report.get("knockout", {}).items():  # masked fine-tuning measures before and after
         suffix = "" if stage == "after" else f"_{stage}"
         metrics.update({f"vqa_knockout_{c}{suffix}": scores["vqa"] for c, scores in table["zeroed"].items()})
-    if not (out / "config.json").is_file():
-        return metrics
-
     torch.manual_seed(0)
     model, tokenizer = load_checkpoint(str(out), device="cpu")
     world = Path(config.get("world_dir", "outputs/world"))
     image_tokens = config.get("image_tokens", "global")
     if "gates" in sweep.evaluate and model.config.gate != "none":
         metrics.update(gate_metrics(model, tokenizer, world, image_tokens, out / "gates"))
-    if "knockout" in sweep.evaluate and image_tokens == "cls_patches" and "vqa_knockout_cls" not in metrics:
-        metrics.update(knockout_metrics(model, tokenizer, world))
+    if "knockout" in sweep.evaluate and image_tokens == "cls_patches":
+        metrics.update({k: v for k, v in knockout_metrics(model, tokenizer, world).items() if k not in metrics})
     if "zero_shot" in sweep.evaluate:
-        metrics.update(zero_shot_metrics(model, tokenizer, sweep.zero_shot, out / "zero_shot"))
+        metrics.update(zero_shot_metrics(model, tokenizer, sweep.zero_shot, out))
     return metrics
 
 
-def run_sweep(sweep: Sweep, only: list[str] | None = None) -> dict:
+def plan(sweep: Sweep, only: list[str] | None = None, jobs: int = 1) -> list[list[tuple[str, int]]]:
+    """The (run, seed) pairs still to do, dealt into `jobs` lanes that can run side by side.
+
+    Seed-major (every run's seed 0, then every run's seed 1, ...), so that a sweep stopped part-way has covered every
+    run. A run that starts from another run's checkpoint (`{work_dir}/<run>/...`) follows that run in the same lane.
+    """
     runs = [r for r in sweep.runs if not only or r in only]
     missing = sorted(set(only or []) - set(sweep.runs))
     if missing:
         raise ValueError(f"--only names runs not in {sweep.path}: {missing}")
-    todo = [(r, s) for r in runs for s in sweep.seeds if not sweep.result_path(r, s).is_file()]
-    print(f"{sweep.path}: {len(runs) * len(sweep.seeds)} runs, {len(todo)} to do", flush=True)
+    ancestry = sweep.ancestry
+    by_root: dict[str, list[str]] = {}
+    for run in runs:
+        by_root.setdefault(ancestry(run)[-1], []).append(run)
+    units = [[(run, seed) for run in sorted(unit, key=lambda r: len(ancestry(r))) if not sweep.result_path(run, seed).is_file()]
+             for seed in sweep.seeds for unit in by_root.values()]
+    lanes: list[list[tuple[str, int]]] = [[] for _ in range(jobs)]
+    for unit in units:
+        min(lanes, key=len).extend(unit)
+    return lanes
+
+
+def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: int | None = None) -> dict | None:
+    """Train and evaluate what is left, in `jobs` processes side by side (each with its share of the CPU threads),
+    then write the table. `lane` is one such process's share: it writes its results, not the table."""
+    lanes = plan(sweep, only, jobs)
+    if lane is None:
+        runs = [r for r in sweep.runs if not only or r in only]
+        print(f"{sweep.path}: {len(runs) * len(sweep.seeds)} runs, {sum(map(len, lanes))} to do", flush=True)
+        if jobs > 1:
+            run_lanes(sweep, only, jobs)
+            return write_results(sweep)
+    todo = lanes[lane or 0]
     for k, (run, seed) in enumerate(todo, 1):
         config = sweep.train_config(run, seed)
         out = Path(config["output_dir"])
-        print(f"[{k}/{len(todo)}] {run} seed {seed} -> {out}", flush=True)
+        print(f"[{'' if lane is None else f'lane {lane}: '}{k}/{len(todo)}] {run} seed {seed} -> {out}", flush=True)
         started = time.time()
         if not (out / "report" / "report.json").is_file():  # written last, so its presence means training finished
             train(config)
@@ -211,7 +297,23 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None) -> dict:
         path = sweep.result_path(run, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
-    return write_results(sweep)
+    return write_results(sweep) if lane is None else None
+
+
+def run_lanes(sweep: Sweep, only: list[str] | None, jobs: int) -> None:
+    # Small models leave a second core idle in one process (Python overhead, not matmuls, bounds their steps), so
+    # `jobs` processes with a share of the threads each get through a grid faster than one with all of them.
+    for lane in plan(sweep, only, jobs):
+        for run, seed in lane:
+            prepare_world(sweep.train_config(run, seed))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "trainer.sweep", str(sweep.path), "--jobs", str(jobs)]
+    command += ["--only", ",".join(only)] if only else []
+    processes = [subprocess.Popen([*command, "--lane", str(k)], cwd=ROOT, env=env) for k in range(jobs)]
+    failed = [k for k, process in enumerate(processes) if process.wait() != 0]
+    if failed:
+        raise RuntimeError(f"sweep lanes {failed} failed (see their output above); finished runs are kept, rerun to resume")
 
 
 def aggregate(records: list[dict]) -> dict:
@@ -230,8 +332,7 @@ def aggregate(records: list[dict]) -> dict:
 def write_results(sweep: Sweep) -> dict:
     results = {}
     for run in sweep.runs:
-        records = [json.loads(sweep.result_path(run, s).read_text()) for s in sweep.seeds
-                   if sweep.result_path(run, s).is_file()]
+        records = records_of(sweep, run)
         if records:
             results[run] = {"overrides": sweep.runs[run], "seeds": [r["seed"] for r in records],
                             "metrics": aggregate(records),
@@ -242,7 +343,17 @@ def write_results(sweep: Sweep) -> dict:
     (sweep.results / "results.json").write_text(json.dumps(payload, indent=2))
     (sweep.results / "results.md").write_text(results_markdown(sweep, results))
     plot(sweep, results)
+    curves = {run: [r["metrics"]["curve"] for r in records_of(sweep, run) if "curve" in r["metrics"]]
+              for run in results}
+    if any(curves.values()):
+        payload["curves"] = curves
+        (sweep.results / "results.json").write_text(json.dumps(payload, indent=2))
+        plot_curves(sweep, curves)
     return payload
+
+
+def records_of(sweep: Sweep, run: str) -> list[dict]:
+    return [json.loads(sweep.result_path(run, s).read_text()) for s in sweep.seeds if sweep.result_path(run, s).is_file()]
 
 
 def _columns(sweep: Sweep, results: dict) -> list[str]:
@@ -299,19 +410,52 @@ def plot(sweep: Sweep, results: dict) -> None:
     plt.close(fig)
 
 
+def plot_curves(sweep: Sweep, curves: dict) -> None:
+    """learning_curves.png: each zero-shot task's accuracy against words seen, one line per run (mean over seeds,
+    each seed faint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for run in curves.values() for c in run for t in c if t != "words"})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for k, (run, seeds) in enumerate(curves.items()):
+            colour = f"C{k}"
+            for c in seeds:
+                ax.plot(c["words"], c[task], color=colour, alpha=0.3, lw=0.8)
+            if seeds and len({len(c["words"]) for c in seeds}) == 1:  # same revisions; final word counts differ a little
+                ax.plot(np.mean([c["words"] for c in seeds], 0), np.mean([c[task] for c in seeds], 0), color=colour,
+                        marker="o", label=run)
+        ax.set_xscale("log")
+        ax.set_xlabel("words seen")
+        ax.set_ylabel(f"{task} accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(sweep.results / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a sweep YAML (configs/sweeps/*.yaml)")
     parser.add_argument("--only", help="comma list of runs to do now (the table still lists every finished run)")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table and plots from finished runs")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs side by side, each with its share of the CPU threads (2 suits tiny models on 2 cores)")
+    parser.add_argument("--lane", type=int, help=argparse.SUPPRESS)  # one of --jobs' processes
     args = parser.parse_args(argv)
+    if args.jobs < 1 or (args.lane is not None and not 0 <= args.lane < args.jobs):
+        parser.error(f"--jobs must be >= 1 and --lane in [0, jobs); got jobs={args.jobs}, lane={args.lane}")
     sweep = Sweep(args.sweep)
     if args.table_only:
         write_results(sweep)
     else:
-        run_sweep(sweep, args.only.split(",") if args.only else None)
-    print((sweep.results / "results.md").read_text())
+        run_sweep(sweep, args.only.split(",") if args.only else None, args.jobs, args.lane)
+    if args.lane is None:
+        print((sweep.results / "results.md").read_text())
 
 
 if __name__ == "__main__":
