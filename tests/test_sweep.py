@@ -41,6 +41,9 @@ def write_sweep(tmp_path, world, runs: dict, seeds=(0, 1)) -> Path:
 def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, capsys):
     patches = {"image_tokens": "cls_patches", "gate_granularity": "token", **world_files(tiny_world, "tokens")}
     path = write_sweep(tmp_path, tiny_world, {"patches": patches, "not_run": {}})
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "tables": {"Knockout": {"runs": ["patches", "not_run"],
+                                                                    "metrics": ["vqa", "vqa_knockout_cls"]}}}))
     main([str(path), "--only", "patches", "--jobs", "2"])  # one seed per process
     results = tmp_path / "results"
     payload = json.loads((results / "results.json").read_text())
@@ -57,7 +60,9 @@ def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, ca
     assert 0.0 <= metrics["gate_content"]["mean"] <= 1.0
     assert metrics["vqa_knockout_none"]["values"] == pytest.approx(metrics["vqa"]["values"])
     table = (results / "results.md").read_text()
-    assert "| patches |" in table and "±" in table and "not_run" not in table
+    main_table, knockout_table = table.split("### Knockout")
+    assert "| patches |" in main_table and "±" in main_table and "not_run" not in main_table
+    assert "| run | vqa | vqa_knockout_cls |" in knockout_table and "| not_run (not run yet) | - | - |" in knockout_table
     assert (results / "results.png").stat().st_size > 0
     assert (tmp_path / "work" / "patches" / "seed1" / "gates" / "gates.csv").is_file()
     record = json.loads((results / "runs" / "patches" / "seed0.json").read_text())
@@ -133,6 +138,12 @@ def test_bad_sweep_files_are_named(tiny_world, tmp_path):
     spec = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**spec, "evaluate": ["world", "vibes"]}))
     with pytest.raises(ValueError, match=r"sweep.yaml: unknown evaluations \['vibes'\]"):
+        Sweep(path)
+    path.write_text(yaml.safe_dump({**spec, "tables": {"T": {"runs": ["base", "ghost"], "metrics": ["vqa"]}}}))
+    with pytest.raises(ValueError, match=r"table 'T' names runs not in `runs`: \['ghost'\]"):
+        Sweep(path)
+    path.write_text(yaml.safe_dump({**spec, "tables": {"T": {"runs": ["base"]}}}))
+    with pytest.raises(ValueError, match="table 'T' must be a mapping with `runs` and `metrics` lists"):
         Sweep(path)
     path.write_text(yaml.safe_dump({**spec, "seed": 3}))
     with pytest.raises(ValueError, match=r"unknown keys \['seed'\]"):
