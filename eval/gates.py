@@ -136,12 +136,15 @@ def pos_tests(gates: np.ndarray, pos: np.ndarray, min_count: int) -> dict:
     groups = {p: gates[pos == p] for p in sorted(set(pos)) if (pos == p).sum() >= min_count}
     if len(groups) < 2:
         return {"kruskal_wallis": None, "groups": {p: len(g) for p, g in groups.items()}, "pairwise": []}
-    h = stats.kruskal(*groups.values())
+    # A hard gate is exactly 0 or 1, so whole groups can be one tied value, where the tests are undefined (scipy: an
+    # error, or NaN); all tied is no evidence of a difference: H = 0, p = 1.
+    tied = np.ptp(np.concatenate(list(groups.values()))) == 0
+    h, p_h = (0.0, 1.0) if tied else stats.kruskal(*groups.values())
     pairs = list(itertools.combinations(groups, 2))
-    p_raw = [float(stats.mannwhitneyu(groups[a], groups[b]).pvalue) for a, b in pairs]
+    p_raw = [float(np.nan_to_num(stats.mannwhitneyu(groups[a], groups[b]).pvalue, nan=1.0)) for a, b in pairs]
     p_adjusted = stats.false_discovery_control(p_raw, method="bh")
     return {
-        "kruskal_wallis": {"H": float(h.statistic), "p": float(h.pvalue), "df": len(groups) - 1},
+        "kruskal_wallis": {"H": float(h), "p": float(p_h), "df": len(groups) - 1},
         "groups": {p: {"n": int(len(g)), "mean": float(g.mean()), "median": float(np.median(g))}
                    for p, g in groups.items()},
         "pairwise": [{"a": a, "b": b, "p": p, "p_bh": float(q)} for (a, b), p, q in zip(pairs, p_raw, p_adjusted)],

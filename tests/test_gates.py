@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.gates import Norms, collect_word_gates, gate_analysis, load_spacy, regression, word_frequencies
+from eval.gates import Norms, collect_word_gates, gate_analysis, load_spacy, pos_tests, regression, word_frequencies
 from tests.conftest import tiny_model
 from trainer.data import load_caption_shards, train_tokenizer
 from trainer.training import gate_per_token
@@ -114,3 +114,14 @@ def test_bad_norms_and_mismatched_inputs_are_errors(tmp_path, nlp):
     with pytest.raises(ValueError, match="2 captions but 1 image embeddings"):
         gate_analysis(tiny_model(), None, ["a", "b"], np.zeros((1, 24)), tmp_path, nlp=nlp)
     assert word_frequencies(["The cat's cat.", "cat"]) == Counter({"cat": 2, "the": 1, "cat's": 1})
+
+
+def test_pos_tests_take_tied_hard_gates_as_no_difference():
+    pos = np.array(["NOUN"] * 6 + ["DET"] * 6 + ["ADJ"] * 6)
+    gates = np.array([1.0] * 12 + [0.0, 1.0] * 3)  # NOUN and DET always 1 (tied), ADJ mixed
+    result = pos_tests(gates, pos, min_count=5)
+    pairs = {(r["a"], r["b"]): r for r in result["pairwise"]}
+    assert pairs[("DET", "NOUN")]["p"] == 1.0 and pairs[("ADJ", "NOUN")]["p"] < 1.0
+    assert np.isfinite(result["kruskal_wallis"]["H"]) and result["kruskal_wallis"]["H"] > 0
+    everything_tied = pos_tests(np.ones(12), pos[:12], min_count=5)
+    assert everything_tied["kruskal_wallis"] == {"H": 0.0, "p": 1.0, "df": 1}

@@ -173,3 +173,10 @@ def test_aggregate_is_mean_and_sample_std_over_seeds():
                {"metrics": {"vqa": 70.0}}]
     summary = aggregate(records)
     assert summary == {"vqa": {"mean": 60.0, "std": 10.0, "n": 3, "values": [50.0, 60.0, 70.0]}}
+
+
+def test_a_failing_run_is_reported_after_the_others_ran(tiny_world, tmp_path, capfd):
+    path = write_sweep(tmp_path, tiny_world, {"bad_a": {"no_such_key": 1}, "bad_b": {"other_bad_key": 2}}, seeds=(0,))
+    with pytest.raises(RuntimeError, match=r"2 run\(s\) failed .*: bad_a seed 0, bad_b seed 0; rerun to retry them"):
+        main([str(path)])
+    assert "unknown keys ['no_such_key']" in capfd.readouterr().err  # train.py's own error, from its process

@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -293,21 +294,29 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: 
         if jobs > 1:
             run_lanes(sweep, only, jobs)
             return write_results(sweep)
-    todo = lanes[lane or 0]
+    todo, failed = lanes[lane or 0], []
     for k, (run, seed) in enumerate(todo, 1):
         config = sweep.train_config(run, seed)
         out = Path(config["output_dir"])
         print(f"[{'' if lane is None else f'lane {lane}: '}{k}/{len(todo)}] {run} seed {seed} -> {out}", flush=True)
         started = time.time()
-        if not (out / "report" / "report.json").is_file():  # written last, so its presence means training finished
-            train(config)
-        metrics = evaluate(sweep, config)
+        try:
+            if not (out / "report" / "report.json").is_file():  # written last, so its presence means training finished
+                train(config)
+            metrics = evaluate(sweep, config)
+        except Exception:  # one broken run must not stop hours of others; it is reported at the end and retried
+            traceback.print_exc()
+            failed.append(f"{run} seed {seed}")
+            continue
         record = {"run": run, "seed": seed, "overrides": sweep.runs[run], "metrics": metrics,
                   "wall_time_s": round(time.time() - started, 1)}
         path = sweep.result_path(run, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
-    return write_results(sweep) if lane is None else None
+    payload = write_results(sweep) if lane is None else None
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed (tracebacks above): {', '.join(failed)}; rerun to retry them")
+    return payload
 
 
 def run_lanes(sweep: Sweep, only: list[str] | None, jobs: int) -> None:
