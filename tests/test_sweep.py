@@ -44,7 +44,9 @@ def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, ca
     spec = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**spec, "tables": {"Knockout": {"runs": ["patches", "not_run"],
                                                                     "metrics": ["vqa", "vqa_knockout_cls"]}}}))
+    manifest = (tiny_world / "world.json").read_text()
     main([str(path), "--only", "patches", "--jobs", "2"])  # one seed per process
+    assert (tiny_world / "world.json").read_text() == manifest  # the named world is read, never rewritten
     results = tmp_path / "results"
     payload = json.loads((results / "results.json").read_text())
     assert set(payload["runs"]) == {"patches"}

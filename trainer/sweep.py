@@ -122,7 +122,11 @@ def prepare_world(config: dict) -> None:
 
     keys = ("world_dir", "world_seed", "world_captions", "world_sentences", "text_dir", "caption_files")
     data_args = DataArguments(**{k: config[k] for k in keys if k in config})
-    if not config.get("model_name_or_path") and (data_args.uses_world or "world_dir" in config):
+    if config.get("model_name_or_path"):
+        return
+    # A run that names the world's files directly gets the world generated only if it is missing: an existing world
+    # there may have been written with another spec, which only its own files describe.
+    if data_args.uses_world or ("world_dir" in config and not (Path(data_args.world_dir) / "world.json").is_file()):
         resolve_world(data_args)
 
 
