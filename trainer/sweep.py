@@ -280,7 +280,8 @@ def plan(sweep: Sweep, only: list[str] | None = None, jobs: int = 1) -> list[lis
     by_root: dict[str, list[str]] = {}
     for run in runs:
         by_root.setdefault(ancestry(run)[-1], []).append(run)
-    units = [[(run, seed) for run in sorted(unit, key=lambda r: len(ancestry(r))) if not sweep.result_path(run, seed).is_file()]
+    units = [[(run, seed) for run in sorted(unit, key=lambda r: len(ancestry(r)))
+              if not sweep.result_path(run, seed).is_file()]
              for seed in sweep.seeds for unit in by_root.values()]
     lanes: list[list[tuple[str, int]]] = [[] for _ in range(jobs)]
     for unit in units:
@@ -293,8 +294,8 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: 
     then write the table. `lane` is one such process's share: it writes its results, not the table."""
     lanes = plan(sweep, only, jobs)
     if lane is None:
-        runs = [r for r in sweep.runs if not only or r in only]
-        print(f"{sweep.path}: {len(runs) * len(sweep.seeds)} runs, {sum(map(len, lanes))} to do", flush=True)
+        print(f"{sweep.path}: {len(only or sweep.runs) * len(sweep.seeds)} runs, {sum(map(len, lanes))} to do",
+              flush=True)
         if jobs > 1:
             run_lanes(sweep, only, jobs)
             return write_results(sweep)
