@@ -544,7 +544,7 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         config._attn_implementation = source._attn_implementation
         model = cls(config)
 
-        state_dict = {k: v for k, v in gpt2.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        state_dict = {k: v for k, v in gpt2.state_dict().items() if not k.endswith(_GPT2_MASK_BUFFERS)}
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         if unexpected:
             raise ValueError(f"GPT-2 weights with no place in GatedGPT2: {unexpected}")
@@ -577,7 +577,7 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         gpt2 = GPT2LMHeadModel(config).to(self.device, self.dtype)
         text_stream = {k: v for k, v in self.state_dict().items() if not _is_image_path_parameter(k)}
         missing, unexpected = gpt2.load_state_dict(text_stream, strict=False)
-        missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+        missing = [k for k in missing if not k.endswith(_GPT2_MASK_BUFFERS)]
         if missing or unexpected:
             raise ValueError(f"the text stream does not map onto GPT-2: missing {missing}, unexpected {unexpected}")
         return gpt2.train(self.training)
@@ -589,6 +589,7 @@ _GPT2_TEXT_FIELDS = (
     "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
     "scale_attn_weights", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings",
 )
+_GPT2_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # older GPT-2 checkpoints' causal-mask buffers, not weights
 _IMAGE_PATH_PARTS = (".ln_cross_attn.", ".crossattention.", ".gate.", ".ln_fused.", ".modulation.")
 _IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.", "transformer.contrastive_head.")
 

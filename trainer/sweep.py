@@ -219,13 +219,13 @@ def zero_shot_metrics(model, tokenizer, options: dict, run_dir: Path) -> dict:
 
     metrics = score(model, run_dir / "zero_shot")
     if options.get("revisions"):
-        revisions = sorted((run_dir / "revisions").glob("chck_*"),
-                           key=lambda p: parse_revision_words(p.name.removeprefix("chck_"))[0])
+        revisions = sorted((parse_revision_words(p.name.removeprefix("chck_"))[0], p)
+                           for p in (run_dir / "revisions").glob("chck_*"))
         curve = {"words": [], **{task: [] for task in metrics}}
-        for revision in revisions:
+        for words, revision in revisions:
             network, _ = load_checkpoint(str(revision), device="cpu")
             scores = score(network, run_dir / "zero_shot" / revision.name)
-            curve["words"].append(parse_revision_words(revision.name.removeprefix("chck_"))[0])
+            curve["words"].append(words)
             for task in metrics:
                 curve[task].append(scores[task])
         history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
@@ -297,7 +297,7 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: 
         print(f"{sweep.path}: {len(only or sweep.runs) * len(sweep.seeds)} runs, {sum(map(len, lanes))} to do",
               flush=True)
         if jobs > 1:
-            run_lanes(sweep, only, jobs)
+            run_lanes(sweep, lanes, only)
             return write_results(sweep)
     todo, failed = lanes[lane or 0], []
     for k, (run, seed) in enumerate(todo, 1):
@@ -324,10 +324,12 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: 
     return payload
 
 
-def run_lanes(sweep: Sweep, only: list[str] | None, jobs: int) -> None:
+def run_lanes(sweep: Sweep, lanes: list[list[tuple[str, int]]], only: list[str] | None) -> None:
+    """One `--lane k` process per lane of `plan`; each plans again from the same finished runs and takes its own."""
     # Small models leave a second core idle in one process (Python overhead, not matmuls, bounds their steps), so
     # `jobs` processes with a share of the threads each get through a grid faster than one with all of them.
-    for lane in plan(sweep, only, jobs):
+    jobs = len(lanes)
+    for lane in lanes:
         for run, seed in lane:
             prepare_world(sweep.train_config(run, seed))
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -354,30 +356,23 @@ def aggregate(records: list[dict]) -> dict:
 
 
 def write_results(sweep: Sweep) -> dict:
-    results = {}
-    for run in sweep.runs:
-        records = records_of(sweep, run)
-        if records:
-            results[run] = {"overrides": sweep.runs[run], "seeds": [r["seed"] for r in records],
-                            "metrics": aggregate(records),
-                            "wall_time_s": float(sum(r["wall_time_s"] for r in records))}
-    sweep.results.mkdir(parents=True, exist_ok=True)
+    records = {run: [json.loads(sweep.result_path(run, s).read_text()) for s in sweep.seeds
+                     if sweep.result_path(run, s).is_file()] for run in sweep.runs}
+    results = {run: {"overrides": sweep.runs[run], "seeds": [r["seed"] for r in done], "metrics": aggregate(done),
+                     "wall_time_s": float(sum(r["wall_time_s"] for r in done))}
+               for run, done in records.items() if done}
     payload = {"sweep": str(sweep.path), "config": str(sweep.config), "common": sweep.common, "seeds": sweep.seeds,
                "runs": results}
+    curves = {run: [r["metrics"]["curve"] for r in records[run] if "curve" in r["metrics"]] for run in results}
+    if any(curves.values()):
+        payload["curves"] = curves
+    sweep.results.mkdir(parents=True, exist_ok=True)
     (sweep.results / "results.json").write_text(json.dumps(payload, indent=2))
     (sweep.results / "results.md").write_text(results_markdown(sweep, results))
     plot(sweep, results)
-    curves = {run: [r["metrics"]["curve"] for r in records_of(sweep, run) if "curve" in r["metrics"]]
-              for run in results}
-    if any(curves.values()):
-        payload["curves"] = curves
-        (sweep.results / "results.json").write_text(json.dumps(payload, indent=2))
+    if "curves" in payload:
         plot_curves(sweep, curves)
     return payload
-
-
-def records_of(sweep: Sweep, run: str) -> list[dict]:
-    return [json.loads(sweep.result_path(run, s).read_text()) for s in sweep.seeds if sweep.result_path(run, s).is_file()]
 
 
 def _columns(sweep: Sweep, results: dict) -> list[str]:
