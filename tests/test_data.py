@@ -55,6 +55,17 @@ def test_long_lines_are_split_not_truncated_and_packing_keeps_every_token(tokeni
     assert sum(packed["num_words"]) == 32 and all(len(b) == 8 for b in packed["input_ids"][:-1])
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_long_lines_words_are_shared_among_its_blocks(tokenizer, packing):
+    """A BabyLM file can be a single line: words seen must grow with each of its blocks, not all land on the first."""
+    line = " ".join(f"word{i % 7}" for i in range(500))
+    num_tokens = len(tokenizer(line)["input_ids"])
+    examples = tokenize_examples({"text": [line]}, tokenizer, block_size=16, packing=packing)
+    words, sizes = np.array(examples["num_words"]), np.array([len(b) for b in examples["input_ids"]])
+    assert words.sum() == 500 and len(words) == -(-num_tokens // 16) > 10
+    np.testing.assert_allclose(words, 500 * sizes / num_tokens, atol=1)
+
+
 def test_caption_shards_align_and_stay_memory_mapped(tmp_path, tokenizer):
     (tmp_path / "c.json").write_text(json.dumps(["a red circle", "a blue square", "two cats"]))
     np.save(tmp_path / "e1.npy", np.arange(2 * 4, dtype=np.float32).reshape(2, 4))

@@ -6,8 +6,9 @@
 - Image-caption: caption files (a JSON list of strings, or JSONL of strings / {"caption": ...}) aligned row by row with
   `.npy` embedding shards of shape (N, D) or (N, P, D), shards concatenated in the order given. Embeddings stay
   memory-mapped; a batch reads only its rows.
-- Examples carry `input_ids`, `image_index` (-1 for text) and `num_words` (whitespace words of the source line, on the
-  line's first block), and are cached on disk through `datasets` under a key of their sources and the tokenizer.
+- Examples carry `input_ids`, `image_index` (-1 for text) and `num_words` (the whitespace words of the source lines,
+  a long line's words shared among its blocks in proportion to their tokens), and are cached on disk through
+  `datasets` under a key of their sources, the tokenizer and `EXAMPLES_FORMAT`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 BOS, EOS, PAD = "[BOS]", "[EOS]", "[PAD]"
+EXAMPLES_FORMAT = 2  # part of the cache key: bump it when tokenize_examples changes what an example holds
 
 
 def clean_line(line: str) -> str:
@@ -178,31 +180,40 @@ def _blocks(ids: list[int], block_size: int) -> list[list[int]]:
     return [ids[i : i + block_size] for i in range(0, len(ids), block_size)]
 
 
+def _words_per_token(num_words: int, num_tokens: int) -> np.ndarray:
+    """A line's words spread over its tokens (integers summing to `num_words`), so that every block of a long line
+    counts its share: a BabyLM file can be one line of 600K words, and words seen must grow as its blocks are read."""
+    return np.diff(np.round(num_words * np.arange(num_tokens + 1) / max(num_tokens, 1))).astype(np.int64)
+
+
+def _words_per_block(words_per_token: np.ndarray, block_size: int) -> list[int]:
+    if len(words_per_token) == 0:
+        return []
+    return np.add.reduceat(words_per_token, np.arange(0, len(words_per_token), block_size)).tolist()
+
+
 def tokenize_examples(batch: dict, tokenizer, block_size: int, packing: bool) -> dict:
     """Batched `datasets.map` function: text (+ image_index) -> blocks of at most `block_size` tokens."""
     encoded = tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]  # long lines are split below
     image_index = batch.get("image_index", [-1] * len(encoded))
-    words = [len(t.split()) for t in batch["text"]]
-    out = {"input_ids": [], "image_index": [], "num_words": []}
+    words = [_words_per_token(len(text.split()), len(ids)) for text, ids in zip(batch["text"], encoded)]
     if packing:
-        stream, block_words = [], []
-        for ids, n in zip(encoded, words):
-            block_words.append((len(stream) // block_size, n))
-            stream += ids
-        blocks = _blocks(stream, block_size)
-        counts = np.bincount([b for b, _ in block_words], weights=[n for _, n in block_words], minlength=len(blocks))
-        return {"input_ids": blocks, "image_index": [-1] * len(blocks), "num_words": counts.astype(int).tolist()}
-    for ids, image, n in zip(encoded, image_index, words):
-        for k, block in enumerate(_blocks(ids, block_size)):
-            out["input_ids"].append(block)
-            out["image_index"].append(image)
-            out["num_words"].append(n if k == 0 else 0)
+        blocks = _blocks([token for ids in encoded for token in ids], block_size)
+        return {"input_ids": blocks, "image_index": [-1] * len(blocks),
+                "num_words": _words_per_block(np.concatenate(words), block_size)}
+    out = {"input_ids": [], "image_index": [], "num_words": []}
+    for ids, image, line_words in zip(encoded, image_index, words):
+        blocks = _blocks(ids, block_size)
+        out["input_ids"] += blocks
+        out["image_index"] += [image] * len(blocks)
+        out["num_words"] += _words_per_block(line_words, block_size)
     return out
 
 
 def _cached(key: dict, cache_dir: str | None, build) -> datasets.Dataset:
     if cache_dir is None:
         return build()
+    key = {**key, "format": EXAMPLES_FORMAT}
     path = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     if (path / "dataset_info.json").exists():
         return datasets.load_from_disk(str(path))
