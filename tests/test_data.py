@@ -55,6 +55,22 @@ def test_long_lines_are_split_not_truncated_and_packing_keeps_every_token(tokeni
     assert sum(packed["num_words"]) == 32 and all(len(b) == 8 for b in packed["input_ids"][:-1])
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_an_edited_text_file_is_read_again(tmp_path, tokenizer, cached):
+    """`datasets` keys its generator cache by file path: the examples must follow the file's contents instead."""
+    (tmp_path / "text").mkdir()
+    source = tmp_path / "text" / "a.train"
+    cache_dir = str(tmp_path / "cache") if cached else None
+    decoded = lambda ds: [tokenizer.decode(r["input_ids"], skip_special_tokens=True) for r in ds]  # noqa: E731
+    source.write_text("the cat sat\n")
+    assert decoded(text_dataset([source], tokenizer, block_size=16, cache_dir=cache_dir)) == ["the cat sat"]
+    source.write_text("a red circle\nthe mat\n")
+    assert decoded(text_dataset([source], tokenizer, block_size=16, cache_dir=cache_dir)) == ["a red circle", "the mat"]
+    if cached:
+        entries = list((tmp_path / "cache").iterdir())
+        assert len(entries) == 2 and all((p / "dataset_info.json").exists() for p in entries)  # no scratch left
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_a_long_lines_words_are_shared_among_its_blocks(tokenizer, packing):
     """A BabyLM file can be a single line: words seen must grow with each of its blocks, not all land on the first."""

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,15 +212,19 @@ def tokenize_examples(batch: dict, tokenizer, block_size: int, packing: bool) ->
 
 
 def _cached(key: dict, cache_dir: str | None, build) -> datasets.Dataset:
+    """`build(scratch, in_memory)` once per key under `cache_dir` (None: in memory, every time). `datasets`' own cache
+    is kept out, in a scratch folder per build: it keys a map by its function's name rather than its code, and a
+    generator by file paths rather than contents, so it would hand back stale examples after either changed."""
     if cache_dir is None:
-        return build()
+        with tempfile.TemporaryDirectory() as scratch:
+            return build(scratch, True)
     key = {**key, "format": EXAMPLES_FORMAT}
     path = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     if (path / "dataset_info.json").exists():
         return datasets.load_from_disk(str(path))
-    dataset = build()
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel runs may build one entry at once
-    dataset.save_to_disk(str(tmp))
+    build(str(tmp.with_suffix(".scratch")), False).save_to_disk(str(tmp))
+    shutil.rmtree(tmp.with_suffix(".scratch"))
     if not (path / "dataset_info.json").exists():
         shutil.rmtree(path, ignore_errors=True)  # what an interrupted write left
     try:
@@ -235,9 +240,9 @@ def _file_key(paths: Sequence) -> list:
 
 def text_dataset(files: Sequence[Path], tokenizer, block_size: int, packing: bool = False,
                  cache_dir: str | None = None, num_proc: int | None = None) -> datasets.Dataset:
-    def build():
+    def build(scratch: str, in_memory: bool):
         lines = datasets.Dataset.from_generator(text_rows, gen_kwargs={"files": [str(f) for f in files]},
-                                                keep_in_memory=cache_dir is None)
+                                                cache_dir=scratch, keep_in_memory=in_memory)
         return lines.map(tokenize_examples, batched=True, batch_size=2000, remove_columns=["text"], num_proc=num_proc,
                          fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, "packing": packing},
                          desc=f"Tokenizing {len(files)} text file(s)")
@@ -250,7 +255,7 @@ def text_dataset(files: Sequence[Path], tokenizer, block_size: int, packing: boo
 def caption_dataset(captions: list[str], caption_files: Sequence[str], tokenizer, block_size: int,
                     cache_dir: str | None = None, first_image_index: int = 0) -> datasets.Dataset:
     """Captions as examples whose `image_index` is their row in an `ImageStore` (starting at `first_image_index`)."""
-    def build():
+    def build(scratch: str, in_memory: bool):  # from_dict is in memory, so `datasets` caches nothing here
         cleaned = [clean_line(c) for c in captions]
         image_index = list(range(first_image_index, first_image_index + len(cleaned)))
         raw = datasets.Dataset.from_dict({"text": cleaned, "image_index": image_index})
