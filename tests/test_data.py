@@ -92,8 +92,11 @@ def test_caption_shards_align_and_stay_memory_mapped(tmp_path, tokenizer):
     import pickle
 
     assert pickle.loads(pickle.dumps(store))._shards is None  # workers reopen the maps instead of copying data
-    ds = caption_dataset(captions, [str(tmp_path / "c.json")], tokenizer, block_size=16, first_image_index=5)
-    assert ds["image_index"] == [5, 6, 7]
+    for cache_dir in (None, str(tmp_path / "cache"), str(tmp_path / "cache")):  # built, built and saved, reloaded
+        ds = caption_dataset(captions, [str(tmp_path / "c.json")], tokenizer, block_size=16, cache_dir=cache_dir,
+                             first_image_index=5)
+        assert ds["image_index"] == [5, 6, 7]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [ds.cache_files[0]["filename"].split("/")[-2]]
 
 
 def test_caption_and_embedding_errors_name_files_and_counts(tmp_path):

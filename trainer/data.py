@@ -223,8 +223,9 @@ def _cached(key: dict, cache_dir: str | None, build) -> datasets.Dataset:
     if (path / "dataset_info.json").exists():
         return datasets.load_from_disk(str(path))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel runs may build one entry at once
-    build(str(tmp.with_suffix(".scratch")), False).save_to_disk(str(tmp))
-    shutil.rmtree(tmp.with_suffix(".scratch"))
+    scratch = tmp.with_suffix(".scratch")
+    build(str(scratch), False).save_to_disk(str(tmp))
+    shutil.rmtree(scratch, ignore_errors=True)  # a build in memory leaves none
     if not (path / "dataset_info.json").exists():
         shutil.rmtree(path, ignore_errors=True)  # what an interrupted write left
     try:
