@@ -8,6 +8,7 @@ pairs/s are compared.
 """
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -47,8 +48,13 @@ def naive_choice(model, tokenizer, pair) -> int:
     return int(scores[1] > scores[0])
 
 
+def spread(items: list, count: int | None) -> list:
+    """`count` items taken evenly over the task, so that every paradigm is in; all of them when count is None."""
+    return items if count is None else items[:: max(1, len(items) // count)][:count]
+
+
 @torch.no_grad()
-def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
+def worker(checkpoint: str, batch_size: int, naive_pairs: int, pairs: int | None) -> dict:
     from eval.__main__ import load_checkpoint
     from eval.tasks import read_task
     from eval.zero_shot import evaluate_task, load_accuracy_metric
@@ -59,15 +65,16 @@ def worker(checkpoint: str, batch_size: int, naive_pairs: int) -> dict:
     rss_before = rss_mb()[0]
     start = time.perf_counter()
     if batch_size == 0:
-        pairs = task.items[:: max(1, len(task.items) // naive_pairs)][:naive_pairs]  # every paradigm, evenly
-        for item in pairs:
+        items = spread(task.items, naive_pairs)
+        for item in items:
             naive_choice(model, tokenizer, item.sentences)
     else:
-        pairs = task.items
-        evaluate_task(model, tokenizer, task, batch_size=batch_size, metric=metric, progress=False)
+        items = spread(task.items, pairs)
+        evaluate_task(model, tokenizer, dataclasses.replace(task, items=items), batch_size=batch_size, metric=metric,
+                      progress=False)
     seconds = time.perf_counter() - start
-    return {"batch_size": batch_size or "naive (1 sentence)", "pairs": len(pairs), "seconds": seconds,
-            "pairs_per_s": len(pairs) / seconds, "threads": torch.get_num_threads(),
+    return {"batch_size": batch_size or "naive (1 sentence)", "pairs": len(items), "seconds": seconds,
+            "pairs_per_s": len(items) / seconds, "threads": torch.get_num_threads(),
             "peak_rss_mb": rss_mb()[1], "rss_before_mb": rss_before}
 
 
@@ -76,11 +83,12 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint to score with (default: a random 4 x 256 model)")
     parser.add_argument("--batch-sizes", default="16,64,256")
     parser.add_argument("--naive-pairs", type=int, default=1000)
+    parser.add_argument("--pairs", type=int, help="pairs for the batched scorer, spread over the task (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_scoring.json")
     parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.naive_pairs)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.naive_pairs, args.pairs)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +96,8 @@ def main() -> None:
         rows = []
         for batch_size in [0, *map(int, args.batch_sizes.split(","))]:
             result = subprocess.run([sys.executable, __file__, "--worker", checkpoint, str(batch_size),
-                                     "--naive-pairs", str(args.naive_pairs)], cwd=ROOT, check=True,
+                                     "--naive-pairs", str(args.naive_pairs),
+                                     *(["--pairs", str(args.pairs)] if args.pairs else [])], cwd=ROOT, check=True,
                                     capture_output=True, text=True)
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)

@@ -56,7 +56,7 @@ def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, ca
     for name in ("minimal_pairs_macro", "winoground_attribute", "winoground_relation", "vqa", "vqa_no_image",
                  "gate_pos_kw_h", "gate_content", "gate_function", "gate_beta_content_x_concreteness", "train_loss",
                  "vqa_knockout_none", "vqa_knockout_cls", "vqa_knockout_patches", "vqa_knockout_random_1",
-                 "cls_attention_share"):
+                 "vqa_knockout_renormalised_cls", "vqa_knockout_renormalised_patches", "cls_attention_share"):
         assert metrics[name]["n"] == 2, name
     assert metrics["train_loss"]["values"][0] != metrics["train_loss"]["values"][1]  # two seeds, two trainings
     assert 0.0 <= metrics["gate_content"]["mean"] <= 1.0
@@ -133,6 +133,11 @@ def test_zero_shot_with_revisions_gives_learning_curves(tiny_world, tmp_path):
     assert curve["blimp"][-1] == metrics["blimp"]["mean"] and len(curve["supplement"]) == 3
     assert all(0 <= accuracy <= 100 for accuracy in curve["blimp"] + curve["supplement"])
     assert (tmp_path / "results" / "learning_curves.png").stat().st_size > 0
+    table = (tmp_path / "results" / "results.md").read_text()
+    assert "(one seed, so no std)" in table and "±" not in table
+    curve_rows = table.split("### Learning curves: zero-shot accuracy by words seen")[1].strip().splitlines()[2:]
+    assert [row.split(" | ")[1] for row in curve_rows] == ["60", "150", f"{curve['words'][2]:,}"]
+    assert curve_rows[-1].endswith(f" | {curve['blimp'][-1]:.1f} | {curve['supplement'][-1]:.1f} |")
 
 
 def test_bad_sweep_files_are_named(tiny_world, tmp_path):

@@ -1,0 +1,83 @@
+"""Every benchmark script runs end to end on tiny arguments and writes the JSON behind bench/README.md's tables.
+What the benchmarks time is tested elsewhere (batched vs naive scoring, cached vs uncached generation); here only that
+the scripts work and report what their tables show. No timing is asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_DATA = ROOT.parent / "shared" / "data" / "babylm" / "evaluation_data"
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict:
+    subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)], cwd=ROOT, check=True,
+                   capture_output=True, text=True)
+    return json.loads(out.read_text())
+
+
+def test_train_step_compares_every_variant_with_the_peer(tmp_path):
+    result = run_bench("train_step.py", tmp_path / "t.json", "--sizes", "tiny", "--image-tokens", "1", "--steps",
+                       "1", "--warmup", "0", "--no-memory")
+    rows = result["rows"]
+    assert [r["model"] for r in rows] == ["peer", "soft-feature", "soft-feature, linear encoder", "soft-token",
+                                          "hard-feature", "none"]
+    peer = rows[0]
+    assert peer["ratio_to_peer"] == peer["flops_ratio_to_peer"] == 1.0
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["params"] > 0 for r in rows)
+    # the hard gate's extra 2D -> 2D projection is real work, which the FLOP column must show
+    hard = next(r for r in rows if r["model"] == "hard-feature")
+    assert hard["flops_ratio_to_peer"] > next(r for r in rows if r["model"] == "soft-feature")["flops_ratio_to_peer"]
+
+
+def test_train_step_peak_memory_worker_reports_its_own_process():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--peak-memory-worker", "tiny", "1",
+                          "none"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert 100 < float(out.split()[-1]) < 10_000  # MB: torch alone is a few hundred
+
+
+def test_generate_reports_the_cache_speedup_against_its_own_no_cache_run(tmp_path):
+    result = run_bench("generate.py", tmp_path / "g.json", "--batches", "2", "--prompt", "4", "--new-tokens", "3",
+                       "--image-tokens", "5", "--repeats", "1")
+    runs = {r["run"]: r for r in result["rows"]}
+    assert set(runs) == {"ours, cache", "ours, no cache", "peer, cache"}
+    assert runs["ours, no cache"]["speedup_vs_no_cache"] == 1.0 and runs["peer, cache"]["ours_vs_peer"] == 1.0
+    assert all(r["new_tokens_per_s"] > 0 and r["batch"] == 2 for r in runs.values())
+
+
+@pytest.mark.skipif(not EVAL_DATA.is_dir(), reason="../shared/data/babylm is not beside the repository")
+def test_eval_scoring_runs_the_naive_and_batched_scorers_on_blimp_fast(tmp_path):
+    from trainer.data import train_tokenizer
+
+    tokenizer = train_tokenizer(["the cat sat on the mat", "a dog ran"] * 50, vocab_size=300, model_max_length=128)
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=128, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = run_bench("eval_scoring.py", tmp_path / "e.json", "--model", str(tmp_path / "model"), "--batch-sizes",
+                       "8", "--naive-pairs", "5", "--pairs", "40")
+    naive, batched = result["rows"]
+    assert (naive["batch_size"], naive["pairs"], batched["batch_size"], batched["pairs"]) == (
+        "naive (1 sentence)", 5, 8, 40)
+    assert naive["speedup_vs_naive"] == 1.0 and batched["speedup_vs_naive"] > 0 and batched["peak_rss_mb"] > 0
+
+
+def test_data_reports_text_rates_and_embedding_memory_per_loader(tmp_path):
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.train").write_text(" ".join(f"The cat number {i} sat on the mat. Did it?" for i in range(300)))
+    result = run_bench("data.py", tmp_path / "d.json", "--text-dir", str(text), "--vocab-size", "200", "--rows", "50",
+                       "--image-tokens", "2", "--batches", "2", "--batch-size", "4")
+    runs = {r["run"]: r for r in result["text"]}
+    assert runs["peer: bare tokenizer, batches of 2000"]["ratio_to_peer"] == 1.0
+    assert {r["lines"] for r in runs.values()} == {600}  # the one-line file was split into its 600 sentences
+    packed = [r for name, r in runs.items() if name.startswith("text_dataset, packed,") and "tokens" in r]
+    assert len(packed) == 2 and packed[0]["tokens"] == packed[1]["tokens"]  # 1 and 2 processes build the same blocks
+    embeddings = result["embeddings"]
+    assert [(r["image_tokens"], r["mode"]) for r in embeddings] == [(2, "mmap"), (2, "np.load")]
+    assert all(r["rows"] == 50 and r["rows_read"] == 8 and r["rows_per_s"] > 0 for r in embeddings)
