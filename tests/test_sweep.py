@@ -78,6 +78,8 @@ def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, ca
     main([str(path), "--only", "patches"])
     assert "2 runs, 1 to do" in capsys.readouterr().out
     assert weights.stat().st_mtime == mtime
+    report = json.loads((tmp_path / "work" / "patches" / "seed1" / "report" / "report.json").read_text())
+    assert json.loads((results / "runs" / "patches" / "seed1.json").read_text())["wall_time_s"] > report["wall_time_s"]
     assert json.loads((results / "results.json").read_text())["runs"]["patches"]["metrics"]["vqa"] == metrics["vqa"]
 
 

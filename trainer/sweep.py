@@ -308,16 +308,21 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: 
         out = Path(config["output_dir"])
         print(f"[{'' if lane is None else f'lane {lane}: '}{k}/{len(todo)}] {run} seed {seed} -> {out}", flush=True)
         started = time.time()
+        report = out / "report" / "report.json"  # written last, so its presence means training finished
+        trained_before = report.is_file()
         try:
-            if not (out / "report" / "report.json").is_file():  # written last, so its presence means training finished
+            if not trained_before:
                 train(config)
             metrics = evaluate(sweep, config)
         except Exception:  # one broken run must not stop hours of others; it is reported at the end and retried
             traceback.print_exc()
             failed.append(f"{run} seed {seed}")
             continue
+        wall_time = time.time() - started
+        if trained_before:  # a re-evaluation: the run's cost still includes the training an earlier sweep did
+            wall_time += json.loads(report.read_text()).get("wall_time_s", 0.0)
         record = {"run": run, "seed": seed, "overrides": sweep.runs[run], "metrics": metrics,
-                  "wall_time_s": round(time.time() - started, 1)}
+                  "wall_time_s": round(wall_time, 1)}
         path = sweep.result_path(run, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
