@@ -411,16 +411,22 @@ def _table(sweep: Sweep, results: dict, runs: list[str], columns: list[str]) -> 
     return lines
 
 
+def _mean_curve(seeds: list[dict]) -> dict | None:
+    """The seeds' learning curves averaged point by point (words and every task all seeds have); None when there are
+    none or their revisions differ in number (final word counts differ a little, revisions not at all)."""
+    if not seeds or len({len(c["words"]) for c in seeds}) != 1:
+        return None
+    return {key: np.mean([c[key] for c in seeds], 0).tolist() for key in set.intersection(*(set(c) for c in seeds))}
+
+
 def _curve_table(curves: dict) -> list[str]:
     """Zero-shot accuracy at each words-seen revision, a row per (run, revision), the mean over seeds."""
     tasks = sorted({t for seeds in curves.values() for c in seeds for t in c if t != "words"})
     lines = ["| run | words seen | " + " | ".join(tasks) + " |", "| --- | ---: |" + " ---: |" * len(tasks)]
     for run, seeds in curves.items():
-        if not seeds or len({len(c["words"]) for c in seeds}) != 1:
-            continue
-        for k in range(len(seeds[0]["words"])):
-            words = np.mean([c["words"][k] for c in seeds])
-            cells = [f"{np.mean([c[t][k] for c in seeds]):.1f}" if all(t in c for c in seeds) else "-" for t in tasks]
+        mean = _mean_curve(seeds)
+        for k, words in enumerate(mean["words"] if mean else []):
+            cells = [f"{mean[t][k]:.1f}" if t in mean else "-" for t in tasks]
             lines.append(f"| {run} | {words:,.0f} | " + " | ".join(cells) + " |")
     return lines
 
@@ -483,9 +489,9 @@ def plot_curves(sweep: Sweep, curves: dict) -> None:
             colour = f"C{k}"
             for c in seeds:
                 ax.plot(c["words"], c[task], color=colour, alpha=0.3, lw=0.8)
-            if seeds and len({len(c["words"]) for c in seeds}) == 1:  # same revisions; final word counts differ a little
-                ax.plot(np.mean([c["words"] for c in seeds], 0), np.mean([c[task] for c in seeds], 0), color=colour,
-                        marker="o", label=run)
+            mean = _mean_curve(seeds)
+            if mean and task in mean:
+                ax.plot(mean["words"], mean[task], color=colour, marker="o", label=run)
         ax.set_xscale("log")
         ax.set_xlabel("words seen")
         ax.set_ylabel(f"{task} accuracy (%)")
