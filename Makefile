@@ -1,19 +1,30 @@
-# Two entry points: `make demo` (the main job on the embedded default) and `make test`.
+# Two entry points: `make demo` (the main job on the embedded default) and `make test`. Both install exactly
+# requirements.lock (every package and version, direct and transitive) into .venv, so an upstream release cannot change
+# what a fresh clone runs. `make lock` regenerates the lock from setup.cfg's ranges; `make canary` tries the newest
+# releases instead (see tests/canary.py).
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build where the local wheel cache has it; set TORCH="torch" (or a CUDA build) to choose otherwise.
+# The CPU build where the local wheel cache has it; set TORCH="torch" (or a CUDA build) to choose otherwise. torch is
+# the one package the lock leaves out (its build is a per-machine choice); its own dependencies are locked.
 TORCH ?= torch==2.13.0
+LOCK := requirements.lock
+EXTRAS := train,test,analysis,qlora
 BIN := $(VENV)/bin
+comma := ,
+# a local wheel folder (as on this project's machines), passed to uv for the CPU torch build
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
-.PHONY: install demo test clean
+.PHONY: install demo test lock canary clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: $(LOCK) setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q "$(TORCH)" || $(BIN)/pip install -q "torch>=2.4,<2.15"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 demo: install
@@ -22,6 +33,19 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The lock for this machine's Python (3.11, x86_64 Linux), resolved by uv from setup.cfg with every extra; torch is
+# resolved as the CPU build so that its dependencies are locked but no CUDA wheels are. LOCK_HOLD keeps a package
+# back: transformers stays at 5.23.0 until the training side (Trainer, datasets, accelerate) has run on 5.24; the
+# model code itself is tested on 5.24 by the version matrix.
+LOCK_HOLD ?= transformers==5.23.0
+lock: install
+	printf 'torch==2.13.0+cpu\n$(LOCK_HOLD)\n' > $(VENV)/lock-constraints.txt
+	$(BIN)/uv pip compile setup.cfg $(addprefix --extra ,$(subst $(comma), ,$(EXTRAS))) --python-version 3.11 \
+		$(FIND_LINKS) -c $(VENV)/lock-constraints.txt --no-emit-package torch --upgrade -o $(LOCK)
+
+canary: install
+	$(BIN)/python -m tests.canary
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache outputs

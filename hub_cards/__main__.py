@@ -1,4 +1,5 @@
-"""`python -m hub_cards card|push`: write a checkpoint's model card; upload it to the Hub."""
+"""`python -m hub_cards card|push|update-code`: write a checkpoint's model card; upload it to the Hub; bring its code
+up to date without touching its weights."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from .card import write_card
 from .push import push, push_with_revisions
+from .update_code import update_code
 
 
 def card_command(args: argparse.Namespace) -> None:
@@ -27,6 +29,17 @@ def push_command(args: argparse.Namespace) -> None:
         print(f"{'Would upload' if args.dry_run else 'Uploaded'} to {args.repo}@{branch}:")
         for name in files:
             print(f"  {name}")
+
+
+def update_code_command(args: argparse.Namespace) -> None:
+    report = update_code(args.model, args.revision, args.dry_run)
+    where = f"{args.model}" + (f"@{args.revision}" if args.revision else "")
+    if not report:
+        print(f"{where}: the code is already current; nothing to change.")
+        return
+    print(f"{'Would change' if args.dry_run else 'Changed'} in {where} (weights untouched):")
+    for name, change in sorted(report.items()):
+        print(f"  {change:8} {name}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,6 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--dry-run", action="store_true", help="list the files, upload nothing")
     up.add_argument("--stage", type=Path, help="copy exactly the files that would be uploaded into this folder")
     up.set_defaults(run=push_command)
+
+    update = commands.add_parser("update-code", help="replace a checkpoint's code files (and auto_map, tokenizer "
+                                 "class) by the current portable code, weights untouched")
+    update.add_argument("--model", required=True, help="a checkpoint folder, or a Hub repository id (ORG/NAME)")
+    update.add_argument("--revision", help="a Hub branch, e.g. chck_10M (Hub repositories only)")
+    update.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    update.set_defaults(run=update_code_command)
 
     args = parser.parse_args(argv)
     args.run(args)

@@ -1,7 +1,8 @@
 """Configuration of GatedGPT2: a GPT-2 decoder that cross-attends to image embeddings through a learned gate."""
 
-from transformers import Dinov2Config, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers import Dinov2Config
+
+from .compat import PreTrainedConfig
 
 
 GATES = ("soft", "hard", "none")
@@ -70,89 +71,129 @@ class GatedGPT2Config(PreTrainedConfig):
         "num_attention_heads": "n_head",
         "num_hidden_layers": "n_layer",
     }
-    sub_configs_defaults = {"vision_config": SubConfigSpec(config_class=Dinov2Config, optional=True)}
-
-    vocab_size: int = 50257
-    n_positions: int = 128
-    n_embd: int = 768
-    n_layer: int = 8
-    n_head: int = 8
-    n_inner: int | None = 3072
-    activation_function: str = "gelu_new"
-    resid_pdrop: float | int = 0.1
-    embd_pdrop: float | int = 0.1
-    attn_pdrop: float | int = 0.1
-    layer_norm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
-    scale_attn_weights: bool = True
-    use_cache: bool = True
-    bos_token_id: int | None = 50256
-    eos_token_id: int | list[int] | None = 50256
-    pad_token_id: int | None = None
-    tie_word_embeddings: bool = True
-
-    image_embed_dim: int = 768
-    image_encoder: str = "transformer"
-    image_encoder_layers: int = 5
-    channel_attention: bool = False
-    channel_attention_reduction: int = 16
-    cross_attention_layers: list[int] | None = None
-    vision_config: dict | PreTrainedConfig | None = None
-    vision_feature: str = "cls"
-
-    gate: str = "soft"
-    gate_granularity: str = "feature"
-    gate_temperature_start: float = 1.0
-    gate_temperature_end: float = 0.1
-    gate_temperature_steps: int = 10_000
-    gate_straight_through: bool = True
-    fusion: str = "paper"
-
-    modulation: str | None = None
-    modulation_target: str = "text"
-
-    contrastive: str | None = None
-    contrastive_weight: float = 0.1
-    contrastive_dim: int | None = None
-
-    output_gates: bool = False
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _check_choice("gate", self.gate, GATES)
-        _check_choice("gate_granularity", self.gate_granularity, GATE_GRANULARITIES)
-        _check_choice("fusion", self.fusion, FUSIONS)
-        _check_choice("modulation", self.modulation, MODULATIONS)
-        _check_choice("modulation_target", self.modulation_target, MODULATION_TARGETS)
-        _check_choice("image_encoder", self.image_encoder, IMAGE_ENCODERS)
-        _check_choice("contrastive", self.contrastive, CONTRASTIVE_LOSSES)
-        _check_choice("vision_feature", self.vision_feature, VISION_FEATURES)
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"`n_embd` ({self.n_embd}) must be divisible by `n_head` ({self.n_head}).")
-        if self.image_encoder == "transformer" and self.image_encoder_layers < 1:
+    # A plain __init__ (not 5.x's dataclass fields) and no `sub_configs` (4.x cannot serialise an optional one, None
+    # here without a tower): the form every transformers release from 4.51.3 loads. `vision_config` is (de)serialised
+    # as any nested config is.
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        n_positions: int = 128,
+        n_embd: int = 768,
+        n_layer: int = 8,
+        n_head: int = 8,
+        n_inner: int | None = 3072,
+        activation_function: str = "gelu_new",
+        resid_pdrop: float = 0.1,
+        embd_pdrop: float = 0.1,
+        attn_pdrop: float = 0.1,
+        layer_norm_epsilon: float = 1e-5,
+        initializer_range: float = 0.02,
+        scale_attn_weights: bool = True,
+        use_cache: bool = True,
+        bos_token_id: int | None = 50256,
+        eos_token_id: int | list[int] | None = 50256,
+        pad_token_id: int | None = None,
+        tie_word_embeddings: bool = True,
+        image_embed_dim: int = 768,
+        image_encoder: str = "transformer",
+        image_encoder_layers: int = 5,
+        channel_attention: bool = False,
+        channel_attention_reduction: int = 16,
+        cross_attention_layers: list[int] | None = None,
+        vision_config: dict | Dinov2Config | None = None,
+        vision_feature: str = "cls",
+        gate: str = "soft",
+        gate_granularity: str = "feature",
+        gate_temperature_start: float = 1.0,
+        gate_temperature_end: float = 0.1,
+        gate_temperature_steps: int = 10_000,
+        gate_straight_through: bool = True,
+        fusion: str = "paper",
+        modulation: str | None = None,
+        modulation_target: str = "text",
+        contrastive: str | None = None,
+        contrastive_weight: float = 0.1,
+        contrastive_dim: int | None = None,
+        output_gates: bool = False,
+        **kwargs,
+    ):
+        _check_choice("gate", gate, GATES)
+        _check_choice("gate_granularity", gate_granularity, GATE_GRANULARITIES)
+        _check_choice("fusion", fusion, FUSIONS)
+        _check_choice("modulation", modulation, MODULATIONS)
+        _check_choice("modulation_target", modulation_target, MODULATION_TARGETS)
+        _check_choice("image_encoder", image_encoder, IMAGE_ENCODERS)
+        _check_choice("contrastive", contrastive, CONTRASTIVE_LOSSES)
+        _check_choice("vision_feature", vision_feature, VISION_FEATURES)
+        if n_embd % n_head != 0:
+            raise ValueError(f"`n_embd` ({n_embd}) must be divisible by `n_head` ({n_head}).")
+        if image_encoder == "transformer" and image_encoder_layers < 1:
             raise ValueError(
-                f"`image_encoder_layers` must be >= 1 for image_encoder='transformer', got {self.image_encoder_layers}."
+                f"`image_encoder_layers` must be >= 1 for image_encoder='transformer', got {image_encoder_layers}."
             )
-        if not 0 < self.gate_temperature_end <= self.gate_temperature_start:
+        if not 0 < gate_temperature_end <= gate_temperature_start:
             raise ValueError(
                 "Gate temperatures must satisfy 0 < gate_temperature_end <= gate_temperature_start, got "
-                f"start={self.gate_temperature_start}, end={self.gate_temperature_end}."
+                f"start={gate_temperature_start}, end={gate_temperature_end}."
             )
-        if self.gate_temperature_steps < 0:
-            raise ValueError(f"`gate_temperature_steps` must be >= 0, got {self.gate_temperature_steps}.")
-        if self.cross_attention_layers is not None:
-            layers = list(self.cross_attention_layers)
-            bad = [i for i in layers if not 0 <= i < self.n_layer]
+        if gate_temperature_steps < 0:
+            raise ValueError(f"`gate_temperature_steps` must be >= 0, got {gate_temperature_steps}.")
+        if cross_attention_layers is not None:
+            layers = list(cross_attention_layers)
+            bad = [i for i in layers if not 0 <= i < n_layer]
             if bad or len(set(layers)) != len(layers):
-                raise ValueError(
-                    f"`cross_attention_layers` must be distinct indices in [0, {self.n_layer}), got {layers}."
-                )
-            self.cross_attention_layers = sorted(layers)
-        if self.vision_config is not None and self.vision_config.hidden_size != self.image_embed_dim:
+                raise ValueError(f"`cross_attention_layers` must be distinct indices in [0, {n_layer}), got {layers}.")
+            cross_attention_layers = sorted(layers)
+        if isinstance(vision_config, dict):
+            vision_config = Dinov2Config(**vision_config)
+        if vision_config is not None and vision_config.hidden_size != image_embed_dim:
             raise ValueError(
-                f"`image_embed_dim` ({self.image_embed_dim}) must equal the vision tower's hidden_size "
-                f"({self.vision_config.hidden_size})."
+                f"`image_embed_dim` ({image_embed_dim}) must equal the vision tower's hidden_size "
+                f"({vision_config.hidden_size})."
             )
+
+        self.vocab_size = vocab_size
+        self.n_positions = n_positions
+        self.n_embd = n_embd
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_inner = n_inner
+        self.activation_function = activation_function
+        self.resid_pdrop = resid_pdrop
+        self.embd_pdrop = embd_pdrop
+        self.attn_pdrop = attn_pdrop
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.scale_attn_weights = scale_attn_weights
+        self.use_cache = use_cache
+        self.image_embed_dim = image_embed_dim
+        self.image_encoder = image_encoder
+        self.image_encoder_layers = image_encoder_layers
+        self.channel_attention = channel_attention
+        self.channel_attention_reduction = channel_attention_reduction
+        self.cross_attention_layers = cross_attention_layers
+        self.vision_config = vision_config
+        self.vision_feature = vision_feature
+        self.gate = gate
+        self.gate_granularity = gate_granularity
+        self.gate_temperature_start = gate_temperature_start
+        self.gate_temperature_end = gate_temperature_end
+        self.gate_temperature_steps = gate_temperature_steps
+        self.gate_straight_through = gate_straight_through
+        self.fusion = fusion
+        self.modulation = modulation
+        self.modulation_target = modulation_target
+        self.contrastive = contrastive
+        self.contrastive_weight = contrastive_weight
+        self.contrastive_dim = contrastive_dim
+        self.output_gates = output_gates
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
 
     @property
     def cross_attention_layer_indices(self) -> list[int]:

@@ -3,9 +3,8 @@
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.masking_utils import create_bidirectional_mask
 
-from .layers import GatedGPT2Attention, GatedGPT2MLP
+from .layers import GatedGPT2Attention, GatedGPT2MLP, bidirectional_mask
 from .modulation import ChannelAttention
 
 
@@ -51,9 +50,7 @@ class ImageEncoder(nn.Module):
     def forward(self, image_embeds: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         image_states = self.proj(image_embeds)
         if self.layers:
-            attention_mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=image_states, attention_mask=token_mask
-            )
+            attention_mask = bidirectional_mask(token_mask)
             for layer in self.layers:
                 image_states = layer(image_states, attention_mask)
             image_states = self.ln_f(image_states)

@@ -12,6 +12,38 @@ from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.pytorch_utils import Conv1D
 
+from .compat import cross_attention_cache_entry
+
+
+def causal_mask(attention_mask, batch_size, query_length, past_length, device, sdpa):
+    """The self-attention mask (B, 1, T, past + T), True where a query may attend: its own and earlier positions
+    that `attention_mask` (B, past + T; 1 = token, 0 = padding) keeps. None where there is nothing to mask (one query,
+    no padding) or where SDPA's own causal kernel is the mask (no padding, no past). A padding query that could
+    attend to nothing attends to every position instead, as in transformers' GPT-2: its output is ignored, and no
+    softmax row is empty."""
+    key_length = past_length + query_length
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, key_length):
+        raise ValueError(
+            f"`attention_mask` must have shape (batch, cached + new) = ({batch_size}, {key_length}) with 1 for tokens "
+            f"and 0 for padding, got {tuple(attention_mask.shape)}."
+        )
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded and (query_length == 1 or (sdpa and past_length == 0)):
+        return None
+    queries = past_length + torch.arange(query_length, device=device)
+    allowed = torch.arange(key_length, device=device)[None, :] <= queries[:, None]
+    allowed = allowed[None, None].expand(batch_size, 1, -1, -1)
+    if padded:
+        kept = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+        allowed = allowed & kept
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+    return allowed
+
+
+def bidirectional_mask(token_mask):
+    """The mask (B, 1, 1, N) over image tokens, True where a token is real; None when all are."""
+    return None if token_mask is None or bool(token_mask.all()) else token_mask[:, None, None, :]
+
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     if scaling is None:
@@ -63,8 +95,7 @@ class GatedGPT2Attention(nn.Module):
     def _cross_key_values(self, key_value_states, past_key_values):
         cache = past_key_values.cross_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else None
         if cache is not None and past_key_values.is_updated.get(self.layer_idx):
-            layer = cache.layers[self.layer_idx]
-            return layer.keys, layer.values
+            return cross_attention_cache_entry(past_key_values, self.layer_idx)
         if key_value_states is None:
             raise ValueError("Cross-attention needs image states when its key/value cache is empty.")
         key, value = self.c_attn(key_value_states).split(self.embed_dim, dim=-1)
@@ -106,9 +137,9 @@ class GatedGPT2Attention(nn.Module):
             query = self._split_heads(self.q_attn(hidden_states))
             key, value = self._cross_key_values(key_value_states, past_key_values)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -117,6 +148,8 @@ class GatedGPT2Attention(nn.Module):
             attention_mask,
             dropout=self.attn_dropout.p if self.training else 0.0,
             scaling=self.scaling,
+            # explicit: older releases (4.51, 4.52) make every unmasked multi-query SDPA call causal
+            is_causal=self.is_causal and attention_mask is None and query.shape[2] > 1,
             **kwargs,
         )
         attn_output = attn_output.reshape(batch_size, seq_len, self.embed_dim).contiguous()

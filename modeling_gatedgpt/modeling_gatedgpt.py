@@ -15,55 +15,44 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import Dinov2Model, GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
 from transformers.pytorch_utils import Conv1D
-from transformers.utils import ModelOutput, can_return_tuple
-from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+from transformers.utils import can_return_tuple
 
+from .compat import CACHE_FIELD, GradientCheckpointingLayer, init, pop_cache_argument, tied_weights_keys
 from .configuration_gatedgpt import VISION_FEATURES, GatedGPT2Config
 from .contrastive import ContrastiveHead
 from .gating import GATE_CLASSES, HardGate
 from .image_encoder import ImageEncoder
-from .layers import GatedGPT2Attention, GatedGPT2MLP
+from .layers import GatedGPT2Attention, GatedGPT2MLP, bidirectional_mask, causal_mask
 from .modulation import MODULATION_CLASSES, masked_mean
 
 
+# The output classes extend transformers' own, so the cache field carries whatever name the installed release gives it
+# (`past_key_values`, or `cache` from 5.24 on; see compat.py) and tuples start as GPT-2's do.
 @dataclass
-class GatedGPT2ModelOutput(ModelOutput):
+class GatedGPT2ModelOutput(BaseModelOutputWithPastAndCrossAttentions):
     """
     last_hidden_state: (B, T, D) after the final LayerNorm.
-    past_key_values: an `EncoderDecoderCache` (self-attention, cross-attention), when `use_cache`.
+    past_key_values (`cache` from transformers 5.24 on): an `EncoderDecoderCache` (self-attention, cross-attention),
+        when `use_cache`.
     hidden_states / attentions / cross_attentions: as in GPT-2 (attention weights need eager attention).
-    gates: one tensor per cross-attention layer, (B, T, D) per-feature or (B, T) per-token; 1.0 (all text) on rows
-        without an image. Requested with `output_gates=True`.
+    gates: one tensor per gated cross-attention layer, (B, T, D) per-feature or (B, T) per-token; 1.0 (all text) on
+        rows without an image. Requested with `output_gates=True`.
     contrastive_loss: the auxiliary image-text loss, when `config.contrastive` is set and the batch has images.
     """
 
-    last_hidden_state: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
     gates: tuple[torch.Tensor, ...] | None = None
     contrastive_loss: torch.Tensor | None = None
 
 
 @dataclass
-class GatedGPT2CausalLMOutput(ModelOutput):
+class GatedGPT2CausalLMOutput(CausalLMOutputWithCrossAttentions):
     """`loss` = `lm_loss` + config.contrastive_weight * `contrastive_loss`; other fields as in `GatedGPT2ModelOutput`."""
 
-    loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     contrastive_loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
     gates: tuple[torch.Tensor, ...] | None = None
 
 
@@ -99,22 +88,23 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         image_pooled: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_rows: torch.Tensor | None = None,
-        use_cache: bool | None = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, _ = self.attn(
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Returns the new hidden states, the gate (None without one), and the self- and cross-attention weights
+        (None unless eager attention computed them)."""
+        attn_output, attn_weights = self.attn(
             self.ln_1(hidden_states), past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
         )
         hidden_states = hidden_states + attn_output
 
-        gate = None
+        gate = cross_weights = None
         if self.has_cross_attention and image_rows is not None:
-            hidden_states, gate = self.cross_attend(
+            hidden_states, gate, cross_weights = self.cross_attend(
                 hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values
             )
 
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
-        return hidden_states, gate
+        return hidden_states, gate, attn_weights, cross_weights
 
     def cross_attend(self, hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values):
         text = self.ln_cross_attn(hidden_states)
@@ -124,7 +114,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         elif self.modulation is not None and self.modulation_target == "image":
             # Image tokens seen from position t are conditioned on h_t alone, which only depends on tokens <= t.
             image_kv = self.modulation(image_states.unsqueeze(1), text.unsqueeze(2))
-        cross, _ = self.crossattention(
+        cross, cross_weights = self.crossattention(
             text, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv
         )
         if self.modulation is not None and self.modulation_target == "cross_attn":
@@ -141,7 +131,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         if gate is not None:
             gate = torch.where(with_image, gate, 1.0)
             gate = gate.squeeze(-1) if self.per_token_gate else gate
-        return hidden_states, gate
+        return hidden_states, gate, cross_weights
 
 
 class GatedGPT2PreTrainedModel(PreTrainedModel):
@@ -152,19 +142,18 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GatedGPT2Block"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
-    _can_record_outputs = {
-        "hidden_states": OutputRecorder(GatedGPT2Block, index=0),
-        "attentions": OutputRecorder(GatedGPT2Attention, layer_name="attn", index=1),
-        "cross_attentions": OutputRecorder(GatedGPT2Attention, layer_name="crossattention", index=1),
-        "gates": OutputRecorder(GatedGPT2Block, index=1),
-    }
 
     @torch.no_grad()
     def _init_weights(self, module):
-        super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, Conv1D):
+        if isinstance(module, (nn.Linear, Conv1D)):
             init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
             init.zeros_(module.bias)
         if isinstance(module, (GatedGPT2Attention, GatedGPT2MLP)):
             # GPT-2's scaled init of the projections that write into the residual stream.
@@ -301,18 +290,14 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             raise ValueError(f"`image_embeds` contain NaN or Inf in rows {bad}.")
         return image_embeds
 
-    def _cross_cache_ready(self, past_key_values) -> bool:
-        layers = self.config.cross_attention_layer_indices
-        return (
-            isinstance(past_key_values, EncoderDecoderCache)
-            and bool(layers)
-            and bool(past_key_values.is_updated.get(layers[0], False))
-        )
-
     def _prepare_images(self, image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values):
-        """Validate and encode the image arguments into what the blocks read: image tokens (None while the
-        cross-attention cache serves them), their pooled summary (for text modulation), the rows that have an image,
-        the token mask, and the cross-attention mask. All None without images."""
+        """Validate and encode the image arguments into what the blocks read: the image tokens, their pooled summary
+        (for text modulation), the rows that have an image, the token mask and the cross-attention mask; all None
+        without images. A cache remembers the image its sequence started with: decoding steps reuse it, so the image
+        is encoded once and generate need not pass it again (5.x drops `pixel_values` after the first step)."""
+        remembered = getattr(past_key_values, _CACHED_IMAGE, None)
+        if remembered is not None:
+            return remembered
         if pixel_values is not None:
             if image_embeds is not None:
                 raise ValueError("Pass either `pixel_values` or `image_embeds`, not both.")
@@ -327,21 +312,17 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         image_embeds, image_rows, token_mask = self._check_image_inputs(
             image_embeds, image_mask, image_attention_mask, inputs_embeds.shape[0]
         )
-        image_states = image_pooled = None
-        needs_image_each_step = self.config.modulation is not None and self.config.modulation_target != "cross_attn"
-        # Once the cross-attention cache holds the image's keys and values, decoding steps never read the values.
-        if needs_image_each_step or not self._cross_cache_ready(past_key_values):
-            image_embeds = self._blank_and_check_values(image_embeds, image_rows, token_mask).to(inputs_embeds.dtype)
-            image_states = self.image_encoder(image_embeds, token_mask)
+        image_embeds = self._blank_and_check_values(image_embeds, image_rows, token_mask).to(inputs_embeds.dtype)
+        image_states = self.image_encoder(image_embeds, token_mask)
+        image_pooled = None
         if self.config.modulation is not None and self.config.modulation_target == "text":
             image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)
-        cross_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=token_mask, encoder_hidden_states=image_embeds
-        )
-        return image_states, image_pooled, image_rows, token_mask, cross_mask
+        prepared = image_states, image_pooled, image_rows, token_mask, bidirectional_mask(token_mask)
+        if past_key_values is not None:
+            setattr(past_key_values, _CACHED_IMAGE, prepared)
+        return prepared
 
-    @merge_with_config_defaults
-    @capture_outputs
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -354,6 +335,9 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_gates: bool | None = None,
         **kwargs,
     ) -> GatedGPT2ModelOutput:
         r"""
@@ -364,9 +348,16 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         image_attention_mask (`torch.Tensor` of shape `(batch_size, num_image_tokens)`): 1 for real image tokens,
             0 for padding in variable-size token sets.
         pixel_values (`torch.Tensor`): images for the frozen vision tower (needs `config.vision_config`).
+        past_key_values (`Cache`): the key/value cache, also accepted as `cache` (its name from transformers 5.24 on).
         """
-        for flag in ("output_attentions", "output_hidden_states", "output_gates"):
-            kwargs.pop(flag, None)
+        past_key_values = pop_cache_argument(past_key_values, kwargs)
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_gates = config.output_gates if output_gates is None else output_gates
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # layers are recomputed in the backward pass: a cache would be written twice
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` and `inputs_embeds`.")
         if inputs_embeds is None:
@@ -375,57 +366,59 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
 
         if use_cache:
             if past_key_values is None:
-                past_key_values = DynamicCache(config=self.config)
+                past_key_values = DynamicCache()
             if not isinstance(past_key_values, EncoderDecoderCache):
-                past_key_values = EncoderDecoderCache(past_key_values, DynamicCache(config=self.config))
+                past_key_values = EncoderDecoderCache(past_key_values, DynamicCache())
+        else:
+            past_key_values = None
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
 
         if position_ids is None:
-            if past_length + seq_len > self.config.n_positions:
+            if past_length + seq_len > config.n_positions:
                 raise ValueError(
                     f"Sequence length {past_length + seq_len} (cached {past_length} + new {seq_len}) exceeds "
-                    f"n_positions={self.config.n_positions}; split or truncate the input explicitly."
+                    f"n_positions={config.n_positions}; split or truncate the input explicitly."
                 )
             position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device).unsqueeze(0)
-        elif int(position_ids.max()) >= self.config.n_positions:
-            raise ValueError(
-                f"`position_ids` reach {int(position_ids.max())} but n_positions={self.config.n_positions}."
-            )
+        elif int(position_ids.max()) >= config.n_positions:
+            raise ValueError(f"`position_ids` reach {int(position_ids.max())} but n_positions={config.n_positions}.")
 
         image_states, image_pooled, image_rows, token_mask, cross_mask = self._prepare_images(
             image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values
         )
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
+        self_mask = causal_mask(
+            attention_mask, batch_size, seq_len, past_length, inputs_embeds.device, config._attn_implementation == "sdpa"
         )
 
+        all_hidden_states, attentions, cross_attentions, gates = [], [], [], []
         text_features = None  # the text stream before it first reads the image (see contrastive.py)
         for block in self.h:
             if block.has_cross_attention and text_features is None:
                 text_features = hidden_states
-            hidden_states, _ = block(
+            all_hidden_states.append(hidden_states)
+            hidden_states, gate, attn_weights, cross_weights = block(
                 hidden_states,
-                past_key_values if not (self.gradient_checkpointing and self.training) else None,
-                causal_mask,
+                past_key_values,
+                self_mask,
                 image_states,  # tensors that carry gradient go positionally, for reentrant checkpointing
                 image_pooled,
                 image_attention_mask=cross_mask,
                 image_rows=image_rows,
-                use_cache=use_cache,
                 position_ids=position_ids,
                 **kwargs,
             )
+            attentions.append(attn_weights)
+            if block.has_cross_attention and image_rows is not None:
+                cross_attentions.append(cross_weights)
+                if gate is not None:
+                    gates.append(gate)
         hidden_states = self.ln_f(hidden_states)
+        all_hidden_states.append(hidden_states)
 
         contrastive_loss = None
-        full_pass_with_images = image_states is not None and past_length == 0
-        if self.contrastive_head is not None and full_pass_with_images and bool(image_rows.any()):
+        if self.contrastive_head is not None and image_rows is not None and past_length == 0 and bool(image_rows.any()):
             text_mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden_states.device)
             if attention_mask is not None and attention_mask.dim() == 2:
                 text_mask = attention_mask.bool()
@@ -437,19 +430,29 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
 
         return GatedGPT2ModelOutput(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            cross_attentions=tuple(cross_attentions) if output_attentions and image_rows is not None else None,
+            gates=tuple(gates) if output_gates else None,
             contrastive_loss=contrastive_loss,
+            **{CACHE_FIELD: past_key_values},
         )
 
 
 class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    _tied_weights_keys = tied_weights_keys({"lm_head.weight": "transformer.wte.weight"})
 
     def __init__(self, config: GatedGPT2Config):
         super().__init__(config)
         self.transformer = GatedGPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
 
     @can_return_tuple
     def forward(
@@ -476,6 +479,7 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         See [`GatedGPT2Model.forward`] for the image arguments. `labels` are the input ids (shifted inside), with
         -100 at ignored positions.
         """
+        past_key_values = pop_cache_argument(past_key_values, kwargs)
         flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states,
                  "output_gates": output_gates}
         outputs: GatedGPT2ModelOutput = self.transformer(
@@ -508,11 +512,11 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
             lm_loss=lm_loss,
             contrastive_loss=outputs.contrastive_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             cross_attentions=outputs.cross_attentions,
             gates=outputs.gates,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
     @classmethod
@@ -596,6 +600,10 @@ _IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.
 
 def _is_image_path_parameter(name: str) -> bool:
     return name.startswith(_IMAGE_PATH_PREFIXES) or any(part in name for part in _IMAGE_PATH_PARTS)
+
+
+# The attribute under which a cache keeps its sequence's prepared image (see `GatedGPT2Model._prepare_images`).
+_CACHED_IMAGE = "gatedgpt2_image"
 
 
 __all__ = ["GatedGPT2PreTrainedModel", "GatedGPT2Model", "GatedGPT2ForCausalLM"]

@@ -40,7 +40,10 @@ def test_text_only_logits_match_gpt2(fusion, gate, batch):
     with torch.no_grad():
         ours = model(batch["input_ids"], attention_mask=attention_mask).logits
         reference = gpt2(batch["input_ids"], attention_mask=attention_mask).logits
-    assert (ours - reference).abs().max() <= 1e-5
+    # Padding positions have nothing to attend to; what they output is ignored and differs between releases (and
+    # torch versions) of GPT-2 itself, so only real tokens are compared.
+    real = attention_mask.bool()
+    assert (ours - reference)[real].abs().max() <= 1e-5
 
 
 def test_from_gpt2_computes_what_gpt2_computes_with_and_without_image():

@@ -25,7 +25,7 @@ from trainer.data import train_tokenizer
 RESULTS = {"model": "x", "data": "evaluation_data", "fast": True, "vision": True, "tasks": {
     "blimp": {"dataset": "blimp_fast", "accuracy": 61.234, "micro_accuracy": 60.0, "items": 13400},
     "winoground": {"dataset": "winoground_filtered", "accuracy": 52.5, "micro_accuracy": 52.5, "items": 746}}}
-EXPECTED_FILES = ["README.md", "config.json", "configuration_gatedgpt.py", "contrastive.py", "figures/gates.png",
+EXPECTED_FILES = ["README.md", "compat.py", "config.json", "configuration_gatedgpt.py", "contrastive.py", "figures/gates.png",
                   "gating.py", "generation_config.json", "image_encoder.py", "layers.py", "model.safetensors",
                   "modeling_gatedgpt.py", "modulation.py", "tokenizer.json", "tokenizer_config.json"]
 

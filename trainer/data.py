@@ -26,7 +26,8 @@ import datasets
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+import transformers
+from transformers import AutoTokenizer
 
 BOS, EOS, PAD = "[BOS]", "[EOS]", "[PAD]"
 EXAMPLES_FORMAT = 2  # part of the cache key: bump it when tokenize_examples changes what an example holds
@@ -143,6 +144,19 @@ def load_caption_shards(caption_files: Sequence[str], embedding_files: Sequence[
 # --------------------------------------------------------------------------------------------------- tokenizer
 
 
+class PreTrainedTokenizerFast(transformers.PreTrainedTokenizerFast):
+    """transformers' fast tokenizer, saved under the class name every release knows. transformers 5.x writes its own
+    name for it, `TokenizersBackend`, into tokenizer_config.json, which 4.x (the BabyLM pipeline's 4.51.3) cannot
+    load; this subclass is saved as `PreTrainedTokenizerFast`, which both load as their fast tokenizer."""
+
+
+def portable_tokenizer(tokenizer):
+    """`tokenizer`, saving under a class name that transformers 4.x loads too (see `PreTrainedTokenizerFast`)."""
+    if type(tokenizer) is transformers.PreTrainedTokenizerFast:
+        tokenizer.__class__ = PreTrainedTokenizerFast
+    return tokenizer
+
+
 def train_tokenizer(lines: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `lines`; `[BOS] $A [EOS]` around every text, `[PAD]` for padding."""
     tokenizer = Tokenizer(models.BPE())
@@ -162,7 +176,7 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int, model_max_length: int
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = portable_tokenizer(AutoTokenizer.from_pretrained(path))
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer_name: {path} is not a fast tokenizer (offsets are needed for the gate analysis)")
     if tokenizer.pad_token is None:

@@ -1,0 +1,192 @@
+"""Checkpoints saved here load and compute the same under every transformers release our users have.
+
+A checkpoint (with its tokenizer) and one with a tiny attached DINOv2 tower (with its processor) are saved in the
+locked environment. For each release in MATRIX, a cached client environment (tests/client_envs.py: torch, that
+transformers, its tokenizers, safetensors, pillow; not this package) loads them through the Auto classes and their
+remote code from an offline Hub cache, in a subprocess that cannot import this package, and must reproduce the
+locked environment: logits within 1e-5, the same greedy tokens with and without the cache, the same token ids and
+pixel values. README's "Supported versions" table lists the same releases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import Dinov2Config, Dinov2Model
+
+from modeling_gatedgpt import GatedGPT2Processor
+from tests.client_envs import client_env, torch_requirement
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_model
+from tests.test_auto_and_remote_code import make_offline_hub_cache
+from tests.test_vision_tower import VISION
+from trainer.data import train_tokenizer
+
+
+def locked_version(package: str) -> str:
+    lock = (Path(__file__).parents[1] / "requirements.lock").read_text()
+    return re.search(rf"^{package}==(\S+)$", lock, re.MULTILINE).group(1)
+
+
+# (transformers release, what else that client pins): the BabyLM 2025 pipeline's pin (with its tokenizers), the last
+# 4.x, the first 5.x, the locked release, and the newest release when this list was written.
+MATRIX = [
+    ("4.51.3", ["tokenizers==0.21.1"]),
+    ("4.57.6", []),
+    ("5.0.0", []),
+    (locked_version("transformers"), []),
+    ("5.24.0", []),
+]
+TEXTS = ["a red circle left of a blue cube", "the cat sat", "unseen wörds 12"]
+MAX_NEW_TOKENS = 6
+
+
+def client_python(version: str, extra: list[str]) -> Path:
+    return client_env(f"transformers-{version}",
+                      [torch_requirement(), f"transformers=={version}", "safetensors", "pillow", *extra])
+
+
+CLIENT = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import torch
+    import transformers
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+    repo, tower_repo, inputs_file, out_file = sys.argv[1:]
+    inputs, texts = load_file(inputs_file), json.loads(open(inputs_file + ".json").read())
+    out = {}
+
+    config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
+    lm = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True, attn_implementation="eager").eval()
+    base = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
+    for thing in (config, lm, base):
+        assert type(thing).__module__.startswith("transformers_modules"), type(thing).__module__
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    out["ids"], out["mask"] = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        args = dict(input_ids=inputs["input_ids"], image_embeds=inputs["image_embeds"])
+        result = lm(**args, labels=inputs["input_ids"], output_gates=True, output_attentions=True)
+        out["logits"], out["loss"] = result.logits, result.loss
+        out["gates"] = torch.stack(result.gates)
+        out["cross_attentions"] = torch.stack(result.cross_attentions)
+        out["hidden"] = base(**args).last_hidden_state
+        out["padded_logits"] = lm(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  image_embeds=inputs["image_embeds"][:1].expand(len(texts), -1, -1)).logits
+        for use_cache in (True, False):
+            out[f"generated_cache_{use_cache}"] = lm.generate(
+                inputs["input_ids"][:1], image_embeds=inputs["image_embeds"][:1], max_new_tokens=%(new)d,
+                do_sample=False, use_cache=use_cache, pad_token_id=config.pad_token_id)
+
+    processor = AutoProcessor.from_pretrained(tower_repo, trust_remote_code=True)
+    tower_lm = AutoModelForCausalLM.from_pretrained(tower_repo, trust_remote_code=True).eval()
+    images = [Image.fromarray(image) for image in inputs["images"].numpy()]
+    pixels = processor(text=texts[:2], images=images, return_tensors="pt", padding=True)
+    out["pixel_values"] = pixels["pixel_values"]
+    with torch.no_grad():
+        out["tower_logits"] = tower_lm(pixels["input_ids"], attention_mask=pixels["attention_mask"],
+                                       pixel_values=pixels["pixel_values"]).logits
+        for use_cache in (True, False):
+            out[f"tower_generated_cache_{use_cache}"] = tower_lm.generate(
+                pixels["input_ids"][:1, :4], pixel_values=pixels["pixel_values"][:1], max_new_tokens=%(new)d,
+                do_sample=False, use_cache=use_cache, pad_token_id=config.pad_token_id)
+    save_file({k: v.contiguous() for k, v in out.items()}, out_file)
+    print("CLIENT-OK", transformers.__version__, type(processor).__name__, type(tokenizer).__name__)
+    """
+) % {"new": MAX_NEW_TOKENS}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The two checkpoints in an offline Hub cache, the inputs, and what the locked environment computes."""
+    root = tmp_path_factory.mktemp("matrix")
+    tokenizer = train_tokenizer(TEXTS * 10, vocab_size=200, model_max_length=64)
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=64, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       modulation="film", channel_attention=True, gate="hard")
+    model.save_pretrained(root / "plain")
+    tokenizer.save_pretrained(root / "plain")
+
+    torch.manual_seed(1)
+    tower_model = tiny_model(seed=1, vocab_size=len(tokenizer), n_positions=64, pad_token_id=tokenizer.pad_token_id)
+    tower_model.attach_vision_tower(Dinov2Model(Dinov2Config(**VISION)).eval(), "cls_patches")
+    tower_model.save_pretrained(root / "tower")
+    GatedGPT2Processor.for_vision_tower(tokenizer, tower_model.config.vision_config).save_pretrained(root / "tower")
+
+    hf_home = root / "hf_home"
+    make_offline_hub_cache(root / "plain", hf_home, "babylm-org/gatedgpt2-plain")
+    make_offline_hub_cache(root / "tower", hf_home, "babylm-org/gatedgpt2-tower")
+
+    generator = torch.Generator().manual_seed(2)
+    inputs = {
+        "input_ids": torch.randint(3, len(tokenizer), (2, 7), generator=generator),
+        "image_embeds": torch.randn(2, 3, IMAGE_DIM, generator=generator),
+        "images": torch.randint(0, 256, (2, 40, 36, 3), generator=generator, dtype=torch.uint8),
+    }
+    inputs_file = root / "inputs.safetensors"
+    save_file(inputs, inputs_file)
+    Path(f"{inputs_file}.json").write_text(json.dumps(TEXTS))
+
+    reference = root / "reference.safetensors"
+    run_client(Path(os.sys.executable), hf_home, inputs_file, reference, allow_package=True)
+    return hf_home, inputs_file, load_file(reference)
+
+
+def run_client_script(python: Path, hf_home: Path, script: str, args: list[str], cwd: Path,
+                      allow_package: bool = False) -> str:
+    """Run `script` under `python` offline against the Hub cache in `hf_home`, unable to import this package."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE", "HF_MODULES_CACHE")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    guard = "" if allow_package else WITHOUT_THE_PACKAGE
+    result = subprocess.run([str(python), "-c", "import sys\n" + guard + script, *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{python}:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def run_client(python: Path, hf_home: Path, inputs_file: Path, out_file: Path, allow_package: bool = False) -> str:
+    stdout = run_client_script(python, hf_home, CLIENT, ["babylm-org/gatedgpt2-plain", "babylm-org/gatedgpt2-tower",
+                                                         str(inputs_file), str(out_file)], out_file.parent, allow_package)
+    assert "CLIENT-OK" in stdout, stdout
+    return stdout
+
+
+def test_the_reference_run_is_the_locked_release(saved):
+    _, _, reference = saved
+    assert transformers.__version__ == locked_version("transformers")
+    assert torch.equal(reference["generated_cache_True"], reference["generated_cache_False"])
+    assert torch.equal(reference["tower_generated_cache_True"], reference["tower_generated_cache_False"])
+    assert reference["generated_cache_True"].shape[1] == 7 + MAX_NEW_TOKENS
+
+
+@pytest.mark.parametrize("version, extra", MATRIX, ids=[version for version, _ in MATRIX])
+def test_a_client_release_loads_and_computes_the_same(saved, version, extra, tmp_path):
+    hf_home, inputs_file, reference = saved
+    out_file = tmp_path / "client.safetensors"
+    stdout = run_client(client_python(version, extra), hf_home, inputs_file, out_file)
+    assert f"CLIENT-OK {version} GatedGPT2Processor" in stdout
+    client = load_file(out_file)
+
+    assert set(client) == set(reference)
+    for name in ("ids", "mask", "generated_cache_True", "generated_cache_False", "tower_generated_cache_True",
+                 "tower_generated_cache_False"):
+        assert torch.equal(client[name], reference[name]), f"{name} differ under transformers {version}"
+    assert torch.equal(client["generated_cache_True"], client["generated_cache_False"])
+    for name in ("logits", "loss", "gates", "cross_attentions", "hidden", "padded_logits", "pixel_values",
+                 "tower_logits"):
+        difference = (client[name] - reference[name]).abs().max().item()
+        assert difference <= 1e-5, f"{name} differ by {difference:.2e} under transformers {version}"
