@@ -29,7 +29,7 @@ PreTrainedConfig = transformers.PreTrainedConfig if _since(5, 0) else transforme
 if _since(5, 0):
     from transformers import initialization as init  # noqa: F401
 else:
-    from torch.nn import init  # noqa: F401
+    from torch.nn import init  # noqa: F401  (re-exported)
 
 # 4.52 added GradientCheckpointingLayer (5.x checkpoints `forward` and counts these layers for `every_n_layers`).
 # Before, gradient_checkpointing_enable() sets `gradient_checkpointing` and `_gradient_checkpointing_func` on every

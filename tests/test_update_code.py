@@ -8,8 +8,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from hub_cards.__main__ import main as hub_main
 from hub_cards.update_code import planned_updates, update_code

@@ -17,11 +17,9 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import Dinov2Config, Dinov2Model
 
@@ -167,7 +165,8 @@ def run_client(python: Path, hf_home: Path, inputs_file: Path, out_file: Path, a
 
 def test_the_reference_run_is_the_locked_release(saved):
     _, _, reference = saved
-    assert transformers.__version__ == locked_version("transformers")
+    if not os.environ.get("GATEDGPT2_CANARY"):  # `make canary` runs this suite on the newest release instead
+        assert transformers.__version__ == locked_version("transformers")
     assert torch.equal(reference["generated_cache_True"], reference["generated_cache_False"])
     assert torch.equal(reference["tower_generated_cache_True"], reference["tower_generated_cache_False"])
     assert reference["generated_cache_True"].shape[1] == 7 + MAX_NEW_TOKENS

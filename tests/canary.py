@@ -1,0 +1,93 @@
+"""`make canary`: would the newest releases break us? Drift is ours to find before our users do.
+
+1. Resolves the newest versions setup.cfg allows (uv, at run time, nothing held back) and prints what moved against
+   requirements.lock.
+2. Builds a scratch environment from that resolution (torch as `make` installs it) and runs the whole suite there,
+   the version matrix included (its reference run is then the newest transformers).
+3. If tests fail, tries each moved direct dependency alone on top of the lock, reruns the failed tests, and prints
+   which package and version broke them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from tests.client_envs import LOCAL_WHEELS, torch_requirement, uv
+
+ROOT = Path(__file__).parents[1]
+EXTRAS = ["train", "test", "analysis", "qlora"]
+FIND_LINKS = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
+
+
+def pins(text: str) -> dict[str, str]:
+    return {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", text, re.MULTILINE)}
+
+
+def direct_dependencies() -> set[str]:
+    lines = re.findall(r"^    ([A-Za-z][A-Za-z0-9._-]*)", (ROOT / "setup.cfg").read_text(), re.MULTILINE)
+    return {canonicalize_name(name) for name in lines}
+
+
+def newest_resolution(scratch: Path) -> Path:
+    constraints = scratch / "constraints.txt"
+    constraints.write_text(f"{torch_requirement()}\n")
+    out = scratch / "newest.lock"
+    subprocess.run([uv(), "pip", "compile", "--quiet", str(ROOT / "setup.cfg"), *[f"--extra={e}" for e in EXTRAS],
+                    "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", *FIND_LINKS,
+                    "-c", str(constraints), "--no-emit-package", "torch", "--upgrade", "-o", str(out)], check=True)
+    return out
+
+
+def environment(folder: Path, requirements: list[str]) -> Path:
+    subprocess.run([uv(), "venv", "--quiet", "--python", sys.executable, str(folder)], check=True)
+    python = folder / "bin" / "python"
+    subprocess.run([uv(), "pip", "install", "--quiet", "--python", str(python), *FIND_LINKS, torch_requirement(),
+                    *requirements], check=True)
+    subprocess.run([uv(), "pip", "install", "--quiet", "--python", str(python), "--no-deps", "-e", str(ROOT)],
+                   check=True)
+    return python
+
+
+def run_tests(python: Path, tests: list[str]) -> list[str]:
+    """The failed test ids (empty when all pass)."""
+    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+                             "--deselect", "tests/test_lock.py", *tests], cwd=ROOT, text=True, capture_output=True,
+                            env={"GATEDGPT2_CANARY": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    print(result.stdout[-3000:])
+    return re.findall(r"^FAILED (\S+)", result.stdout, re.MULTILINE)
+
+
+def main() -> int:
+    locked = pins((ROOT / "requirements.lock").read_text())
+    with tempfile.TemporaryDirectory(prefix="gatedgpt2-canary-") as scratch:
+        scratch = Path(scratch)
+        newest_lock = newest_resolution(scratch)
+        newest = pins(newest_lock.read_text())
+        moved = {name: (locked.get(name), version) for name, version in newest.items() if locked.get(name) != version}
+        print(f"{len(moved)} packages move against requirements.lock:")
+        for name, (old, new) in sorted(moved.items()):
+            print(f"  {name}: {old} -> {new}{'   (direct)' if name in direct_dependencies() else ''}")
+        failed = run_tests(environment(scratch / "newest", ["-r", str(newest_lock)]), [])
+        if not failed:
+            print("CANARY OK: the newest releases pass the whole suite.")
+            return 0
+        print(f"CANARY: {len(failed)} tests fail with the newest releases; trying each moved direct dependency alone")
+        for name, (_, version) in sorted(moved.items()):
+            if name not in direct_dependencies():
+                continue
+            lock_without = scratch / f"lock-without-{name}.txt"
+            lock_without.write_text("\n".join(f"{n}=={v}" for n, v in locked.items() if n != name) + "\n")
+            python = environment(scratch / f"only-{name}", ["-r", str(lock_without), f"{name}=={version}"])
+            if run_tests(python, failed):
+                print(f"CANARY: {name} {version} breaks {failed}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
