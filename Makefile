@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: $(LOCK) setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade "pip>=24"
+	$(BIN)/pip install -q "pip==26.3"  # the installer is pinned too
 	$(BIN)/pip install -q "$(TORCH)" || $(BIN)/pip install -q "torch>=2.4,<2.15"
 	$(BIN)/pip install -q --no-deps -r $(LOCK)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .

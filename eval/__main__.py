@@ -15,8 +15,10 @@ def load_checkpoint(model: str, revision: str | None = None, device: str | None 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trainer.data import portable_tokenizer
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=True)
+    tokenizer = portable_tokenizer(AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=True))
     folder = Path(model)
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         from peft import PeftConfig, PeftModel

@@ -100,7 +100,7 @@ def _decode_winoground(record: dict, stem: str, where: str) -> Item:
         _require(record, ("image_idx", "image_key"), where)
     captions = (record["caption_0"], record["caption_1"])
     return Item(
-        uid="WinoGround",
+        uid="winoground",  # the official pipeline's spelling, so prediction files go into its collate_preds.sh
         sentences=captions,
         completions=captions,
         source=where,
@@ -118,7 +118,7 @@ def _decode_vqa(record: dict, stem: str, where: str) -> Item:
         raise ValueError(f"{where}: field 'distractors' must be a non-empty list, got {record['distractors']!r}.")
     answers = (record["target_ans"], *record["distractors"])
     return Item(
-        uid="VQA",
+        uid="vqa",
         sentences=tuple(f"{record['question']} {a}" for a in answers),
         completions=tuple(f" {a}" for a in answers),
         source=where,

@@ -76,3 +76,13 @@ def pop_cache_argument(past_key_values, kwargs: dict):
 # 5.24 names the cache field of every output class `cache` (assigning `past_key_values=` still works, with a warning);
 # before, it is `past_key_values`. Outputs are built and read under the installed release's name.
 CACHE_FIELD = "cache" if _since(5, 24) else "past_key_values"
+
+
+def forget_loaded_weight_names(model) -> None:
+    """5.x records at `from_pretrained` how a checkpoint's weight names map onto the modules (e.g. DINOv2's
+    `attention.attention.query` -> `attention.q_proj`), and `save_pretrained` writes the original names back from that
+    record, so that every release can read the file. A module attached after loading (a vision tower) is not in the
+    record: forgetting it makes `save_pretrained` derive the renamings from the model as it now is. 4.x renames
+    nothing."""
+    if getattr(model, "_weight_conversions", None) is not None:
+        model._weight_conversions = None

@@ -20,7 +20,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import can_return_tuple
 
-from .compat import CACHE_FIELD, GradientCheckpointingLayer, init, pop_cache_argument, tied_weights_keys
+from .compat import (CACHE_FIELD, GradientCheckpointingLayer, forget_loaded_weight_names, init, pop_cache_argument,
+                     tied_weights_keys)
 from .configuration_gatedgpt import VISION_FEATURES, GatedGPT2Config
 from .contrastive import ContrastiveHead
 from .gating import GATE_CLASSES, HardGate
@@ -184,6 +185,7 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
             )
         self.config.vision_config, self.config.vision_feature = vision_tower.config, vision_feature
         base.vision_tower = vision_tower.to(device=self.device).requires_grad_(False).eval()
+        forget_loaded_weight_names(self)  # so the tower is saved under the weight names every release loads
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes the auto_map entry of the saved class only; a checkpoint must serve all three.

@@ -142,7 +142,7 @@ def test_winoground_with_image_embeddings_and_an_image_blind_model(model, babylm
     row = images.rows([item.image_id], [item.source])[0]
     assert item.image_id == "0/image_1"
     expected = pipeline_choice(model, babylm_tokenizer, item.sentences, item.completions, images.embeddings[row])
-    assert seeing["predictions"]["WinoGround"]["predictions"][1]["pred"] == item.completions[expected]
+    assert seeing["predictions"]["winoground"]["predictions"][1]["pred"] == item.completions[expected]
 
 
 def test_the_cli_evaluates_a_saved_checkpoint_on_the_world(tiny_world, tmp_path):
@@ -156,7 +156,7 @@ def test_the_cli_evaluates_a_saved_checkpoint_on_the_world(tiny_world, tmp_path)
                "blimp,winoground,vqa", "--batch-size", "7", "--out", str(tmp_path / "out")])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["vision"] and set(results["tasks"]) == {"blimp", "winoground", "vqa"}
-    vqa = json.loads((tmp_path / "out" / "vqa" / "predictions.json").read_text())["VQA"]["predictions"]
+    vqa = json.loads((tmp_path / "out" / "vqa" / "predictions.json").read_text())["vqa"]["predictions"]
     records = [json.loads(line) for line in (tiny_world / "eval" / "vqa" / "vqa.jsonl").read_text().splitlines()]
     assert len(vqa) == len(records) and all(p["pred"].startswith(" ") for p in vqa)
     assert results["tasks"]["vqa"]["accuracy"] == pytest.approx(

@@ -240,12 +240,19 @@ def _cached(key: dict, cache_dir: str | None, build) -> datasets.Dataset:
     scratch = tmp.with_suffix(".scratch")
     build(str(scratch), False).save_to_disk(str(tmp))
     shutil.rmtree(scratch, ignore_errors=True)  # a build in memory leaves none
-    if not (path / "dataset_info.json").exists():
-        shutil.rmtree(path, ignore_errors=True)  # what an interrupted write left
     try:
-        tmp.rename(path)
-    except OSError:  # another process saved the same entry first
-        shutil.rmtree(tmp)
+        tmp.rename(path)  # atomic: readers see no entry or a whole one
+    except OSError:  # the entry exists: another process saved it first, or something unfinished is in the way
+        if not (path / "dataset_info.json").exists():
+            # Move the leftover aside (never delete a folder another process may have just completed) and retry.
+            leftover = path.with_name(f"{path.name}.{os.getpid()}.leftover")
+            try:
+                path.rename(leftover)
+                tmp.rename(path)
+            except OSError:
+                pass
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(path))
 
 

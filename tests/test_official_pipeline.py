@@ -1,0 +1,168 @@
+"""The official BabyLM 2025 evaluation pipeline, run unmodified in its own pinned environment, predicts exactly what
+`python -m eval zero-shot` predicts, and it can score a GatedGPT2 with images.
+
+The pipeline (../shared/vendor/babylm-evaluation-pipeline-2025, Apache-2.0) runs in a cached environment built from
+its requirements.txt pins (transformers 4.51.3, tokenizers 0.21.1, datasets 3.6.0, ...), except torch: the CPU build
+installed here (2.13.0) instead of its 2.7.0. It loads our checkpoint through the remote code saved with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import Dinov2Config, Dinov2Model
+
+from eval.tasks import EWOK_PASSWORD
+from modeling_gatedgpt import GatedGPT2Processor
+from tests.client_envs import client_env, torch_requirement
+from tests.conftest import tiny_model
+from tests.test_vision_tower import VISION
+from trainer.data import iter_text_lines, text_files, train_tokenizer
+
+ROOT = Path(__file__).parents[1]
+PIPELINE = ROOT.parent / "shared" / "vendor" / "babylm-evaluation-pipeline-2025"
+DATA = ROOT.parent / "shared" / "data" / "babylm"
+EVALUATION_DATA = DATA / "evaluation_data"
+
+pytestmark = pytest.mark.skipif(not PIPELINE.is_dir() or not EVALUATION_DATA.is_dir(),
+                                reason="needs ../shared (the vendored pipeline and the BabyLM evaluation data)")
+
+
+def pipeline_python() -> Path:
+    pins = [line.strip() for line in (PIPELINE / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("torch==")]
+    return client_env("babylm-pipeline-2025", [torch_requirement(), *pins])
+
+
+def run_pipeline(model: Path, task: str, data: Path, out: Path, *extra: str) -> dict:
+    """The pipeline's `sentence_zero_shot.run` as its eval scripts call it; returns its predictions.json."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
+               HF_HOME=str(out / "hf_home"), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    result = subprocess.run(
+        [str(pipeline_python()), "-m", "evaluation_pipeline.sentence_zero_shot.run", "--model_path_or_name",
+         str(model), "--backend", "causal", "--task", task, "--data_path", str(data), "--save_predictions",
+         "--output_dir", str(out), *extra],
+        cwd=PIPELINE, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    predictions = out / model.stem / "main" / "zero_shot" / "causal" / task / data.stem / "predictions.json"
+    return json.loads(predictions.read_text())
+
+
+def run_ours(model: Path, data: Path, tasks: str, out: Path, *extra: str) -> Path:
+    result = subprocess.run(
+        [sys.executable, "-m", "eval", "zero-shot", "--model", str(model), "--data", str(data), "--tasks", tasks,
+         "--out", str(out), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def assert_same_predictions(theirs: dict, ours: dict, task: str) -> int:
+    assert set(theirs) == set(ours), f"{task}: UIDs differ: {sorted(set(theirs) ^ set(ours))[:5]}"
+    count = 0
+    for uid in theirs:
+        their = {p["id"]: p["pred"] for p in theirs[uid]["predictions"]}
+        our = {p["id"]: p["pred"] for p in ours[uid]["predictions"]}
+        assert their.keys() == our.keys(), f"{task}/{uid}: prediction ids differ"
+        different = [i for i in their if their[i] != our[i]]
+        assert not different, f"{task}/{uid}: {len(different)} predictions differ, e.g. {different[:3]}"
+        count += len(their)
+    return count
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small untrained GatedGPT2 with a BPE tokenizer trained on BabyLM dev text, saved as training saves it. Its
+    weights are drawn wide (std 0.5) so that candidates' scores are far apart and no near-tie can flip."""
+    folder = tmp_path_factory.mktemp("pipeline") / "gatedgpt2-pipeline"
+    lines = [line for _, line in zip(range(20_000), iter_text_lines(text_files(DATA / "text" / "dev", "*.dev")))]
+    tokenizer = train_tokenizer(lines, vocab_size=2000, model_max_length=512)
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=512, initializer_range=0.5,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ewok_folder(tmp_path_factory):
+    """The distributed EWoK zip, unpacked with its published password (the pipeline reads a folder)."""
+    target = tmp_path_factory.mktemp("ewok")
+    with zipfile.ZipFile(EVALUATION_DATA / "fast_eval" / "ewok_fast.zip") as archive:
+        archive.extractall(target, pwd=EWOK_PASSWORD.encode())
+    folders = [p.parent for p in target.rglob("*.jsonl")]
+    assert folders, "the EWoK zip holds no .jsonl files"
+    return folders[0]
+
+
+def test_text_tasks_predict_exactly_what_the_pipeline_predicts(checkpoint, ewok_folder, tmp_path):
+    ours = run_ours(checkpoint, EVALUATION_DATA, "blimp,supplement,ewok", tmp_path / "ours", "--fast")
+    compared = 0
+    for task, pipeline_task, data in [("blimp", "blimp", EVALUATION_DATA / "fast_eval" / "blimp_fast"),
+                                      ("supplement", "blimp", EVALUATION_DATA / "fast_eval" / "supplement_fast"),
+                                      ("ewok", "ewok", ewok_folder)]:
+        theirs = run_pipeline(checkpoint, pipeline_task, data, tmp_path / "pipeline")
+        compared += assert_same_predictions(theirs, json.loads((ours / task / "predictions.json").read_text()), task)
+    assert compared > 10_000  # BLiMP fast + supplement fast + EWoK fast, every item
+
+
+def test_winoground_images_through_the_tower_predict_what_our_embeddings_predict(checkpoint, tmp_path):
+    """The pipeline's image path: PIL images from a local `datasets` folder -> our processor -> pixel_values -> the
+    model's DINOv2 tower. Ours scores the same records from the tower's embeddings of the same images."""
+    from datasets import Dataset
+    from PIL import Image
+
+    from eval.__main__ import load_checkpoint
+
+    model, tokenizer = load_checkpoint(str(checkpoint), device="cpu")
+    torch.manual_seed(3)
+    model.attach_vision_tower(Dinov2Model(Dinov2Config(**VISION)).eval(), "cls_patches")
+    with_tower = tmp_path / "gatedgpt2-with-tower"
+    model.save_pretrained(with_tower)
+    processor = GatedGPT2Processor.for_vision_tower(tokenizer, model.config.vision_config)
+    processor.save_pretrained(with_tower)
+
+    generator = np.random.default_rng(0)
+    rows = 4
+    images = {key: [Image.fromarray(generator.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(rows)]
+              for key in ("image_0", "image_1")}
+    image_folder = tmp_path / "winoground_images"
+    (image_folder / "data").mkdir(parents=True)
+    Dataset.from_dict(images).to_parquet(str(image_folder / "data" / "test-00000-of-00001.parquet"))
+
+    records = [json.loads(line) for line in
+               (EVALUATION_DATA / "full_eval" / "winoground_filtered" / "winoground.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["image_idx"] < rows]
+    data = tmp_path / "evaluation_data" / "full_eval" / "winoground_filtered"
+    data.mkdir(parents=True)
+    (data / "winoground.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    ids, embeddings = [], []
+    with torch.no_grad():
+        for index in range(rows):
+            for key in ("image_0", "image_1"):
+                pixels = processor.image_processor(images[key][index].convert("RGB"), return_tensors="pt")
+                embeddings.append(model.transformer.get_image_features(pixels["pixel_values"])[0].numpy())
+                ids.append(f"{index}/{key}")
+    np.save(tmp_path / "embeddings.npy", np.stack(embeddings))
+    (tmp_path / "embeddings.ids.json").write_text(json.dumps(ids))
+
+    theirs = run_pipeline(with_tower, "winoground", data, tmp_path / "pipeline", "--images_path", str(image_folder),
+                          "--image_split", "test", "--batch_size", "1")
+    ours = run_ours(with_tower, tmp_path / "evaluation_data", "winoground", tmp_path / "ours", "--images",
+                    str(tmp_path / "embeddings.npy"))
+    our_predictions = json.loads((ours / "winoground" / "predictions.json").read_text())
+    assert set(theirs) == {"winoground"}  # the pipeline's UID spelling, so our files go into its collate_preds.sh
+    assert assert_same_predictions(theirs, our_predictions, "winoground") == len(records)
