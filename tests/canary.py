@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.client_envs import LOCAL_WHEELS, torch_requirement, uv
@@ -29,9 +31,17 @@ def pins(text: str) -> dict[str, str]:
     return {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", text, re.MULTILINE)}
 
 
+def setup_requirements() -> list[Requirement]:
+    """What setup.cfg asks for: install_requires and every extra."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = setup["options"]["install_requires"].splitlines()
+    lines += [line for extra in setup["options.extras_require"].values() for line in extra.splitlines()]
+    return [Requirement(line) for line in lines if line.strip()]
+
+
 def direct_dependencies() -> set[str]:
-    lines = re.findall(r"^    ([A-Za-z][A-Za-z0-9._-]*)", (ROOT / "setup.cfg").read_text(), re.MULTILINE)
-    return {canonicalize_name(name) for name in lines}
+    return {canonicalize_name(requirement.name) for requirement in setup_requirements()}
 
 
 def newest_resolution(scratch: Path) -> Path:

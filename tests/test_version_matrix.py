@@ -189,3 +189,15 @@ def test_a_client_release_loads_and_computes_the_same(saved, version, extra, tmp
                  "tower_logits"):
         difference = (client[name] - reference[name]).abs().max().item()
         assert difference <= 1e-5, f"{name} differ by {difference:.2e} under transformers {version}"
+
+
+def test_the_readme_table_lists_exactly_the_tested_releases():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Supported versions", 1)[1].split("\n\n", 2)[2]
+    rows = re.findall(r"^\| (\d+\.\d+\.\d+) \| (\S+) \|", section.split("\n\n", 1)[0], re.MULTILINE)
+    assert [version for version, _ in rows] == [version for version, _ in MATRIX]
+    for (version, tokenizers), (_, extra) in zip(rows, MATRIX):
+        pinned = [p.split("==")[1] for p in extra if p.startswith("tokenizers==")]
+        if version == locked_version("transformers"):
+            pinned = [locked_version("tokenizers")]
+        assert [tokenizers] == pinned or (not pinned and tokenizers == "newest"), (version, tokenizers)
