@@ -102,6 +102,13 @@ CLIENT = textwrap.dedent(
             out[f"tower_generated_cache_{use_cache}"] = tower_lm.generate(
                 pixels["input_ids"][:1, :4], pixel_values=pixels["pixel_values"][:1], max_new_tokens=%(new)d,
                 do_sample=False, use_cache=use_cache, pad_token_id=config.pad_token_id)
+    # training with gradient checkpointing (each release has its own way of switching it on)
+    tower_lm.train()
+    tower_lm.gradient_checkpointing_enable()
+    loss = tower_lm(pixels["input_ids"], pixel_values=pixels["pixel_values"], labels=pixels["input_ids"]).loss
+    loss.backward()
+    out["checkpointed_loss"] = loss.detach()
+    out["checkpointed_grad"] = tower_lm.transformer.h[0].crossattention.c_attn.weight.grad
     save_file({k: v.contiguous() for k, v in out.items()}, out_file)
     print("CLIENT-OK", transformers.__version__, type(processor).__name__, type(tokenizer).__name__)
     """
@@ -186,7 +193,7 @@ def test_a_client_release_loads_and_computes_the_same(saved, version, extra, tmp
         assert torch.equal(client[name], reference[name]), f"{name} differ under transformers {version}"
     assert torch.equal(client["generated_cache_True"], client["generated_cache_False"])
     for name in ("logits", "loss", "gates", "cross_attentions", "hidden", "padded_logits", "pixel_values",
-                 "tower_logits"):
+                 "tower_logits", "checkpointed_loss", "checkpointed_grad"):
         difference = (client[name] - reference[name]).abs().max().item()
         assert difference <= 1e-5, f"{name} differ by {difference:.2e} under transformers {version}"
 
