@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import subprocess
 import sys
@@ -64,13 +65,20 @@ def environment(folder: Path, requirements: list[str]) -> Path:
     return python
 
 
-def run_tests(python: Path, tests: list[str]) -> list[str]:
-    """The failed test ids (empty when all pass)."""
-    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
-                             "--deselect", "tests/test_lock.py", *tests], cwd=ROOT, text=True, capture_output=True,
-                            env={"GATEDGPT2_CANARY": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
-    print(result.stdout[-3000:])
-    return re.findall(r"^FAILED (\S+)", result.stdout, re.MULTILINE)
+def run_tests(python: Path, tests: list[str]) -> tuple[bool, list[str]]:
+    """Run the tests under `python`, showing pytest's output as it comes; return whether they passed and the ids of
+    the failed ones (empty when pytest failed before any test, e.g. on a collection error)."""
+    process = subprocess.Popen([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+                                "--deselect", "tests/test_lock.py", *tests], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+                                    "GATEDGPT2_CANARY": "1"})
+    lines = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    process.wait()
+    return process.returncode == 0, re.findall(r"^(?:FAILED|ERROR) (\S+)", "".join(lines), re.MULTILINE)
 
 
 def main() -> int:
@@ -83,19 +91,20 @@ def main() -> int:
         print(f"{len(moved)} packages move against requirements.lock:")
         for name, (old, new) in sorted(moved.items()):
             print(f"  {name}: {old} -> {new}{'   (direct)' if name in direct_dependencies() else ''}")
-        failed = run_tests(environment(scratch / "newest", ["-r", str(newest_lock)]), [])
-        if not failed:
+        passed, failed = run_tests(environment(scratch / "newest", ["-r", str(newest_lock)]), [])
+        if passed:
             print("CANARY OK: the newest releases pass the whole suite.")
             return 0
-        print(f"CANARY: {len(failed)} tests fail with the newest releases; trying each moved direct dependency alone")
+        print(f"CANARY: the suite fails with the newest releases ({len(failed)} tests); trying each moved direct "
+              "dependency alone on top of the lock")
         for name, (_, version) in sorted(moved.items()):
             if name not in direct_dependencies():
                 continue
             lock_without = scratch / f"lock-without-{name}.txt"
             lock_without.write_text("\n".join(f"{n}=={v}" for n, v in locked.items() if n != name) + "\n")
             python = environment(scratch / f"only-{name}", ["-r", str(lock_without), f"{name}=={version}"])
-            if run_tests(python, failed):
-                print(f"CANARY: {name} {version} breaks {failed}")
+            if not run_tests(python, failed)[0]:
+                print(f"CANARY: {name} {version} breaks {failed or 'the suite'}")
         return 1
 
 
