@@ -5,6 +5,11 @@ A checkpoint's code runs on its user's transformers: 4.51.3 (the official BabyLM
 `DynamicCache`/`EncoderDecoderCache`, `ALL_ATTENTION_FUNCTIONS`, `Conv1D`) directly and take from here what changed
 between releases; each entry says which releases take which path. `tests/test_version_matrix.py` loads a saved
 checkpoint under each release it lists and compares logits, generations and tokenizer ids with the locked one.
+
+Differences that need no switch, only one way of writing that every release reads, live where they are used: the
+attention passes SDPA's `is_causal` explicitly (4.51-4.52 make every unmasked multi-query call causal), the processor
+has its own `__call__` and saves in the 4.x file layout (processing_gatedgpt.py), the config has a plain `__init__`,
+and tokenizers are saved under the class name `PreTrainedTokenizerFast` (trainer/data.py).
 """
 
 from functools import partial
