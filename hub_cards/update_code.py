@@ -18,16 +18,14 @@ import tempfile
 from pathlib import Path
 
 import modeling_gatedgpt
+from modeling_gatedgpt.modeling_gatedgpt import checkpoint_auto_map
+from modeling_gatedgpt.processing_gatedgpt import split_processor_config
+from trainer.data import PreTrainedTokenizerFast
 
 
 PACKAGE = Path(modeling_gatedgpt.__file__).parent
-AUTO_MAP = {
-    "AutoConfig": "configuration_gatedgpt.GatedGPT2Config",
-    "AutoModel": "modeling_gatedgpt.GatedGPT2Model",
-    "AutoModelForCausalLM": "modeling_gatedgpt.GatedGPT2ForCausalLM",
-}
-PROCESSOR = "processing_gatedgpt.GatedGPT2Processor"
-PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+PROCESSOR_MODULE = modeling_gatedgpt.GatedGPT2Processor.__module__.split(".")[-1]
+PORTABLE_TOKENIZER_CLASS = PreTrainedTokenizerFast.__name__  # what training and eval save tokenizers as
 
 
 def _code_closure(entry_modules: set[str]) -> list[str]:
@@ -70,16 +68,15 @@ def planned_updates(model_dir: str | Path) -> dict[str, str]:
                          f"{modeling_gatedgpt.GatedGPT2Config.model_type!r}; this updates GatedGPT2 checkpoints only")
 
     new: dict[str, str] = {}
-    config["auto_map"] = {**config.get("auto_map", {}), **AUTO_MAP}
+    auto_map = checkpoint_auto_map()
+    config["auto_map"] = {**config.get("auto_map", {}), **auto_map}
     new["config.json"] = _json_text(config)
 
-    entry_modules = {target.split(".")[0] for target in AUTO_MAP.values()}
+    entry_modules = {target.split(".")[0] for target in auto_map.values()}
     processor_path = model_dir / "processor_config.json"
     if processor_path.is_file():
-        entry_modules.add(PROCESSOR.split(".")[0])
-        processor = json.loads(processor_path.read_text())
-        image_processor = processor.pop("image_processor", None)
-        processor.pop("tokenizer", None)
+        entry_modules.add(PROCESSOR_MODULE)
+        processor, image_processor = split_processor_config(json.loads(processor_path.read_text()))
         new["processor_config.json"] = _json_text(processor)
         if image_processor is not None and not (model_dir / "preprocessor_config.json").exists():
             new["preprocessor_config.json"] = _json_text(image_processor)
@@ -104,11 +101,15 @@ def planned_updates(model_dir: str | Path) -> dict[str, str]:
     return {name: text for name, text in new.items() if not unchanged(name, text)}
 
 
+def _report(model_dir: Path, changes: dict[str, str]) -> dict[str, str]:
+    return {name: "updated" if (model_dir / name).exists() else "added" for name in changes}
+
+
 def update_folder(model_dir: str | Path, dry_run: bool = False) -> dict[str, str]:
     """Update a checkpoint folder in place; return {file name: "added" | "updated"} (what would change, if dry_run)."""
     model_dir = Path(model_dir)
     changes = planned_updates(model_dir)
-    report = {name: "updated" if (model_dir / name).exists() else "added" for name in changes}
+    report = _report(model_dir, changes)
     if not dry_run:
         for name, text in changes.items():
             target = model_dir / name
@@ -127,9 +128,9 @@ def update_repo(repo_id: str, revision: str | None = None, dry_run: bool = False
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(api.snapshot_download(repo_id, revision=revision, local_dir=scratch,
                                             allow_patterns=["*.json", "*.py"]))
-        report = update_folder(folder, dry_run=True)
-        if report and not dry_run:
-            changes = planned_updates(folder)
+        changes = planned_updates(folder)
+        report = _report(folder, changes)
+        if changes and not dry_run:
             api.create_commit(
                 repo_id,
                 operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=text.encode())

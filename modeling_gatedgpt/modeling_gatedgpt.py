@@ -189,12 +189,7 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes the auto_map entry of the saved class only; a checkpoint must serve all three.
-        self.config.auto_map = {
-            **(getattr(self.config, "auto_map", None) or {}),
-            "AutoConfig": f"{GatedGPT2Config.__module__.split('.')[-1]}.GatedGPT2Config",
-            "AutoModel": f"{GatedGPT2Model.__module__.split('.')[-1]}.GatedGPT2Model",
-            "AutoModelForCausalLM": f"{GatedGPT2ForCausalLM.__module__.split('.')[-1]}.GatedGPT2ForCausalLM",
-        }
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **checkpoint_auto_map()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -602,6 +597,12 @@ _IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.
 
 def _is_image_path_parameter(name: str) -> bool:
     return name.startswith(_IMAGE_PATH_PREFIXES) or any(part in name for part in _IMAGE_PATH_PARTS)
+
+
+def checkpoint_auto_map() -> dict[str, str]:
+    """The `auto_map` of a saved checkpoint: the Auto class -> `<code file>.<class>` for the config and both models."""
+    classes = {"AutoConfig": GatedGPT2Config, "AutoModel": GatedGPT2Model, "AutoModelForCausalLM": GatedGPT2ForCausalLM}
+    return {auto: f"{cls.__module__.split('.')[-1]}.{cls.__name__}" for auto, cls in classes.items()}
 
 
 # The attribute under which a cache keeps its sequence's prepared image (see `GatedGPT2Model._prepare_images`).

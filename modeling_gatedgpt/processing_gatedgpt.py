@@ -39,9 +39,7 @@ class GatedGPT2Processor(ProcessorMixin):
         self.image_processor.save_pretrained(save_directory)
         processor_config = Path(save_directory) / "processor_config.json"
         if processor_config.exists():
-            values = json.loads(processor_config.read_text())
-            values.pop("image_processor", None)
-            values.pop("tokenizer", None)
+            values, _ = split_processor_config(json.loads(processor_config.read_text()))
             processor_config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
         return saved
 
@@ -57,6 +55,15 @@ class GatedGPT2Processor(ProcessorMixin):
             image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD,
         )
         return cls(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def split_processor_config(values: dict) -> tuple[dict, dict | None]:
+    """A `processor_config.json` as 5.x writes it -> (the processor's own entries, the image processor's config that
+    5.x nests in it and 4.x reads from `preprocessor_config.json`, or None)."""
+    values = dict(values)
+    image_processor = values.pop("image_processor", None)
+    values.pop("tokenizer", None)
+    return values, image_processor
 
 
 __all__ = ["GatedGPT2Processor"]

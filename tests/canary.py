@@ -21,15 +21,19 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.client_envs import LOCAL_WHEELS, torch_requirement, uv
+from tests.client_envs import FIND_LINKS, build_env, torch_requirement, uv
 
 ROOT = Path(__file__).parents[1]
 EXTRAS = ["train", "test", "analysis", "qlora"]
-FIND_LINKS = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
 
 
 def pins(text: str) -> dict[str, str]:
+    """{canonical package name: version} of a requirements file's `name==version` lines."""
     return {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", text, re.MULTILINE)}
+
+
+def locked_pins() -> dict[str, str]:
+    return pins((ROOT / "requirements.lock").read_text())
 
 
 def setup_requirements() -> list[Requirement]:
@@ -56,10 +60,8 @@ def newest_resolution(scratch: Path) -> Path:
 
 
 def environment(folder: Path, requirements: list[str]) -> Path:
-    subprocess.run([uv(), "venv", "--quiet", "--python", sys.executable, str(folder)], check=True)
-    python = folder / "bin" / "python"
-    subprocess.run([uv(), "pip", "install", "--quiet", "--python", str(python), *FIND_LINKS, torch_requirement(),
-                    *requirements], check=True)
+    """A scratch environment: torch as installed here, `requirements`, and this package (editable)."""
+    python = build_env(folder, [torch_requirement(), *requirements])
     subprocess.run([uv(), "pip", "install", "--quiet", "--python", str(python), "--no-deps", "-e", str(ROOT)],
                    check=True)
     return python
@@ -82,7 +84,7 @@ def run_tests(python: Path, tests: list[str]) -> tuple[bool, list[str]]:
 
 
 def main() -> int:
-    locked = pins((ROOT / "requirements.lock").read_text())
+    locked = locked_pins()
     with tempfile.TemporaryDirectory(prefix="gatedgpt2-canary-") as scratch:
         scratch = Path(scratch)
         newest_lock = newest_resolution(scratch)

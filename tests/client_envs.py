@@ -20,6 +20,7 @@ import torch
 
 CACHE = Path(os.environ.get("GATEDGPT2_ENV_CACHE", Path.home() / ".cache" / "gatedgpt2" / "envs"))
 LOCAL_WHEELS = Path("/opt/wheels")  # this project's machines keep the CPU torch build here
+FIND_LINKS = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
 
 
 def torch_requirement() -> str:
@@ -35,10 +36,23 @@ def uv() -> str:
     return found
 
 
+def build_env(folder: Path, requirements: list[str]) -> Path:
+    """A new uv environment in `folder` with `requirements` (resolved by uv); its python executable."""
+    python = folder / "bin" / "python"
+    try:
+        subprocess.run([uv(), "venv", "--quiet", "--python", sys.executable, str(folder)], check=True,
+                       capture_output=True, text=True)
+        subprocess.run([uv(), "pip", "install", "--quiet", "--python", str(python), *FIND_LINKS, *requirements],
+                       check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"building an environment in {folder} with {requirements} failed:\n{error.stderr}") \
+            from error
+    return python
+
+
 def client_env(name: str, requirements: list[str]) -> Path:
     """The python executable of a cached environment with exactly `requirements` (resolved by uv)."""
-    find_links = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
-    key_source = "\n".join([sys.version, *sorted(requirements), *find_links])
+    key_source = "\n".join([sys.version, *sorted(requirements), *FIND_LINKS])
     folder = CACHE / f"{name}-{hashlib.sha256(key_source.encode()).hexdigest()[:12]}"
     python = folder / "bin" / "python"
     if (folder / ".complete").exists():
@@ -48,18 +62,13 @@ def client_env(name: str, requirements: list[str]) -> Path:
     scratch = CACHE / f".{folder.name}.{os.getpid()}.building"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        subprocess.run([uv(), "venv", "--quiet", "--python", sys.executable, str(scratch)], check=True,
-                       capture_output=True, text=True)
-        subprocess.run([uv(), "pip", "install", "--quiet", "--python", str(scratch / "bin" / "python"),
-                        *find_links, *requirements], check=True, capture_output=True, text=True)
+        build_env(scratch, requirements)
         (scratch / ".complete").write_text("\n".join(requirements) + "\n")
         try:
             scratch.rename(folder)
         except OSError:  # another run built it first
             if not (folder / ".complete").exists():
                 raise
-    except subprocess.CalledProcessError as error:
-        raise RuntimeError(f"building the client environment {name} ({requirements}) failed:\n{error.stderr}") from error
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return python

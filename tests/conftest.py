@@ -1,3 +1,4 @@
+import os
 import textwrap
 
 import pytest
@@ -17,6 +18,16 @@ WITHOUT_THE_PACKAGE = textwrap.dedent(
     sys.meta_path.insert(0, BlockPackage())
     """
 )
+
+
+
+def offline_hub_env(hf_home, **extra: str) -> dict[str, str]:
+    """The environment of a process that loads checkpoints as an offline user would: from the Hub cache in `hf_home`
+    only (no other cache location, no network) and without this repository on its PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE", "HF_MODULES_CACHE")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    return env
+
 
 VOCAB = 97
 IMAGE_DIM = 24

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, GatedGPT2Model
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_config, tiny_model
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_config, tiny_model
 
 
 def test_auto_classes_know_the_model(tmp_path):
@@ -87,11 +87,9 @@ def test_checkpoint_loads_through_remote_code_without_the_package(tmp_path):
 
     hf_home = tmp_path / "hf_home"
     make_offline_hub_cache(checkpoint, hf_home, "babylm-org/gatedgpt2-tiny")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE", "HF_MODULES_CACHE")}
-    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-c", REMOTE_LOADER, "babylm-org/gatedgpt2-tiny", str(inputs_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=offline_hub_env(hf_home), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-CODE-OK GatedGPT2Config GatedGPT2ForCausalLM GatedGPT2Model" in result.stdout

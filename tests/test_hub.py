@@ -2,7 +2,6 @@
 reachable here), revision branches, and a staged upload that loads from an offline Hub cache without the package."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import train
 from hub_cards.__main__ import main as hub_main
 from hub_cards.card import write_card
 from hub_cards.push import push, push_with_revisions
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_model, tiny_train_args
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model, tiny_train_args
 from tests.test_auto_and_remote_code import make_offline_hub_cache
 from trainer.data import train_tokenizer
 
@@ -138,10 +137,8 @@ def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(che
     make_offline_hub_cache(tmp_path / "stage", hf_home, "org/tiny")
     image_embeds = torch.randn(1, IMAGE_DIM)
     save_file({"image_embeds": image_embeds}, tmp_path / "inputs.safetensors")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE", "HF_MODULES_CACHE")}
-    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-c", HUB_LOADER, "org/tiny", str(tmp_path / "inputs.safetensors"),
-                             str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env, capture_output=True,
+                             str(tmp_path / "out.safetensors")], cwd=tmp_path, env=offline_hub_env(hf_home), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     processor = "GatedGPT2Processor" if with_tower else "None"

@@ -1,22 +1,15 @@
 """The test environment is exactly requirements.lock, and the lock is what setup.cfg allows."""
 
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from tests.canary import pins, setup_requirements
-
-ROOT = Path(__file__).parents[1]
-
-
-def locked() -> dict[str, str]:
-    return pins((ROOT / "requirements.lock").read_text())
+from tests.canary import locked_pins, setup_requirements
 
 
 def test_every_locked_package_is_installed_at_its_locked_version():
     wrong = {}
-    for name, pinned in locked().items():
+    for name, pinned in locked_pins().items():
         try:
             installed = version(name)
         except PackageNotFoundError:
@@ -27,13 +20,13 @@ def test_every_locked_package_is_installed_at_its_locked_version():
 
 
 def test_the_lock_satisfies_setup_cfg_and_leaves_torch_to_the_torch_choice():
-    locked_pins = locked()
-    assert "torch" not in locked_pins  # the build is chosen by `make ... TORCH=...`; its own dependencies are locked
-    assert len(locked_pins) > 50  # direct and transitive
+    pins = locked_pins()
+    assert "torch" not in pins  # the build is chosen by `make ... TORCH=...`; its own dependencies are locked
+    assert len(pins) > 50  # direct and transitive
     for requirement in setup_requirements():
         name = canonicalize_name(requirement.name)
         if name == "torch":
             continue
-        assert name in locked_pins, f"{name} is in setup.cfg but not locked"
-        assert requirement.specifier.contains(locked_pins[name], prereleases=True), \
-            f"{name}=={locked_pins[name]} breaks {requirement}"
+        assert name in pins, f"{name} is in setup.cfg but not locked"
+        assert requirement.specifier.contains(pins[name], prereleases=True), \
+            f"{name}=={pins[name]} breaks {requirement}"

@@ -9,7 +9,6 @@ installed here (2.13.0) instead of its 2.7.0. It loads our checkpoint through th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -23,7 +22,7 @@ from transformers import Dinov2Config, Dinov2Model
 from eval.tasks import EWOK_PASSWORD
 from modeling_gatedgpt import GatedGPT2Processor
 from tests.client_envs import client_env, torch_requirement
-from tests.conftest import tiny_model
+from tests.conftest import offline_hub_env, tiny_model
 from tests.test_vision_tower import VISION
 from trainer.data import iter_text_lines, text_files, train_tokenizer
 
@@ -44,9 +43,8 @@ def pipeline_python() -> Path:
 
 def run_pipeline(model: Path, task: str, data: Path, out: Path, *extra: str) -> dict:
     """The pipeline's `sentence_zero_shot.run` as its eval scripts call it; returns its predictions.json."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
-               HF_HOME=str(out / "hf_home"), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    env = offline_hub_env(out / "hf_home", HF_DATASETS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
+                          TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
     result = subprocess.run(
         [str(pipeline_python()), "-m", "evaluation_pipeline.sentence_zero_shot.run", "--model_path_or_name",
          str(model), "--backend", "causal", "--task", task, "--data_path", str(data), "--save_predictions",

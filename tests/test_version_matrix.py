@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -24,16 +25,16 @@ from safetensors.torch import load_file, save_file
 from transformers import Dinov2Config, Dinov2Model
 
 from modeling_gatedgpt import GatedGPT2Processor
+from tests.canary import locked_pins
 from tests.client_envs import client_env, torch_requirement
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_model
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model
 from tests.test_auto_and_remote_code import make_offline_hub_cache
 from tests.test_vision_tower import VISION
 from trainer.data import train_tokenizer
 
 
 def locked_version(package: str) -> str:
-    lock = (Path(__file__).parents[1] / "requirements.lock").read_text()
-    return re.search(rf"^{package}==(\S+)$", lock, re.MULTILINE).group(1)
+    return locked_pins()[package]
 
 
 # (transformers release, what else that client pins): the BabyLM 2025 pipeline's pin (with its tokenizers), the last
@@ -147,15 +148,14 @@ def saved(tmp_path_factory):
     Path(f"{inputs_file}.json").write_text(json.dumps(TEXTS))
 
     reference = root / "reference.safetensors"
-    run_client(Path(os.sys.executable), hf_home, inputs_file, reference, allow_package=True)
+    run_client(Path(sys.executable), hf_home, inputs_file, reference, allow_package=True)
     return hf_home, inputs_file, load_file(reference)
 
 
 def run_client_script(python: Path, hf_home: Path, script: str, args: list[str], cwd: Path,
                       allow_package: bool = False) -> str:
     """Run `script` under `python` offline against the Hub cache in `hf_home`, unable to import this package."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE", "HF_MODULES_CACHE")}
-    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = offline_hub_env(hf_home, TOKENIZERS_PARALLELISM="false")
     guard = "" if allow_package else WITHOUT_THE_PACKAGE
     result = subprocess.run([str(python), "-c", "import sys\n" + guard + script, *args], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
@@ -164,8 +164,9 @@ def run_client_script(python: Path, hf_home: Path, script: str, args: list[str],
 
 
 def run_client(python: Path, hf_home: Path, inputs_file: Path, out_file: Path, allow_package: bool = False) -> str:
-    stdout = run_client_script(python, hf_home, CLIENT, ["babylm-org/gatedgpt2-plain", "babylm-org/gatedgpt2-tower",
-                                                         str(inputs_file), str(out_file)], out_file.parent, allow_package)
+    repos = ["babylm-org/gatedgpt2-plain", "babylm-org/gatedgpt2-tower"]
+    stdout = run_client_script(python, hf_home, CLIENT, [*repos, str(inputs_file), str(out_file)], out_file.parent,
+                               allow_package)
     assert "CLIENT-OK" in stdout, stdout
     return stdout
 

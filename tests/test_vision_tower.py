@@ -1,6 +1,5 @@
 """A model with a `vision_config` takes `pixel_values` through a frozen DINOv2 tower; with a processor, it runs the\nway the BabyLM pipeline runs multimodal models."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
 from modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Processor
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, tiny_model
+from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model
 
 
 VISION = dict(hidden_size=IMAGE_DIM, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
@@ -91,11 +90,9 @@ def test_a_checkpoint_with_an_attached_tower_runs_the_babylm_pipeline_way(tmp_pa
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8))
     image.save(tmp_path / "image.png")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_MODULES_CACHE")}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-c", PIPELINE_LOADER, str(tmp_path / "pipeline"),
                              str(tmp_path / "image.png"), str(tmp_path / "out.safetensors")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                            cwd=tmp_path, env=offline_hub_env(tmp_path / "hf_home"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PIPELINE-OK GatedGPT2Processor" in result.stdout
 
