@@ -4,8 +4,8 @@ Without arguments this is the demo: it generates the embedded grounded world, tr
 on it, evaluates it on the world's held-out sets and writes a report (configs/demo.yaml). See README.md.
 """
 
-from trainer.arguments import parse_args
-from trainer.run import run
+from gatedgpt2.pipeline.run import run
+from gatedgpt2.trainer.arguments import parse_args
 
 
 def main(argv=None, callbacks=None) -> dict:

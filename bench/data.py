@@ -1,10 +1,10 @@
 """Data-loading throughput and memory.
 
-Text: `trainer.data.text_dataset` (clean, tokenize, one example per line or packed blocks, through `datasets.map`)
+Text: `gatedgpt2.data.text_dataset` (clean, tokenize, one example per line or packed blocks, through `datasets.map`)
 on the BabyLM text split into one utterance per line, against the bare fast tokenizer on the same lines (the ceiling:
 no cleaning, blocks or Arrow). Lines/s, tokens/s, and the reload time of the on-disk cache.
 
-Embeddings: `trainer.data.ImageStore` + `GroundedCollator` reading random batches from memory-mapped `.npy` shards of
+Embeddings: `gatedgpt2.data.ImageStore` + `GroundedCollator` reading random batches from memory-mapped `.npy` shards of
 growing size N, against `np.load` of the whole array (the peer), each in its own process. Memory is split into the
 process's private memory (flat in N when memory-mapped, N rows with `np.load`) and the mapped file pages (shared page
 cache the kernel can drop; the kernel maps it in large chunks around every row read).
@@ -44,7 +44,7 @@ def utterance_files(source: Path, out: Path) -> list[Path]:
 
 
 def bench_text(source: Path, block_size: int, vocab_size: int) -> list[dict]:
-    from trainer.data import iter_text_lines, text_dataset, train_tokenizer
+    from gatedgpt2.data import iter_text_lines, text_dataset, train_tokenizer
 
     import datasets
 
@@ -97,7 +97,7 @@ def embedding_worker(path: str, mode: str, batches: int, batch_size: int) -> dic
     """Runs in its own process: open the shard as training does (or load it whole), read random batches."""
     __import__("torch")  # loaded before the baseline, as in training
 
-    from trainer.data import GroundedCollator, ImageStore
+    from gatedgpt2.data import GroundedCollator, ImageStore
 
     baseline = memory_mb()
     start = time.perf_counter()

@@ -25,8 +25,8 @@ DATA = ROOT.parent / "shared" / "data" / "babylm"
 
 
 def make_checkpoint(out: Path) -> str:
+    from gatedgpt2.data import iter_text_lines, text_files, train_tokenizer
     from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
-    from trainer.data import iter_text_lines, text_files, train_tokenizer
 
     tokenizer = train_tokenizer(iter_text_lines(text_files(DATA / "text" / "dev", "*.dev")), 8192, 128)
     config = GatedGPT2Config(vocab_size=len(tokenizer), n_positions=128, n_layer=4, n_embd=256, n_head=4,
@@ -55,9 +55,9 @@ def spread(items: list, count: int | None) -> list:
 
 @torch.no_grad()
 def worker(checkpoint: str, batch_size: int, naive_pairs: int, pairs: int | None) -> dict:
-    from eval.__main__ import load_checkpoint
-    from eval.tasks import read_task
-    from eval.zero_shot import evaluate_task, load_accuracy_metric
+    from gatedgpt2.eval.checkpoint import load_checkpoint
+    from gatedgpt2.eval.tasks import read_task
+    from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric
 
     model, tokenizer = load_checkpoint(checkpoint)  # CUDA when available
     task = read_task(DATA / "evaluation_data", "blimp", fast=True)

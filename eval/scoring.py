@@ -4,7 +4,8 @@ A candidate is a sentence and the completion at its end that is scored. The sent
 tokenizer's post-processor adds `[BOS]`/`[EOS]`; nothing else is prepended) and the tokens whose character span ends
 after the completion's first character are the phrase; special tokens have empty spans and never count. The score is
 the sum of the phrase tokens' log-probabilities, with no length normalisation. Sentences are sorted by length and
-scored in right-padded batches with an attention mask, so the result does not depend on the batch size."""
+scored in right-padded batches without an attention mask: attention is causal, so a real position never sees the
+padding to its right, and the result does not depend on the batch size."""
 
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageEmbeddings
+from gatedgpt2.data import ImageEmbeddings, WorldFiles
+from modeling_gatedgpt import ImageKind
+
 from .scoring import score_candidates
 from .tasks import EWOK_PASSWORD, MULTIMODAL_TASKS, TASKS, TaskData, read_task
 
@@ -43,7 +45,7 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     image_table = image_rows = None
     if images is not None:
         image_table = images.embeddings
-        image_rows = images.rows([item.image_id for item in items for _ in item.sentences], sources)
+        image_rows = images.indices([item.image_id for item in items for _ in item.sentences], sources)
     scores = score_candidates(model, tokenizer, sentences, completions, image_table, image_rows, sources, batch_size,
                               desc=task.name if progress else None)
     bounds = np.cumsum([0] + [len(item.sentences) for item in items])
@@ -79,13 +81,14 @@ def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str]
               model_name: str | None = None) -> dict:
     """Run the zero-shot tasks on a model and its tokenizer; return (and with `out_dir`, write) the results.
 
-    images: embeddings for Winoground / VQA (see `eval.images`); with a grounded-world eval folder the default is its
-        `images/embeddings.npy`. no_image: score those tasks without images (BabyLM's "no vision" rows)."""
+    images: embeddings for Winoground / VQA (see `gatedgpt2.data.images`); with a grounded-world eval folder the
+        default is its `images/embeddings.npy`. no_image: score those tasks without images (BabyLM's "no vision" rows)."""
     tasks = parse_tasks(tasks)
     data_dir = Path(data_dir)
     model.eval()
-    if images is None and not no_image and (data_dir / "images" / "embeddings.npy").is_file():
-        images = data_dir / "images" / "embeddings.npy"
+    world_images = WorldFiles.task_images(data_dir, ImageKind.GLOBAL)
+    if images is None and not no_image and world_images.is_file():
+        images = world_images
     if isinstance(images, (str, Path)):
         images = ImageEmbeddings.load(images)
     needs_images = [t for t in tasks if t in MULTIMODAL_TASKS]

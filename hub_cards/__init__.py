@@ -1,1 +1,1 @@
-"""Model cards and Hub publishing: `card.write_card`, `push.push`, `python -m hub_cards card|push`."""
+"""Model cards and Hub publishing: `card.write_card`, `push.push`, `python -m gatedgpt2.hub_cards card|push`."""

@@ -1,5 +1,5 @@
-"""`python -m hub_cards card|push|update-code`: write a checkpoint's model card; upload it to the Hub; bring its code
-up to date without touching its weights."""
+"""`python -m gatedgpt2.hub_cards card|push|update-code`: write a checkpoint's model card; upload it to the Hub; bring
+its code up to date without touching its weights."""
 
 from __future__ import annotations
 
@@ -43,13 +43,13 @@ def update_code_command(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hub_cards", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gatedgpt2.hub_cards", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     card = commands.add_parser("card", help="write README.md (the model card) into a checkpoint folder")
     card.add_argument("--model", required=True, type=Path, help="the checkpoint folder")
     card.add_argument("--results", type=Path, action="append", default=[],
-                      help="results.json of `python -m eval zero-shot` (repeatable: with and without vision)")
+                      help="results.json of `python -m gatedgpt2.eval zero-shot` (repeatable: with and without vision)")
     card.add_argument("--figures", type=Path, action="append", default=[], help="PNG files or folders of them")
     card.add_argument("--repo", help="the Hub repository id the card's snippets load from")
     card.add_argument("--license", default="apache-2.0")

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import modeling_gatedgpt
+from gatedgpt2.data import PreTrainedTokenizerFast
 from modeling_gatedgpt.modeling_gatedgpt import checkpoint_auto_map
 from modeling_gatedgpt.processing_gatedgpt import split_processor_config
-from trainer.data import PreTrainedTokenizerFast
 
 
 PACKAGE = Path(modeling_gatedgpt.__file__).parent

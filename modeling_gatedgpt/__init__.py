@@ -7,11 +7,11 @@ checkpoints carry the code and an `auto_map` (a saved `GatedGPT2Processor` too, 
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration_gatedgpt import GatedGPT2Config
-from .gating import HardGate, SoftGate
+from .configuration_gatedgpt import GatedGPT2Config, ImageKind
+from .gating import HardGate, SoftGate, gate_per_token
+from .interventions import knockout, patch_image_path, record_image_path
 from .modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Model, GatedGPT2PreTrainedModel
 from .processing_gatedgpt import GatedGPT2Processor
-from .topk_fusion import TopKCrossModalFusion, topk_fusion_loss
 
 
 AutoConfig.register(GatedGPT2Config.model_type, GatedGPT2Config, exist_ok=True)
@@ -30,6 +30,9 @@ __all__ = [
     "GatedGPT2Processor",
     "HardGate",
     "SoftGate",
-    "TopKCrossModalFusion",
-    "topk_fusion_loss",
+    "ImageKind",
+    "gate_per_token",
+    "knockout",
+    "patch_image_path",
+    "record_image_path",
 ]

@@ -1,5 +1,7 @@
 """Configuration of GatedGPT2: a GPT-2 decoder that cross-attends to image embeddings through a learned gate."""
 
+from enum import Enum
+
 from transformers import Dinov2Config
 
 from .compat import PreTrainedConfig
@@ -12,7 +14,41 @@ MODULATIONS = (None, "film", "dyintra")
 MODULATION_TARGETS = ("text", "cross_attn", "image")
 IMAGE_ENCODERS = ("transformer", "mlp", "linear")
 CONTRASTIVE_LOSSES = (None, "clip", "lcg")
-VISION_FEATURES = ("cls", "cls_patches")
+
+
+class ImageKind(str, Enum):
+    """What the model reads of an image: one global vector per image, (B, D), or CLS + patch tokens, (B, 1 + P, D).
+
+    The one name for it everywhere (training arguments, evaluation, the grounded world's files). A vision tower's
+    `vision_feature` names the global kind after the token it takes, `"cls"`, as saved configs do."""
+
+    GLOBAL = "global"
+    CLS_PATCHES = "cls_patches"
+
+    @classmethod
+    def parse(cls, value, argument: str = "image kind") -> "ImageKind":
+        if value == "cls":
+            return cls.GLOBAL
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"`{argument}` must be one of {[k.value for k in cls]} (or 'cls' for the CLS token: "
+                             f"global), got {value!r}.") from None
+
+    @classmethod
+    def of_row_shape(cls, row_shape) -> "ImageKind":
+        """The kind of embeddings whose rows have shape (D,) or (N, D)."""
+        if len(row_shape) not in (1, 2):
+            raise ValueError(f"image embedding rows must be (D,) or (num_image_tokens, D), got {tuple(row_shape)}.")
+        return cls.GLOBAL if len(row_shape) == 1 else cls.CLS_PATCHES
+
+    @property
+    def vision_feature(self) -> str:
+        """The vision tower's tokens of this kind: its CLS token, or CLS + patches."""
+        return "cls" if self is ImageKind.GLOBAL else self.value
+
+
+VISION_FEATURES = tuple(kind.vision_feature for kind in ImageKind)
 
 
 def _check_choice(name, value, allowed):

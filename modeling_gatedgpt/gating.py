@@ -44,3 +44,8 @@ class HardGate(nn.Module):
 
 
 GATE_CLASSES = {"soft": SoftGate, "hard": HardGate}
+
+
+def gate_per_token(gate: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) per-feature or (B, T) per-token gate -> (B, T) float, the mean over features."""
+    return gate.float().mean(-1) if gate.dim() == 3 else gate.float()

@@ -92,7 +92,7 @@ class GatedGPT2Attention(nn.Module):
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         return states.view(*states.shape[:-1], self.num_heads, self.head_dim).transpose(-2, -3)
 
-    def _cross_key_values(self, key_value_states, past_key_values):
+    def _cross_key_values(self, key_value_states, past_key_values, knocked_values):
         cache = past_key_values.cross_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else None
         if cache is not None and past_key_values.is_updated.get(self.layer_idx):
             return cross_attention_cache_entry(past_key_values, self.layer_idx)
@@ -100,6 +100,8 @@ class GatedGPT2Attention(nn.Module):
             raise ValueError("Cross-attention needs image states when its key/value cache is empty.")
         key, value = self.c_attn(key_value_states).split(self.embed_dim, dim=-1)
         key, value = self._split_heads(key), self._split_heads(value)
+        if knocked_values is not None:
+            value = value.masked_fill(knocked_values[:, None, :, None], 0.0)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
             past_key_values.is_updated[self.layer_idx] = True
@@ -111,8 +113,10 @@ class GatedGPT2Attention(nn.Module):
         past_key_values=None,
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
+        knocked_values: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`knocked_values` (B, N) bool: image tokens whose values are zeroed (a knockout; see interventions.py)."""
         batch_size, seq_len = hidden_states.shape[:2]
         per_position_images = key_value_states is not None and key_value_states.dim() == 4
 
@@ -130,12 +134,14 @@ class GatedGPT2Attention(nn.Module):
             query = query.transpose(1, 2)
             key, value = self.c_attn(key_value_states.flatten(0, 1)).split(self.embed_dim, dim=-1)
             key, value = self._split_heads(key), self._split_heads(value)
+            if knocked_values is not None:
+                value = value.masked_fill(knocked_values.repeat_interleave(seq_len, dim=0)[:, None, :, None], 0.0)
             if attention_mask is not None:  # (B, 1, T, N) -> (B*T, 1, 1, N)
                 attention_mask = attention_mask.expand(-1, -1, seq_len, -1).transpose(1, 2)
                 attention_mask = attention_mask.reshape(batch_size * seq_len, 1, 1, -1)
         else:
             query = self._split_heads(self.q_attn(hidden_states))
-            key, value = self._cross_key_values(key_value_states, past_key_values)
+            key, value = self._cross_key_values(key_value_states, past_key_values, knocked_values)
 
         attention_interface: Callable = eager_attention_forward
         if self.config._attn_implementation != "eager":

@@ -11,6 +11,7 @@ Rows without an image (`image_mask` false) skip that sub-layer and get exactly t
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -22,10 +23,11 @@ from transformers.utils import can_return_tuple
 
 from .compat import (CACHE_FIELD, GradientCheckpointingLayer, forget_loaded_weight_names, init, pop_cache_argument,
                      tied_weights_keys)
-from .configuration_gatedgpt import VISION_FEATURES, GatedGPT2Config
+from .configuration_gatedgpt import VISION_FEATURES, GatedGPT2Config, ImageKind
 from .contrastive import ContrastiveHead
 from .gating import GATE_CLASSES, HardGate
 from .image_encoder import ImageEncoder
+from .interventions import ImageKnockout
 from .layers import GatedGPT2Attention, GatedGPT2MLP, bidirectional_mask, causal_mask
 from .modulation import MODULATION_CLASSES, masked_mean
 
@@ -57,6 +59,20 @@ class GatedGPT2CausalLMOutput(CausalLMOutputWithCrossAttentions):
     gates: tuple[torch.Tensor, ...] | None = None
 
 
+class ImageInputs(NamedTuple):
+    """The image arguments of one forward, validated and encoded into what the cross-attention layers read; all
+    None for a text-only forward (`NO_IMAGE`)."""
+
+    states: torch.Tensor | None  # (B, N, D) image tokens after the image encoder
+    pooled: torch.Tensor | None  # (B, 1, D) their mean, for modulation of the text stream
+    rows: torch.Tensor | None  # (B,) bool: which rows have an image
+    token_mask: torch.Tensor | None  # (B, N) bool: real image tokens (None: all are)
+    cross_mask: torch.Tensor | None  # (B, 1, 1, N): the cross-attention mask (None: nothing masked)
+
+
+NO_IMAGE = ImageInputs(None, None, None, None, None)
+
+
 class GatedGPT2Block(GradientCheckpointingLayer):
     def __init__(self, config: GatedGPT2Config, layer_idx: int):
         super().__init__()
@@ -79,6 +95,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             self.modulation = MODULATION_CLASSES[config.modulation](hidden_size, hidden_size) if config.modulation else None
             self.modulation_target = config.modulation_target
             self.per_token_gate = config.gate_granularity == "token"
+            self.image_knockout: ImageKnockout | None = None  # set by `interventions.knockout`, never saved
 
     def forward(
         self,
@@ -108,6 +125,11 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         return hidden_states, gate, attn_weights, cross_weights
 
     def cross_attend(self, hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values):
+        knocked_values = None
+        if self.image_knockout is not None:
+            image_rows, image_attention_mask, knocked_values = self.image_knockout.apply(
+                image_rows, image_attention_mask, image_states.shape[-2]
+            )
         text = self.ln_cross_attn(hidden_states)
         image_kv = image_states
         if self.modulation is not None and self.modulation_target == "text":
@@ -116,7 +138,8 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             # Image tokens seen from position t are conditioned on h_t alone, which only depends on tokens <= t.
             image_kv = self.modulation(image_states.unsqueeze(1), text.unsqueeze(2))
         cross, cross_weights = self.crossattention(
-            text, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv
+            text, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv,
+            knocked_values=knocked_values,
         )
         if self.modulation is not None and self.modulation_target == "cross_attn":
             cross = self.modulation(cross, text)
@@ -133,6 +156,21 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             gate = torch.where(with_image, gate, 1.0)
             gate = gate.squeeze(-1) if self.per_token_gate else gate
         return hidden_states, gate, cross_weights
+
+    @torch.no_grad()
+    def silence_image_path(self) -> None:
+        """Make this layer add nothing from the image, whatever the image, while gradients still reach every
+        parameter: the fused LayerNorm's gain and bias (paper fusion) or else the cross-attention output projection
+        are zero, and so are the modulation's projections (FiLM is then the identity)."""
+        if self.ln_fused is not None:
+            self.ln_fused.weight.zero_()
+            self.ln_fused.bias.zero_()
+        else:
+            self.crossattention.c_proj.weight.zero_()
+            self.crossattention.c_proj.bias.zero_()
+        if self.modulation is not None:
+            for parameter in self.modulation.parameters():
+                parameter.zero_()
 
 
 class GatedGPT2PreTrainedModel(PreTrainedModel):
@@ -234,7 +272,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 "pass precomputed `image_embeds` instead."
             )
         tokens = self.vision_tower(pixel_values=pixel_values).last_hidden_state
-        return tokens[:, :1] if self.config.vision_feature == "cls" else tokens
+        return tokens[:, :1] if ImageKind.parse(self.config.vision_feature) is ImageKind.GLOBAL else tokens
 
     def _check_image_inputs(self, image_embeds, image_mask, image_attention_mask, batch_size):
         """Validate the image arguments; return (embeds (B, N, D), rows (B,) bool, token mask (B, N) bool or None)."""
@@ -287,11 +325,12 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             raise ValueError(f"`image_embeds` contain NaN or Inf in rows {bad}.")
         return image_embeds
 
-    def _prepare_images(self, image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values):
-        """Validate and encode the image arguments into what the blocks read: the image tokens, their pooled summary
-        (for text modulation), the rows that have an image, the token mask and the cross-attention mask; all None
-        without images. A cache remembers the image its sequence started with: decoding steps reuse it, so the image
-        is encoded once and generate need not pass it again (5.x drops `pixel_values` after the first step)."""
+    def _prepare_images(
+        self, image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values
+    ) -> ImageInputs:
+        """Validate and encode the image arguments into what the blocks read (`NO_IMAGE` without images). A cache
+        remembers the image its sequence started with: decoding steps reuse it, so the image is encoded once and
+        generate need not pass it again (5.x drops `pixel_values` after the first step)."""
         remembered = getattr(past_key_values, _CACHED_IMAGE, None)
         if remembered is not None:
             return remembered
@@ -304,7 +343,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 raise ValueError(
                     "`image_mask` / `image_attention_mask` were given without `image_embeds` or `pixel_values`."
                 )
-            return None, None, None, None, None
+            return NO_IMAGE
 
         image_embeds, image_rows, token_mask = self._check_image_inputs(
             image_embeds, image_mask, image_attention_mask, inputs_embeds.shape[0]
@@ -314,7 +353,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         image_pooled = None
         if self.config.modulation is not None and self.config.modulation_target == "text":
             image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)
-        prepared = image_states, image_pooled, image_rows, token_mask, bidirectional_mask(token_mask)
+        prepared = ImageInputs(image_states, image_pooled, image_rows, token_mask, bidirectional_mask(token_mask))
         if past_key_values is not None:
             setattr(past_key_values, _CACHED_IMAGE, prepared)
         return prepared
@@ -380,9 +419,10 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         elif int(position_ids.max()) >= config.n_positions:
             raise ValueError(f"`position_ids` reach {int(position_ids.max())} but n_positions={config.n_positions}.")
 
-        image_states, image_pooled, image_rows, token_mask, cross_mask = self._prepare_images(
+        image = self._prepare_images(
             image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values
         )
+        image_rows = image.rows
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
         self_mask = causal_mask(
@@ -399,9 +439,9 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 hidden_states,
                 past_key_values,
                 self_mask,
-                image_states,  # tensors that carry gradient go positionally, for reentrant checkpointing
-                image_pooled,
-                image_attention_mask=cross_mask,
+                image.states,  # tensors that carry gradient go positionally, for reentrant checkpointing
+                image.pooled,
+                image_attention_mask=image.cross_mask,
                 image_rows=image_rows,
                 position_ids=position_ids,
                 **kwargs,
@@ -421,8 +461,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 text_mask = attention_mask.bool()
             features = text_features if text_features is not None else hidden_states
             contrastive_loss = self.contrastive_head(
-                features[image_rows], text_mask[image_rows], image_states[image_rows],
-                None if token_mask is None else token_mask[image_rows],
+                features[image_rows], text_mask[image_rows], image.states[image_rows],
+                None if image.token_mask is None else image.token_mask[image_rows],
             )
 
         return GatedGPT2ModelOutput(
@@ -500,9 +540,7 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         lm_loss = loss = None
         if labels is not None:
             lm_loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-            loss = lm_loss
-            if outputs.contrastive_loss is not None:
-                loss = lm_loss + self.config.contrastive_weight * outputs.contrastive_loss
+            loss = self.total_loss(lm_loss, outputs.contrastive_loss)
 
         return GatedGPT2CausalLMOutput(
             loss=loss,
@@ -515,6 +553,14 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
             gates=outputs.gates,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+
+    def total_loss(self, lm_loss: torch.Tensor, contrastive_loss: torch.Tensor | None, contrastive_divisor: int = 1):
+        """The training objective: `lm_loss` + config.contrastive_weight * `contrastive_loss` / `contrastive_divisor`.
+        The divisor is the trainer's, which averages a per-batch auxiliary loss over gradient-accumulation steps and
+        processes while the LM loss is already normalised by the tokens of them all."""
+        if contrastive_loss is None:
+            return lm_loss
+        return lm_loss + self.config.contrastive_weight * contrastive_loss / contrastive_divisor
 
     @classmethod
     def from_gpt2(cls, gpt2_model_or_path, **config_overrides) -> "GatedGPT2ForCausalLM":
@@ -553,19 +599,9 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         if text_missing:
             raise ValueError(f"Text-stream weights missing from the GPT-2 checkpoint: {text_missing}")
 
-        with torch.no_grad():
-            for block in model.transformer.h:
-                if not block.has_cross_attention:
-                    continue
-                if block.ln_fused is not None:
-                    block.ln_fused.weight.zero_()
-                    block.ln_fused.bias.zero_()
-                else:
-                    block.crossattention.c_proj.weight.zero_()
-                    block.crossattention.c_proj.bias.zero_()
-                if block.modulation is not None:
-                    for parameter in block.modulation.parameters():
-                        parameter.zero_()
+        for block in model.transformer.h:
+            if block.has_cross_attention:
+                block.silence_image_path()
         return model
 
     def to_gpt2(self):

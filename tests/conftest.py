@@ -79,7 +79,7 @@ TINY_WORLD = dict(seed=3, train_captions=240, train_sentences=240, dev_captions=
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    from trainer.world import WorldSpec, write_world
+    from gatedgpt2.data.world import WorldSpec, write_world
 
     return write_world(tmp_path_factory.mktemp("world"), WorldSpec(**TINY_WORLD))
 

@@ -52,7 +52,7 @@ def test_generate_reports_the_cache_speedup_against_its_own_no_cache_run(tmp_pat
 
 @pytest.mark.skipif(not EVAL_DATA.is_dir(), reason="../shared/data/babylm is not beside the repository")
 def test_eval_scoring_runs_the_naive_and_batched_scorers_on_blimp_fast(tmp_path):
-    from trainer.data import train_tokenizer
+    from gatedgpt2.data import train_tokenizer
 
     tokenizer = train_tokenizer(["the cat sat on the mat", "a dog ran"] * 50, vocab_size=300, model_max_length=128)
     model = tiny_model(vocab_size=len(tokenizer), n_positions=128, bos_token_id=tokenizer.bos_token_id,

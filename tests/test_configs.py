@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modeling_gatedgpt import GatedGPT2Config, GatedGPT2PreTrainedModel
-from trainer.arguments import parse_args
+from gatedgpt2.trainer.arguments import parse_args
+from modeling_gatedgpt import GatedGPT2Config, GatedGPT2PreTrainedModel, ImageKind
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PAPER_VARIANTS = [
@@ -47,6 +47,17 @@ def test_command_line_overrides_yaml_and_unknown_keys_are_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: " + str(CONFIGS / "base.yaml") + "\ngates: hard\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: unknown keys \['gates'\]"):
+        parse_args([str(bad)])
+
+
+def test_the_image_kind_is_one_of_its_values_from_the_command_line_or_a_yaml(tmp_path, capsys):
+    assert parse_args([str(CONFIGS / "demo.yaml")])[1].image_kind is ImageKind.CLS_PATCHES
+    with pytest.raises(SystemExit):
+        parse_args([str(CONFIGS / "base.yaml"), "--image_tokens", "patches"])
+    assert "invalid choice: 'patches' (choose from 'global', 'cls_patches')" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: " + str(CONFIGS / "base.yaml") + "\nimage_tokens: patches\n")
+    with pytest.raises(ValueError, match=r"`image_tokens` must be one of \['global', 'cls_patches'\].*got 'patches'"):
         parse_args([str(bad)])
 
 

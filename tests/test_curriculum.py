@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from trainer.curriculum import CurriculumBatchSampler, parse_ratio
+from gatedgpt2.trainer.curriculum import CurriculumBatchSampler, parse_ratio
 
 TEXT, CAPTIONS = 50, 30
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data import (GroundedCollator, ImageStore, caption_dataset, load_caption_shards, read_captions,
+from gatedgpt2.data import (GroundedCollator, ImageStore, caption_dataset, load_caption_shards, read_captions,
                           text_dataset, text_files, tokenize_examples, train_tokenizer)
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval.gates import Norms, collect_word_gates, gate_analysis, load_spacy, pos_tests, regression, word_frequencies
+from gatedgpt2.data import load_caption_shards, train_tokenizer
+from gatedgpt2.eval.gates import (Norms, collect_word_gates, gate_analysis, load_spacy, pos_tests, regression,
+                                  word_frequencies)
+from modeling_gatedgpt import gate_per_token
 from tests.conftest import tiny_model
-from trainer.data import load_caption_shards, train_tokenizer
-from trainer.training import gate_per_token
 
 
 NORMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "norms" / "brysbaert_concreteness.tsv"

@@ -13,20 +13,21 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file, save_file
 
 import train
-from hub_cards.__main__ import main as hub_main
-from hub_cards.card import write_card
-from hub_cards.push import push, push_with_revisions
+from gatedgpt2.data import train_tokenizer
+from gatedgpt2.hub_cards.__main__ import main as hub_main
+from gatedgpt2.hub_cards.card import write_card
+from gatedgpt2.hub_cards.push import push, push_with_revisions
 from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model, tiny_train_args
 from tests.test_auto_and_remote_code import make_offline_hub_cache
-from trainer.data import train_tokenizer
 
 
 RESULTS = {"model": "x", "data": "evaluation_data", "fast": True, "vision": True, "tasks": {
     "blimp": {"dataset": "blimp_fast", "accuracy": 61.234, "micro_accuracy": 60.0, "items": 13400},
     "winoground": {"dataset": "winoground_filtered", "accuracy": 52.5, "micro_accuracy": 52.5, "items": 746}}}
 EXPECTED_FILES = ["README.md", "compat.py", "config.json", "configuration_gatedgpt.py", "contrastive.py", "figures/gates.png",
-                  "gating.py", "generation_config.json", "image_encoder.py", "layers.py", "model.safetensors",
-                  "modeling_gatedgpt.py", "modulation.py", "tokenizer.json", "tokenizer_config.json"]
+                  "gating.py", "generation_config.json", "image_encoder.py", "interventions.py", "layers.py",
+                  "model.safetensors", "modeling_gatedgpt.py", "modulation.py", "tokenizer.json",
+                  "tokenizer_config.json"]
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_revisions_go_to_branches_of_the_same_repo(checkpoint):
 
 
 def test_pickles_are_refused_and_a_dry_run_sends_nothing(checkpoint, tmp_path, capsys):
-    with mock.patch("hub_cards.push.HfApi") as api_class:
+    with mock.patch("gatedgpt2.hub_cards.push.HfApi") as api_class:
         hub_main(["push", "--model", str(checkpoint), "--repo", "org/tiny", "--dry-run", "--stage",
                   str(tmp_path / "stage")])
     api_class.assert_not_called()
@@ -125,7 +126,7 @@ def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(che
     if with_tower:  # a checkpoint with its vision tower also carries a processor
         from transformers import Dinov2Config, Dinov2Model
 
-        from eval.__main__ import main as eval_main
+        from gatedgpt2.eval.__main__ import main as eval_main
         from tests.test_vision_tower import VISION
 
         Dinov2Model(Dinov2Config(**VISION)).save_pretrained(tmp_path / "dinov2")

@@ -9,11 +9,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from eval.__main__ import load_checkpoint
-from eval.interventions import knockout
+from gatedgpt2.data import train_tokenizer
+from gatedgpt2.eval.checkpoint import load_checkpoint
+from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model
+from modeling_gatedgpt import knockout
 from tests.conftest import tiny_model, tiny_train_args
-from trainer.data import train_tokenizer
-from trainer.lora import ImageKeyMasking, lora_model
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The official BabyLM 2025 evaluation pipeline, run unmodified in its own pinned environment, predicts exactly what
-`python -m eval zero-shot` predicts, and it can score a GatedGPT2 with images.
+`python -m gatedgpt2.eval zero-shot` predicts, and it can score a GatedGPT2 with images.
 
 The pipeline (../shared/vendor/babylm-evaluation-pipeline-2025, Apache-2.0) runs in a cached environment built from
 its requirements.txt pins (transformers 4.51.3, tokenizers 0.21.1, datasets 3.6.0, ...), except torch: the CPU build
@@ -19,12 +19,12 @@ import pytest
 import torch
 from transformers import Dinov2Config, Dinov2Model
 
-from eval.tasks import EWOK_PASSWORD
+from gatedgpt2.data import iter_text_lines, text_files, train_tokenizer
+from gatedgpt2.eval.tasks import EWOK_PASSWORD
 from modeling_gatedgpt import GatedGPT2Processor
 from tests.client_envs import client_env, torch_requirement
 from tests.conftest import offline_hub_env, tiny_model
 from tests.test_vision_tower import VISION
-from trainer.data import iter_text_lines, text_files, train_tokenizer
 
 ROOT = Path(__file__).parents[1]
 PIPELINE = ROOT.parent / "shared" / "vendor" / "babylm-evaluation-pipeline-2025"
@@ -58,8 +58,8 @@ def run_pipeline(model: Path, task: str, data: Path, out: Path, *extra: str) -> 
 
 def run_ours(model: Path, data: Path, tasks: str, out: Path, *extra: str) -> Path:
     result = subprocess.run(
-        [sys.executable, "-m", "eval", "zero-shot", "--model", str(model), "--data", str(data), "--tasks", tasks,
-         "--out", str(out), *extra],
+        [sys.executable, "-m", "gatedgpt2.eval", "zero-shot", "--model", str(model), "--data", str(data), "--tasks",
+         tasks, "--out", str(out), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -122,7 +122,7 @@ def test_winoground_images_through_the_tower_predict_what_our_embeddings_predict
     from datasets import Dataset
     from PIL import Image
 
-    from eval.__main__ import load_checkpoint
+    from gatedgpt2.eval.checkpoint import load_checkpoint
 
     model, tokenizer = load_checkpoint(str(checkpoint), device="cpu")
     torch.manual_seed(3)

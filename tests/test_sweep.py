@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.sweep import Sweep, aggregate, main, plan
+from gatedgpt2.pipeline.sweep import Sweep, main, plan
+from gatedgpt2.pipeline.sweep_tables import aggregate
 
 EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval.fewshot import class_text_features, fewshot, split, write
-from modeling_gatedgpt import TopKCrossModalFusion, topk_fusion_loss
+from gatedgpt2.data import train_tokenizer
+from gatedgpt2.eval.fewshot import class_text_features, fewshot, split, write
+from gatedgpt2.eval.topk_fusion import TopKCrossModalFusion, topk_fusion_loss
 from tests.conftest import tiny_model
-from trainer.data import train_tokenizer
 
 
 def relu(x):

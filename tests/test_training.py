@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from gatedgpt2.trainer.arguments import parse_args
 from tests.conftest import tiny_train_args
-from trainer.arguments import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_YAML = str(ROOT / "configs" / "demo.yaml")
@@ -86,9 +86,9 @@ def test_text_pretraining_exports_a_gpt2_that_grounds_a_second_run(tiny_world, t
 
 
 def test_mixed_batches_route_each_rows_image(tiny_world, tmp_path):
-    from trainer.curriculum import CurriculumBatchSampler
-    from trainer.data import GroundedCollator
-    from trainer.run import build_datasets, build_tokenizer
+    from gatedgpt2.data import GroundedCollator
+    from gatedgpt2.pipeline.run import build_datasets, build_tokenizer
+    from gatedgpt2.trainer.curriculum import CurriculumBatchSampler
 
     model_args, data_args, _ = parse_args([TINY_YAML, *tiny_train_args(tiny_world, tmp_path)])
     tokenizer = build_tokenizer(data_args, model_args)
@@ -210,7 +210,7 @@ def test_a_short_training_makes_the_image_matter(tmp_path):
     """About 30 s of training on captions of the grounded world: VQA-style questions are answered far better with the
     image than by the same model with `image_mask=False` (8 candidates: chance is 12.5%)."""
     from tests.conftest import TINY_WORLD
-    from trainer.world import WorldSpec, write_world
+    from gatedgpt2.data.world import WorldSpec, write_world
 
     spec = WorldSpec(**{**TINY_WORLD, "train_captions": 2000, "train_sentences": 50, "vqa_items": 150})
     world = write_world(tmp_path / "world", spec)

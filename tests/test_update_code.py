@@ -1,4 +1,4 @@
-"""`python -m hub_cards update-code`: a checkpoint saved with the old, unportable code (tests/fixtures/
+"""`python -m gatedgpt2.hub_cards update-code`: a checkpoint saved with the old, unportable code (tests/fixtures/
 checkpoint_v0.1.0, saved by commit d3c38bc under transformers 5.23 with its TokenizersBackend tokenizer) is updated
 in place, weights untouched, and then loads and computes the same under transformers 5.24 and 4.51.3."""
 
@@ -9,8 +9,8 @@ from unittest import mock
 
 import pytest
 
-from hub_cards.__main__ import main as hub_main
-from hub_cards.update_code import planned_updates, update_code
+from gatedgpt2.hub_cards.__main__ import main as hub_main
+from gatedgpt2.hub_cards.update_code import planned_updates, update_code
 from tests.test_auto_and_remote_code import make_offline_hub_cache
 from tests.test_version_matrix import MATRIX, client_python, run_client_script
 

@@ -24,13 +24,13 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import Dinov2Config, Dinov2Model
 
+from gatedgpt2.data import train_tokenizer
 from modeling_gatedgpt import GatedGPT2Processor
 from tests.canary import locked_pins
 from tests.client_envs import client_env, torch_requirement
 from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model
 from tests.test_auto_and_remote_code import make_offline_hub_cache
 from tests.test_vision_tower import VISION
-from trainer.data import train_tokenizer
 
 
 def locked_version(package: str) -> str:

@@ -73,10 +73,10 @@ PIPELINE_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
 
 
 def test_a_checkpoint_with_an_attached_tower_runs_the_babylm_pipeline_way(tmp_path):
-    """`python -m eval attach-vision-tower` -> AutoProcessor turns a PIL image into pixel_values, and the model's
-    logits equal those of the original checkpoint given the tower's embeddings; loaded without the package."""
-    from eval.__main__ import main as eval_main
-    from trainer.data import train_tokenizer
+    """`python -m gatedgpt2.eval attach-vision-tower` -> AutoProcessor turns a PIL image into pixel_values, and the
+    model's logits equal those of the original checkpoint given the tower's embeddings; loaded without the package."""
+    from gatedgpt2.data import train_tokenizer
+    from gatedgpt2.eval.__main__ import main as eval_main
 
     tokenizer = train_tokenizer(["a red circle left of a blue cube", "the cube is green"] * 20, 80, 32)
     model = tiny_model(vocab_size=len(tokenizer))
@@ -109,7 +109,7 @@ def test_a_checkpoint_with_an_attached_tower_runs_the_babylm_pipeline_way(tmp_pa
 def test_without_a_tower_the_auto_processor_is_the_tokenizer(tmp_path):
     from transformers import AutoProcessor
 
-    from trainer.data import train_tokenizer
+    from gatedgpt2.data import train_tokenizer
 
     tokenizer = train_tokenizer(["a red circle", "the cube"] * 20, 60, 32)
     tiny_model(vocab_size=len(tokenizer)).save_pretrained(tmp_path)

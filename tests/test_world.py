@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from trainer.data import load_caption_shards, text_files
-from trainer.world import COLOURS, SHAPES, SceneEncoder, WorldSpec, encode_scenes, random_scene, write_world
+from gatedgpt2.data import load_caption_shards, text_files
+from gatedgpt2.data.world import COLOURS, SHAPES, SceneEncoder, WorldSpec, encode_scenes, random_scene, write_world
 
 
 def ridge_probe(features, labels, train: int, classes: int) -> float:

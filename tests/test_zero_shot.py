@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from eval.__main__ import main as eval_main
-from eval.images import ImageEmbeddings
-from eval.scoring import score_candidates
-from eval.tasks import read_task
-from eval.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
+from gatedgpt2.data import ImageEmbeddings, train_tokenizer
+from gatedgpt2.eval.__main__ import main as eval_main
+from gatedgpt2.eval.scoring import score_candidates
+from gatedgpt2.eval.tasks import read_task
+from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
 from tests.conftest import tiny_model
-from trainer.data import train_tokenizer
 
 
 EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
@@ -139,7 +138,7 @@ def test_winoground_with_image_embeddings_and_an_image_blind_model(model, babylm
     # the image changes the scores, and each candidate is scored with its own record's image
     item = read_task(EVAL_DATA, "winoground").items[1]
     images = ImageEmbeddings.load(tmp_path / "random.npy")
-    row = images.rows([item.image_id], [item.source])[0]
+    row = images.indices([item.image_id], [item.source])[0]
     assert item.image_id == "0/image_1"
     expected = pipeline_choice(model, babylm_tokenizer, item.sentences, item.completions, images.embeddings[row])
     assert seeing["predictions"]["winoground"]["predictions"][1]["pred"] == item.completions[expected]
@@ -250,8 +249,8 @@ def test_image_embeddings_from_a_datasets_folder(tmp_path):
     embeddings = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
     Dataset.from_dict({"image_id": ["a", "b", "c"], "embedding": embeddings}).save_to_disk(tmp_path / "images")
     images = ImageEmbeddings.load(tmp_path / "images")
-    rows = images.rows(["c", "a"], ["x:1", "x:2"])
-    np.testing.assert_array_equal(images.embeddings[rows], embeddings[[2, 0]])
+    rows = images.indices(["c", "a"], ["x:1", "x:2"])
+    np.testing.assert_array_equal(images.rows(rows), embeddings[[2, 0]])
     Dataset.from_dict({"id": ["a"], "embedding": embeddings[:1]}).save_to_disk(tmp_path / "wrong")
     with pytest.raises(ValueError, match=r"needs columns 'image_id' and 'embedding'; missing \['image_id'\]"):
         ImageEmbeddings.load(tmp_path / "wrong")

@@ -1,1 +1,1 @@
-"""Training: data loading, the embedded grounded world, collators, curricula, the Trainer subclass, masked LoRA."""
+"""Training only: arguments, curricula, the Trainer subclass and its callbacks, LoRA / QLoRA set-up."""

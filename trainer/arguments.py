@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from modeling_gatedgpt import ImageKind
+
 from .lora import LORA_TARGET_MODULES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -87,7 +89,8 @@ class DataArguments:
     embedding_files: list[str] = field(default_factory=list, metadata={"help": ".npy shards aligned with captions."})
     eval_caption_files: list[str] = field(default_factory=list)
     eval_embedding_files: list[str] = field(default_factory=list)
-    image_tokens: str = field(default="global", metadata={"help": "World images: global (N, D) | cls_patches."})
+    image_tokens: str = field(default=ImageKind.GLOBAL.value, metadata={
+        "help": "World images: global (N, D) | cls_patches (N, 1 + P, D).", "choices": [k.value for k in ImageKind]})
     max_text_examples: int | None = field(default=None, metadata={"help": "Use only the first N text examples."})
     max_eval_examples: int | None = field(default=None, metadata={
         "help": "Use only the first N examples of each validation set."})
@@ -105,9 +108,16 @@ class DataArguments:
         "help": "Save words-seen revisions: 'babylm' (chck_1M ... chck_1000M) or a list like '50K,100K'."})
     report: bool = field(default=True, metadata={"help": "Write report.json and PNGs into output_dir/report."})
 
+    def __post_init__(self):
+        ImageKind.parse(self.image_tokens, "image_tokens")  # a YAML value skips argparse's choices
+
     @property
     def uses_world(self) -> bool:
         return not self.text_dir and not self.caption_files
+
+    @property
+    def image_kind(self) -> ImageKind:
+        return ImageKind.parse(self.image_tokens, "image_tokens")
 
 
 def load_yaml(path: Path) -> dict:

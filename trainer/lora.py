@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from eval.interventions import knockout
+from modeling_gatedgpt import knockout
 
 
 # every projection of the text stream's self- and cross-attention; the image encoder keeps its weights

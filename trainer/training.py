@@ -15,37 +15,11 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import seed_worker
 
+from gatedgpt2.data.revisions import revision_name
+from modeling_gatedgpt import gate_per_token
+
 from .curriculum import CurriculumBatchSampler
 from .lora import ImageKeyMasking
-
-# BabyLM checkpoint schedule: every 1M words to 10M, every 10M to 100M, every 100M to 1B.
-BABYLM_REVISION_WORDS = [m * 10**6 for m in (*range(1, 10), *range(10, 100, 10), *range(100, 1001, 100))]
-
-
-def revision_name(words: int) -> str:
-    for unit, size in (("M", 10**6), ("K", 10**3)):
-        if words % size == 0:
-            return f"chck_{words // size}{unit}"
-    return f"chck_{words}"
-
-
-def parse_revision_words(spec: str | None) -> list[int]:
-    """"babylm" or a comma list with K/M suffixes ("50K,100K,1M") -> sorted word counts."""
-    if not spec:
-        return []
-    if spec == "babylm":
-        return BABYLM_REVISION_WORDS
-    scale = {"K": 10**3, "M": 10**6}
-    try:
-        return sorted(int(float(x[:-1]) * scale[x[-1].upper()]) if x[-1].upper() in scale else int(x)
-                      for x in spec.replace(" ", "").split(","))
-    except (ValueError, IndexError):
-        raise ValueError(f"revision_words: expected 'babylm' or a list like '50K,100K,1M', got {spec!r}") from None
-
-
-def gate_per_token(gate: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) per-feature or (B, T) per-token gate -> (B, T) float, the mean over features."""
-    return gate.float().mean(-1) if gate.dim() == 3 else gate.float()
 
 
 @dataclass
@@ -168,13 +142,11 @@ class GatedGPT2Trainer(Trainer):
         masking = self.image_key_masking if model.training else None
         with masking.applied(self.accelerator.unwrap_model(model), inputs) if masking else nullcontext():
             outputs = model(**inputs)
-        loss = outputs.lm_loss
         scaled = num_items_in_batch is not None and self.model_accepts_loss_kwargs
         processes = self.accelerator.num_processes if scaled and self.args.average_tokens_across_devices else 1
-        if outputs.contrastive_loss is not None:
-            micro_batches = self.current_gradient_accumulation_steps if (scaled and model.training) else 1
-            weight = self.accelerator.unwrap_model(model).config.contrastive_weight
-            loss = loss + weight * outputs.contrastive_loss / (micro_batches * processes)
+        micro_batches = self.current_gradient_accumulation_steps if (scaled and model.training) else 1
+        loss = self.accelerator.unwrap_model(model).total_loss(outputs.lm_loss, outputs.contrastive_loss,
+                                                               micro_batches * processes)
         loss = loss * processes
         if model.training:
             self._accumulate_metrics(inputs, outputs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,16 +14,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .training import gate_per_token  # noqa: E402
-from .world import word_class  # noqa: E402
+from gatedgpt2.data.world import word_class  # noqa: E402
+from gatedgpt2.eval.gates import word_gates  # noqa: E402
+from gatedgpt2.eval.narrow_gate import knockout_markdown  # noqa: E402
+from modeling_gatedgpt import gate_per_token  # noqa: E402
 
 
 @torch.no_grad()
 def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray, batch_size: int = 64) -> dict:
     """Mean gate (over features and cross-attention layers) per word, pooled by word class.
 
-    A word's gate is the mean over its BPE pieces, found through the tokenizer's offsets. The gate weighs the text
-    stream: 1 = the word ignores the image, 0 = it is replaced by the image.
+    Words are split at whitespace, and a word's gate is the gate analysis' (`gatedgpt2.eval.gates.word_gates`: the
+    mean over its BPE pieces). The gate weighs the text stream: 1 = the word ignores the image, 0 = it is replaced by
+    the image.
     """
     model.eval()
     per_class = defaultdict(list)
@@ -32,21 +36,14 @@ def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray
         out = model(input_ids=enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
                     image_embeds=torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(
                         model.device), output_gates=True, use_cache=False)
-        gates = torch.stack([gate_per_token(g) for g in out.gates]).mean(0).cpu()
+        gates = torch.stack([gate_per_token(g) for g in out.gates]).mean(0).cpu().double().numpy()
         for b, text in enumerate(texts):
-            word_of_char = np.full(len(text), -1)
-            words = text.split()
-            position = 0
-            for w, word in enumerate(words):
-                position = text.index(word, position)
-                word_of_char[position : position + len(word)] = w
-                position += len(word)
-            pieces = defaultdict(list)
-            for t, (s, e) in enumerate(enc["offset_mapping"][b].tolist()):
-                if e > s and word_of_char[s] >= 0:
-                    pieces[word_of_char[s]].append(gates[b, t].item())
-            for w, values in pieces.items():
-                per_class[word_class(words[w])].append(float(np.mean(values)))
+            words = [(m.group(), m.span()) for m in re.finditer(r"\S+", text)]
+            real = enc["attention_mask"][b].bool().tolist()
+            for (word, _), (pieces, gate) in zip(words, word_gates(gates[b], enc["offset_mapping"][b].tolist(), real,
+                                                                   [span for _, span in words])):
+                if pieces:
+                    per_class[word_class(word)].append(float(gate))
     return {c: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)} for c, v in sorted(per_class.items())}
 
 
@@ -88,8 +85,6 @@ def write_report(out_dir: Path, summary: dict, log_history: list[dict], gates: d
         plot_gates(gates, out_dir / "gate_by_word_class.png")
     (out_dir / "report.json").write_text(json.dumps({**summary, "gate_by_word_class": gates}, indent=2))
     if "knockout" in summary:
-        from eval.narrow_gate import knockout_markdown
-
         (out_dir / "knockout.md").write_text("".join(
             f"{when.capitalize()} masked fine-tuning:\n\n{knockout_markdown(table)}\n"
             for when, table in summary["knockout"].items()))

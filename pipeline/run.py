@@ -1,4 +1,5 @@
-"""One training run: data -> tokenizer -> model -> Trainer -> checkpoint -> world evaluation -> report."""
+"""One training run, train.py's job, in six steps: data -> model -> train -> evaluate -> report -> publish (the card
+and the push)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ import transformers
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
+from gatedgpt2.data import (GroundedCollator, ImageEmbeddings, ImageStore, WorldFiles, WorldSpec, caption_dataset,
+                            iter_text_lines, load_caption_shards, load_tokenizer, parse_revision_words, read_captions,
+                            text_dataset, text_files, train_tokenizer, write_world)
+from gatedgpt2.eval.narrow_gate import knockout_table
+from gatedgpt2.eval.world import evaluate_world
+from gatedgpt2.hub_cards.card import write_card
+from gatedgpt2.hub_cards.push import push_with_revisions
+from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
+from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
+from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer
+from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, ImageKind
 
-from .arguments import DataArguments, ModelArguments
-from .data import (GroundedCollator, ImageStore, caption_dataset, iter_text_lines, load_caption_shards, load_tokenizer,
-                   read_captions, text_dataset, text_files, train_tokenizer)
-from .lora import ImageKeyMasking, lora_model, quantization_config
-from .training import Curriculum, GatedGPT2Trainer, parse_revision_words
-from .world import WorldSpec, write_world
+from .report import gate_by_word_class, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +36,14 @@ def resolve_world(data_args: DataArguments) -> None:
     """Point the data arguments at the embedded world, generating it if needed."""
     spec = WorldSpec(seed=data_args.world_seed, train_captions=data_args.world_captions,
                      train_sentences=data_args.world_sentences)
-    world = write_world(data_args.world_dir, spec)
-    kind = "tokens" if data_args.image_tokens == "cls_patches" else "embeddings"
-    data_args.text_dir, data_args.text_pattern = str(world / "text" / "train"), "*.train"
-    data_args.eval_text_dir, data_args.eval_text_pattern = str(world / "text" / "dev"), "*.dev"
-    data_args.caption_files = [str(world / "captions" / "train_captions.json")]
-    data_args.embedding_files = [str(world / "captions" / f"train_{kind}.npy")]
-    data_args.eval_caption_files = [str(world / "captions" / "dev_captions.json")]
-    data_args.eval_embedding_files = [str(world / "captions" / f"dev_{kind}.npy")]
+    world = WorldFiles(write_world(data_args.world_dir, spec))
+    kind = data_args.image_kind
+    data_args.text_dir, data_args.text_pattern = str(world.text_dir("train")), world.text_pattern("train")
+    data_args.eval_text_dir, data_args.eval_text_pattern = str(world.text_dir("dev")), world.text_pattern("dev")
+    data_args.caption_files = [str(world.captions("train"))]
+    data_args.embedding_files = [str(world.caption_images("train", kind))]
+    data_args.eval_caption_files = [str(world.captions("dev"))]
+    data_args.eval_embedding_files = [str(world.caption_images("dev", kind))]
 
 
 def build_tokenizer(data_args: DataArguments, model_args: ModelArguments):
@@ -135,27 +141,58 @@ def _total_steps(num_batches: int, args: TrainingArguments) -> int:
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
         callbacks: list | None = None) -> dict:
-    """Train, save, evaluate and report; returns the summary written to report.json."""
+    """Train, save, evaluate, report and publish; returns the summary written to report.json."""
+    started = time.time()
+    configure_logging(training_args)
+    # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    # before the world is resolved, which points the data arguments at its files
+    evaluates_world = data_args.eval_world or (data_args.uses_world and data_args.eval_world is None)
+    with training_args.main_process_first(desc="grounded world, tokenizer and datasets"):
+        tokenizer, train, num_text, evals, images = prepare_data(model_args, data_args)
+    set_seed(training_args.seed)
+    trainer = build_trainer(model_args, data_args, training_args, tokenizer, train, num_text, evals, images, callbacks)
+    knockout_before = None
+    if trainer.image_key_masking is not None and evaluates_world and trainer.is_world_process_zero():
+        knockout_before = world_knockout(trainer.model, tokenizer, data_args)
+
+    summary = train_and_save(trainer, model_args, data_args, training_args, tokenizer, images)
+    if not trainer.is_world_process_zero():
+        return summary
+    if evaluates_world:
+        summary.update(evaluate(trainer.model, tokenizer, data_args, images, knockout_before))
+    if data_args.report:
+        summary["wall_time_s"] = round(time.time() - started, 1)
+        report(trainer, tokenizer, data_args, summary)
+    if data_args.report or push_to_hub:
+        summary.update(publish(training_args, push_to_hub))
+    return summary
+
+
+def configure_logging(training_args: TrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
-    started = time.time()
+
+
+def prepare_data(model_args: ModelArguments, data_args: DataArguments):
+    """Step 1. -> tokenizer, train dataset, number of text rows, eval datasets by modality, image store."""
+    if data_args.uses_world:
+        resolve_world(data_args)
+    tokenizer = build_tokenizer(data_args, model_args)
+    image_dim = None
+    if model_args.model_name_or_path:
+        image_dim = GatedGPT2Config.from_pretrained(model_args.model_name_or_path).image_embed_dim
+    return (tokenizer, *build_datasets(data_args, tokenizer, image_dim))
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, tokenizer,
+                  train, num_text: int, evals: dict, images: ImageStore | None, callbacks) -> GatedGPT2Trainer:
+    """Step 2: the model (new, from GPT-2, or a checkpoint with its LoRA adapter) in the Trainer."""
     if training_args.ddp_find_unused_parameters is None:
         # Text-only batches leave the whole image path without gradient; DDP must not wait for it.
         training_args.ddp_find_unused_parameters = True
-
-    uses_world = data_args.uses_world
-    with training_args.main_process_first(desc="grounded world, tokenizer and datasets"):
-        if uses_world:
-            resolve_world(data_args)
-        tokenizer = build_tokenizer(data_args, model_args)
-        image_dim = None
-        if model_args.model_name_or_path:
-            image_dim = GatedGPT2Config.from_pretrained(model_args.model_name_or_path).image_embed_dim
-        train, num_text, evals, images = build_datasets(data_args, tokenizer, image_dim)
-
-    set_seed(training_args.seed)
     processes = max(training_args.world_size, 1)
     global_batch = training_args.per_device_train_batch_size * processes
     num_batches = int(np.ceil(len(train) / global_batch))  # the alternating round; mixed curricula are close
@@ -164,7 +201,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     check_vocabulary(model, tokenizer)
     masking = None
     if model_args.mask_cls_probability > 0 or model_args.mask_random_patches > 0:
-        if images is None or len(images.row_shape) != 2:
+        if images is None or ImageKind.of_row_shape(images.row_shape) is not ImageKind.CLS_PATCHES:
             raise ValueError("mask_cls_probability / mask_random_patches need CLS + patch image tokens "
                              f"(embeddings of shape (N, P, D)); the images here have row shape "
                              f"{None if images is None else images.row_shape}.")
@@ -175,10 +212,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         trainable, total = model.get_nb_trainable_parameters()
         logger.info("LoRA rank %d: %.3fM of %.2fM parameters are trained", model_args.lora_r, trainable / 1e6,
                     total / 1e6)
-
-    # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
-    trainer = GatedGPT2Trainer(
+    return GatedGPT2Trainer(
         model=model,
         args=training_args,
         train_dataset=train,
@@ -190,10 +224,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         image_key_masking=masking,
         callbacks=callbacks,
     )
-    evaluate_world = data_args.eval_world or (uses_world and data_args.eval_world is None)
-    knockout_before = None
-    if masking is not None and evaluate_world and trainer.is_world_process_zero():
-        knockout_before = world_knockout(model, tokenizer, data_args)
+
+
+def train_and_save(trainer: GatedGPT2Trainer, model_args: ModelArguments, data_args: DataArguments,
+                   training_args: TrainingArguments, tokenizer, images: ImageStore | None) -> dict:
+    """Step 3: train (resuming if asked), save the checkpoint and state (and the text stream as a GPT-2), and
+    evaluate the validation sets; -> the summary so far."""
+    model = trainer.model
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", True):
         resume = get_last_checkpoint(training_args.output_dir)
@@ -207,54 +244,54 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     summary = {"train": train_result.metrics, "parameters": model.num_parameters(),
                "model_arguments": asdict(model_args), "data_arguments": asdict(data_args),
                "image_shape": list(images.row_shape) if images else None}
-    if evals:
+    if trainer.eval_dataset is not None:
         summary["eval"] = trainer.evaluate()
-
-    if trainer.is_world_process_zero():
-        if evaluate_world:
-            summary["world_eval"] = world_evaluation(model, tokenizer, data_args, images.row_shape if images else None)
-            logger.info("World evaluation: %s", json.dumps(summary["world_eval"]))
-        if knockout_before is not None:
-            summary["knockout"] = {"before": knockout_before, "after": world_knockout(model, tokenizer, data_args)}
-            logger.info("Knockout before / after masked fine-tuning: %s", json.dumps(summary["knockout"]))
-        if data_args.report:
-            from .report import gate_by_word_class, write_report
-
-            gates = None
-            if data_args.eval_caption_files and model.config.gate != "none":
-                captions = [c for f in data_args.eval_caption_files for c in read_captions(f)]
-                store = ImageStore(data_args.eval_embedding_files)
-                gates = gate_by_word_class(model, tokenizer, captions, store.rows(range(len(store))))
-            summary["wall_time_s"] = round(time.time() - started, 1)
-            write_report(Path(training_args.output_dir) / "report", summary, trainer.state.log_history, gates)
-        if (data_args.report or push_to_hub) and (Path(training_args.output_dir) / "config.json").is_file():
-            from hub_cards.card import write_card  # an adapter-only folder keeps the card PEFT wrote
-
-            write_card(training_args.output_dir, repo_id=training_args.hub_model_id)
-        if push_to_hub:
-            from huggingface_hub import HfApi
-
-            from hub_cards.push import push_with_revisions
-
-            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-            summary["pushed"] = push_with_revisions(training_args.output_dir, repo_id,
-                                                    bool(training_args.hub_private_repo),
-                                                    api=HfApi(token=training_args.hub_token))
     return summary
 
 
-def world_evaluation(model, tokenizer, data_args: DataArguments, image_shape: tuple | None) -> dict:
-    """The world's held-out sets, with the image kind the model was trained on ((D,): global, (P, D): tokens)."""
-    from eval.world import evaluate_world
+def evaluate(model, tokenizer, data_args: DataArguments, images: ImageStore | None, knockout_before: dict | None
+             ) -> dict:
+    """Step 4: the world's held-out sets, and for masked fine-tuning the knockout table before and after."""
+    results = {"world_eval": world_evaluation(model, tokenizer, data_args, images.row_shape if images else None)}
+    logger.info("World evaluation: %s", json.dumps(results["world_eval"]))
+    if knockout_before is not None:
+        results["knockout"] = {"before": knockout_before, "after": world_knockout(model, tokenizer, data_args)}
+        logger.info("Knockout before / after masked fine-tuning: %s", json.dumps(results["knockout"]))
+    return results
 
-    kind = "cls_patches" if image_shape is not None and len(image_shape) == 2 else "global"
-    return evaluate_world(model, tokenizer, Path(data_args.world_dir) / "eval", kind, batch_size=64)
+
+def report(trainer: GatedGPT2Trainer, tokenizer, data_args: DataArguments, summary: dict) -> None:
+    """Step 5: report.json, the loss curves and the gate per word class of the held-out captions."""
+    model = trainer.model
+    gates = None
+    if data_args.eval_caption_files and model.config.gate != "none":
+        captions = [c for f in data_args.eval_caption_files for c in read_captions(f)]
+        store = ImageStore(data_args.eval_embedding_files)
+        gates = gate_by_word_class(model, tokenizer, captions, store.rows(range(len(store))))
+    write_report(Path(trainer.args.output_dir) / "report", summary, trainer.state.log_history, gates)
+
+
+def publish(training_args: TrainingArguments, push_to_hub: bool) -> dict:
+    """Step 6: the model card (an adapter-only folder keeps the card PEFT wrote), and the push to the Hub."""
+    if (Path(training_args.output_dir) / "config.json").is_file():
+        write_card(training_args.output_dir, repo_id=training_args.hub_model_id)
+    if not push_to_hub:
+        return {}
+    from huggingface_hub import HfApi
+
+    repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+    return {"pushed": push_with_revisions(training_args.output_dir, repo_id, bool(training_args.hub_private_repo),
+                                          api=HfApi(token=training_args.hub_token))}
+
+
+def world_evaluation(model, tokenizer, data_args: DataArguments, image_shape: tuple | None) -> dict:
+    """The world's held-out sets, with the image kind the model was trained on."""
+    kind = ImageKind.of_row_shape(image_shape) if image_shape is not None else ImageKind.GLOBAL
+    return evaluate_world(model, tokenizer, WorldFiles(data_args.world_dir), kind, batch_size=64)
 
 
 def world_knockout(model, tokenizer, data_args: DataArguments) -> dict:
     """The Narrow Gate knockout table on the world's held-out sets (CLS + patch tokens)."""
-    from eval.images import ImageEmbeddings
-    from eval.narrow_gate import knockout_table
-
-    eval_dir = Path(data_args.world_dir) / "eval"
-    return knockout_table(model, tokenizer, eval_dir, ImageEmbeddings.load(eval_dir / "images" / "tokens.npy"))
+    world = WorldFiles(data_args.world_dir)
+    images = ImageEmbeddings.load(world.eval_images(ImageKind.CLS_PATCHES))
+    return knockout_table(model, tokenizer, world.eval_dir, images)

@@ -7,8 +7,9 @@
 - `record_image_path` / `patch_image_path`: capture the image tokens' representations of one run (the image encoder's
   output, and each layer's cross-attention keys and values) and put them into another run.
 
-All of them are PyTorch hooks that live only inside their `with` block: a model with no intervention runs its plain
-forward, with nothing added.
+All of them live only inside their `with` block: a knockout is an `ImageKnockout` that the chosen layers apply while it
+is set, and the recording and patching are PyTorch hooks on the image encoder and the key/value projections. A model
+with no intervention runs its plain forward, with nothing added.
 """
 
 from __future__ import annotations
@@ -43,56 +44,49 @@ def _rows_for(mask: torch.Tensor, rows: int) -> torch.Tensor:
     return mask if mask.shape[0] == rows else mask.repeat_interleave(rows // mask.shape[0], dim=0)
 
 
+class ImageKnockout:
+    """Image tokens one cross-attention layer may not read (set on a block by `knockout`): `tokens` is a bool (N,)
+    mask, the same for every row, or (B, N)."""
+
+    def __init__(self, tokens: torch.Tensor, renormalise: bool = False):
+        self.tokens, self.renormalise = torch.as_tensor(tokens, dtype=torch.bool), renormalise
+
+    def apply(self, image_rows: torch.Tensor, image_attention_mask: torch.Tensor | None, num_tokens: int):
+        """-> the rows that still read the image, the cross-attention mask, and the tokens whose values are zeroed
+        (None when renormalising)."""
+        mask = self.tokens.to(image_rows.device)
+        mask = mask.expand(image_rows.shape[0], -1) if mask.dim() == 1 else mask
+        if mask.shape[0] != image_rows.shape[0] or mask.shape[1] != num_tokens:
+            raise ValueError(f"`knocked` has shape {tuple(self.tokens.shape)}; expected (num_image_tokens,) or "
+                             f"(batch_size, num_image_tokens) = ({image_rows.shape[0]}, {num_tokens}).")
+        all_knocked = mask.all(-1)
+        image_rows = image_rows & ~all_knocked
+        if not self.renormalise:
+            return image_rows, image_attention_mask, mask
+        # rows with every token knocked are skipped above; their keys stay valid so the softmax stays finite
+        keep = (~mask | all_knocked[:, None])[:, None, None, :]
+        if image_attention_mask is None:
+            image_attention_mask = keep
+        elif image_attention_mask.dtype == torch.bool:
+            image_attention_mask = image_attention_mask & keep
+        else:
+            image_attention_mask = image_attention_mask.masked_fill(~keep, torch.finfo(image_attention_mask.dtype).min)
+        return image_rows, image_attention_mask, None
+
+
 @contextmanager
 def knockout(model, knocked: torch.Tensor, layers: Sequence[int] | None = None, renormalise: bool = False
              ) -> Iterator[None]:
     """Knock out image tokens: `knocked` is a bool (N,) mask of image tokens, the same for every row, or (B, N)."""
-    knocked = torch.as_tensor(knocked, dtype=torch.bool)
-    handles = []
-
-    def per_row(batch_size: int, device) -> torch.Tensor:
-        mask = knocked.to(device)
-        return mask.expand(batch_size, -1) if mask.dim() == 1 else mask
-
-    def block_hook(module, args, kwargs):
-        image_rows = kwargs.get("image_rows")
-        if image_rows is None:  # a text-only forward
-            return None
-        mask = per_row(image_rows.shape[0], image_rows.device)
-        image_states = args[3] if len(args) > 3 else kwargs.get("image_states")
-        tokens = None if image_states is None else image_states.shape[-2]
-        if mask.shape[0] != image_rows.shape[0] or (tokens is not None and mask.shape[1] != tokens):
-            raise ValueError(f"`knocked` has shape {tuple(knocked.shape)}; expected (num_image_tokens,) or "
-                             f"(batch_size, num_image_tokens) = ({image_rows.shape[0]}, {tokens}).")
-        all_knocked = mask.all(-1)
-        kwargs["image_rows"] = image_rows & ~all_knocked
-        if renormalise:
-            # rows with every token knocked are skipped above; their keys stay valid so the softmax stays finite
-            keep = (~mask | all_knocked[:, None])[:, None, None, :]
-            cross_mask = kwargs.get("image_attention_mask")
-            if cross_mask is None:
-                cross_mask = keep
-            elif cross_mask.dtype == torch.bool:
-                cross_mask = cross_mask & keep
-            else:
-                cross_mask = cross_mask.masked_fill(~keep, torch.finfo(cross_mask.dtype).min)
-            kwargs["image_attention_mask"] = cross_mask
-        return args, kwargs
-
-    def zero_values(module, args, output):
-        mask = _rows_for(per_row(output.shape[0], output.device), output.shape[0])
-        key, value = output.chunk(2, dim=-1)
-        return torch.cat([key, value.masked_fill(mask[..., None], 0.0)], dim=-1)
-
+    blocks = list(cross_attention_blocks(model, layers).values())
+    previous = [block.image_knockout for block in blocks]
+    for block in blocks:
+        block.image_knockout = ImageKnockout(knocked, renormalise)
     try:
-        for block in cross_attention_blocks(model, layers).values():
-            handles.append(block.register_forward_pre_hook(block_hook, with_kwargs=True))
-            if not renormalise:
-                handles.append(block.crossattention.c_attn.register_forward_hook(zero_values))
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for block, before in zip(blocks, previous):
+            block.image_knockout = before
 
 
 @contextmanager

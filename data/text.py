@@ -1,4 +1,4 @@
-"""Data in the BabyLM formats: text directories, image-caption shards, the tokenizer, and the collator.
+"""Text and captions in the BabyLM formats, as tokenized, cached `datasets` examples.
 
 - Text: `*.train` files, one utterance per line; whitespace is collapsed and empty lines dropped. Each line is one
   example (the paper) or lines are packed into full blocks. A line longer than the context is split into consecutive
@@ -19,17 +19,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-import transformers
-from transformers import AutoTokenizer
 
-BOS, EOS, PAD = "[BOS]", "[EOS]", "[PAD]"
+from .images import ImageStore
+
 EXAMPLES_FORMAT = 2  # part of the cache key: bump it when tokenize_examples changes what an example holds
 
 
@@ -89,48 +85,6 @@ def read_captions(path: str | os.PathLike) -> list[str]:
     return captions
 
 
-class ImageStore:
-    """Embedding shards concatenated in order, memory-mapped; `rows(indices)` reads only those rows as float32."""
-
-    def __init__(self, files: Sequence[str | os.PathLike], expected_dim: int | None = None):
-        if not files:
-            raise ValueError("embedding_files: at least one .npy file is needed")
-        self.files = [str(f) for f in files]
-        self._shards = None
-        shapes = [self._open(f).shape for f in self.files]
-        for f, shape in zip(self.files, shapes):
-            if len(shape) not in (2, 3):
-                raise ValueError(f"{f}: expected embeddings of shape (N, D) or (N, P, D), got {shape}")
-            if shape[1:] != shapes[0][1:]:
-                raise ValueError(f"{f}: per-row shape {shape[1:]} differs from {self.files[0]}'s {shapes[0][1:]}")
-        if expected_dim is not None and shapes[0][-1] != expected_dim:
-            raise ValueError(f"{self.files[0]}: embedding width is {shapes[0][-1]}, but the model's image_embed_dim is "
-                             f"{expected_dim}")
-        self.row_shape = tuple(shapes[0][1:])
-        self.offsets = np.cumsum([0] + [s[0] for s in shapes])
-
-    @staticmethod
-    def _open(path: str) -> np.ndarray:
-        return np.load(path, mmap_mode="r")
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def rows(self, indices: Sequence[int]) -> np.ndarray:
-        if self._shards is None:  # opened lazily, so a pickled store (dataloader workers) reopens its maps
-            self._shards = [self._open(f) for f in self.files]
-        indices = np.asarray(indices)
-        shard = np.searchsorted(self.offsets, indices, side="right") - 1
-        out = np.empty((len(indices), *self.row_shape), dtype=np.float32)
-        for s in np.unique(shard):
-            take = shard == s
-            out[take] = self._shards[s][indices[take] - self.offsets[s]]
-        return out
-
-    def __getstate__(self):
-        return {**self.__dict__, "_shards": None}
-
-
 def load_caption_shards(caption_files: Sequence[str], embedding_files: Sequence[str],
                         expected_dim: int | None = None) -> tuple[list[str], ImageStore]:
     captions = [c for f in caption_files for c in read_captions(f)]
@@ -141,50 +95,7 @@ def load_caption_shards(caption_files: Sequence[str], embedding_files: Sequence[
     return captions, store
 
 
-# --------------------------------------------------------------------------------------------------- tokenizer
-
-
-class PreTrainedTokenizerFast(transformers.PreTrainedTokenizerFast):
-    """transformers' fast tokenizer, saved under the class name every release knows. transformers 5.x writes its own
-    name for it, `TokenizersBackend`, into tokenizer_config.json, which 4.x (the BabyLM pipeline's 4.51.3) cannot
-    load; this subclass is saved as `PreTrainedTokenizerFast`, which both load as their fast tokenizer."""
-
-
-def portable_tokenizer(tokenizer):
-    """`tokenizer`, saving under a class name that transformers 4.x loads too (see `PreTrainedTokenizerFast`)."""
-    if type(tokenizer) is transformers.PreTrainedTokenizerFast:
-        tokenizer.__class__ = PreTrainedTokenizerFast
-    return tokenizer
-
-
-def train_tokenizer(lines: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `lines`; `[BOS] $A [EOS]` around every text, `[PAD]` for padding."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    bpe = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD], show_progress=False,
-                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(lines, bpe)
-    bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
-    tokenizer.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=True),
-        processors.TemplateProcessing(single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B:1 {EOS}:1",
-                                      special_tokens=[(BOS, bos), (EOS, eos)]),
-    ])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   model_max_length=model_max_length)
-
-
-def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
-    tokenizer = portable_tokenizer(AutoTokenizer.from_pretrained(path))
-    if not tokenizer.is_fast:
-        raise ValueError(f"tokenizer_name: {path} is not a fast tokenizer (offsets are needed for the gate analysis)")
-    if tokenizer.pad_token is None:
-        raise ValueError(f"tokenizer_name: {path} has no pad token")
-    return tokenizer
-
-
-def _tokenizer_key(tokenizer: PreTrainedTokenizerFast) -> str:
+def _tokenizer_key(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
@@ -291,34 +202,3 @@ def caption_dataset(captions: list[str], caption_files: Sequence[str], tokenizer
     return _cached(key, cache_dir, build)
 
 
-@dataclass
-class GroundedCollator:
-    """Right-pads a batch, sets labels to -100 on padding, and attaches the rows' image embeddings.
-
-    Batches without any image row carry no image arguments at all (the model then runs text-only); mixed batches
-    carry zeros for text rows and an `image_mask` saying which rows have an image.
-    """
-
-    pad_token_id: int
-    images: ImageStore | None = None
-    input_columns = ("input_ids", "image_index")
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r["input_ids"])] = torch.as_tensor(r["input_ids"])
-            attention_mask[i, : len(r["input_ids"])] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "labels": input_ids.masked_fill(attention_mask == 0, -100)}
-        image_index = np.array([r.get("image_index", -1) for r in rows])
-        has_image = image_index >= 0
-        if has_image.any():
-            if self.images is None:
-                raise ValueError("a batch has image rows (image_index >= 0) but the collator has no ImageStore")
-            embeds = np.zeros((len(rows), *self.images.row_shape), dtype=np.float32)
-            embeds[has_image] = self.images.rows(image_index[has_image])
-            batch["image_embeds"] = torch.from_numpy(embeds)
-            batch["image_mask"] = torch.from_numpy(has_image)
-        return batch

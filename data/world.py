@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modeling_gatedgpt import ImageKind
+
 COLOURS = {
     "red": (0.9, 0.1, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.25, 0.95),
     "yellow": (0.95, 0.9, 0.1), "purple": (0.6, 0.15, 0.75), "orange": (1.0, 0.55, 0.05),
@@ -305,6 +307,54 @@ class WorldSpec:
     embed_dim: int = 128
 
 
+@dataclass(frozen=True)
+class WorldFiles:
+    """Where a generated world keeps each file: the one description of its layout, for the generator and every
+    reader. Splits are "train" and "dev"; the images of captions and of evaluation records come in both kinds."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "world.json"
+
+    def text_dir(self, split: str) -> Path:
+        """BabyLM text: one file `world.<split>`, read with the pattern `text_pattern(split)`."""
+        return self.root / "text" / split
+
+    @staticmethod
+    def text_pattern(split: str) -> str:
+        return f"*.{split}"
+
+    def captions(self, split: str) -> Path:
+        return self.root / "captions" / f"{split}_captions.json"
+
+    def caption_images(self, split: str, kind: ImageKind | str) -> Path:
+        """The captions' image embeddings, row-aligned: (N, D) global, (N, 1 + P, D) CLS + patches."""
+        return self.root / "captions" / f"{split}_{_image_file_stem(kind)}.npy"
+
+    @property
+    def eval_dir(self) -> Path:
+        """The held-out tasks (blimp/, winoground/, vqa/), read by the zero-shot suite as BabyLM task folders."""
+        return self.root / "eval"
+
+    def eval_images(self, kind: ImageKind | str) -> Path:
+        return self.task_images(self.eval_dir, kind)
+
+    @staticmethod
+    def task_images(eval_dir: str | Path, kind: ImageKind | str) -> Path:
+        """The evaluation records' image embeddings in an evaluation folder like the world's (its `images/`), keyed
+        by the ids in `image_ids.json` beside them."""
+        return Path(eval_dir) / "images" / f"{_image_file_stem(kind)}.npy"
+
+
+def _image_file_stem(kind: ImageKind | str) -> str:
+    return "tokens" if ImageKind.parse(kind) is ImageKind.CLS_PATCHES else "embeddings"
+
+
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=None))
@@ -317,29 +367,28 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     """Generate the world into `out_dir` (skipped if a world with the same spec is already there)."""
-    out = Path(out_dir)
-    manifest_path = out / "world.json"
+    files = WorldFiles(out_dir)
     manifest = {"version": WORLD_VERSION, **asdict(spec)}
-    if manifest_path.exists() and json.loads(manifest_path.read_text()) == manifest:
-        return out
+    if files.manifest.exists() and json.loads(files.manifest.read_text()) == manifest:
+        return files.root
     rng = random.Random(spec.seed)
     encoder = SceneEncoder(spec.embed_dim, seed=spec.seed)
 
     for split, num_sentences in (("train", spec.train_sentences), ("dev", spec.dev_sentences)):
         lines = [describe(random_scene(rng), rng) for _ in range(num_sentences)]
-        (out / "text" / split).mkdir(parents=True, exist_ok=True)
-        (out / "text" / split / f"world.{split}").write_text("\n".join(lines) + "\n")
+        files.text_dir(split).mkdir(parents=True, exist_ok=True)
+        (files.text_dir(split) / f"world.{split}").write_text("\n".join(lines) + "\n")
 
     for split, num_captions in (("train", spec.train_captions), ("dev", spec.dev_captions)):
         scenes = [random_scene(rng) for _ in range(num_captions)]
-        _write_json(out / "captions" / f"{split}_captions.json", [describe(s, rng) for s in scenes])
+        _write_json(files.captions(split), [describe(s, rng) for s in scenes])
         global_embeds, tokens = encode_scenes(scenes, encoder, seed=rng.randrange(2**31))
-        np.save(out / "captions" / f"{split}_embeddings.npy", global_embeds)
-        np.save(out / "captions" / f"{split}_tokens.npy", tokens.astype(np.float16))
+        np.save(files.caption_images(split, ImageKind.GLOBAL), global_embeds)
+        np.save(files.caption_images(split, ImageKind.CLS_PATCHES), tokens.astype(np.float16))
 
     records = minimal_pairs(rng, spec.minimal_pairs_per_uid)
     for uid in dict.fromkeys(r["UID"] for r in records):
-        _write_jsonl(out / "eval" / "blimp" / f"{uid}.jsonl", [r for r in records if r["UID"] == uid])
+        _write_jsonl(files.eval_dir / "blimp" / f"{uid}.jsonl", [r for r in records if r["UID"] == uid])
 
     image_ids, eval_scenes = [], []
 
@@ -354,16 +403,16 @@ def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
             wino.append({"id": len(wino), "caption_0": first, "caption_1": second, "tag": f"{kind}-world",
                          "secondary_tag": "", "num_main_preds": 1, "collapsed_tag": kind, "image_idx": item,
                          "image_key": image_key, "image_id": add_image(scene)})
-    _write_jsonl(out / "eval" / "winoground" / "winoground.jsonl", wino)
+    _write_jsonl(files.eval_dir / "winoground" / "winoground.jsonl", wino)
 
     vqa = [{"question_id": i, "question": q, "target_ans": answer, "distractors": distractors,
             "image_id": add_image(scene)} for i, (scene, q, answer, distractors) in enumerate(vqa_items(rng, spec.vqa_items))]
-    _write_jsonl(out / "eval" / "vqa" / "vqa.jsonl", vqa)
+    _write_jsonl(files.eval_dir / "vqa" / "vqa.jsonl", vqa)
 
     global_embeds, tokens = encode_scenes(eval_scenes, encoder, seed=rng.randrange(2**31))
-    (out / "eval" / "images").mkdir(parents=True, exist_ok=True)
-    np.save(out / "eval" / "images" / "embeddings.npy", global_embeds)
-    np.save(out / "eval" / "images" / "tokens.npy", tokens.astype(np.float16))
-    _write_json(out / "eval" / "images" / "image_ids.json", image_ids)
-    _write_json(manifest_path, manifest)
-    return out
+    files.eval_images(ImageKind.GLOBAL).parent.mkdir(parents=True, exist_ok=True)
+    np.save(files.eval_images(ImageKind.GLOBAL), global_embeds)
+    np.save(files.eval_images(ImageKind.CLS_PATCHES), tokens.astype(np.float16))
+    _write_json(files.eval_images(ImageKind.GLOBAL).parent / "image_ids.json", image_ids)
+    _write_json(files.manifest, manifest)
+    return files.root

@@ -1,0 +1,28 @@
+"""BabyLM's words-seen checkpoints: the schedule, and the revision names (`chck_10M`) checkpoints are saved and pushed
+under."""
+
+from __future__ import annotations
+
+# BabyLM checkpoint schedule: every 1M words to 10M, every 10M to 100M, every 100M to 1B.
+BABYLM_REVISION_WORDS = [m * 10**6 for m in (*range(1, 10), *range(10, 100, 10), *range(100, 1001, 100))]
+
+
+def revision_name(words: int) -> str:
+    for unit, size in (("M", 10**6), ("K", 10**3)):
+        if words % size == 0:
+            return f"chck_{words // size}{unit}"
+    return f"chck_{words}"
+
+
+def parse_revision_words(spec: str | None) -> list[int]:
+    """"babylm" or a comma list with K/M suffixes ("50K,100K,1M") -> sorted word counts."""
+    if not spec:
+        return []
+    if spec == "babylm":
+        return BABYLM_REVISION_WORDS
+    scale = {"K": 10**3, "M": 10**6}
+    try:
+        return sorted(int(float(x[:-1]) * scale[x[-1].upper()]) if x[-1].upper() in scale else int(x)
+                      for x in spec.replace(" ", "").split(","))
+    except (ValueError, IndexError):
+        raise ValueError(f"revision_words: expected 'babylm' or a list like '50K,100K,1M', got {spec!r}") from None

@@ -1,0 +1,102 @@
+"""Flat metrics of one trained model, for comparing runs (the sweep's tables): the gate analysis summarised, the
+Narrow Gate knockout and attention shares, and zero-shot accuracies with an optional words-seen learning curve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gatedgpt2.data import (ImageEmbeddings, WorldFiles, iter_text_lines, load_caption_shards, parse_revision_words,
+                            read_captions, text_files)
+from modeling_gatedgpt import ImageKind
+
+from .checkpoint import load_checkpoint
+from .gates import CONTENT_POS, FUNCTION_POS, Norms, gate_analysis, word_frequencies
+from .narrow_gate import attention_profile, knockout_table
+from .zero_shot import zero_shot
+
+
+def word_class_gates(pooled: dict) -> dict:
+    """Mean gate over content-word and function-word occurrences, from the per-POS groups."""
+    groups = pooled["pos"]["groups"]
+    result = {}
+    for name, tags in (("content", CONTENT_POS), ("function", FUNCTION_POS)):
+        chosen = [g for pos, g in groups.items() if pos in tags and isinstance(g, dict)]
+        n = sum(g["n"] for g in chosen)
+        result[f"gate_{name}"] = sum(g["mean"] * g["n"] for g in chosen) / n if n else None
+    return result
+
+
+def gate_metrics(model, tokenizer, world: WorldFiles, image_kind: ImageKind | str, out_dir: Path,
+                 norms: list[Norms]) -> dict:
+    """The gate analysis of the world's dev captions (word frequencies from its training text and captions), as the
+    mean gate, content vs function words, the POS test statistic, and with `norms` (the first: concreteness) the
+    correlation and the regression coefficients."""
+    captions, store = load_caption_shards([world.captions("dev")], [world.caption_images("dev", image_kind)])
+    frequencies = word_frequencies([*iter_text_lines(text_files(world.text_dir("train"))),
+                                    *read_captions(world.captions("train"))])
+    summary = gate_analysis(model, tokenizer, captions, store, out_dir, norms, frequencies, progress=False)
+    pooled = summary["by_layer"]["pooled"]
+    metrics = {"gate_mean": pooled["mean_gate"], **word_class_gates(pooled)}
+    if pooled["pos"]["kruskal_wallis"]:
+        metrics["gate_pos_kw_h"] = pooled["pos"]["kruskal_wallis"]["H"]
+    if norms:
+        metrics["gate_concreteness_rho"] = pooled["norms"][norms[0].name]["per_occurrence"]["rho"]
+        metrics["gate_concreteness_rho_by_type"] = pooled["norms"][norms[0].name]["per_word_type"]["rho"]
+        terms = {"concreteness (z)": "concreteness", "log frequency (z)": "log_frequency",
+                 "content x concreteness (z)": "content_x_concreteness",
+                 "content x log frequency (z)": "content_x_log_frequency"}
+        for fit in (pooled["regression"], pooled["regression_content_interactions"]):
+            for term, values in (fit or {}).get("coefficients", {}).items():
+                if term in terms and f"gate_beta_{terms[term]}" not in metrics:
+                    metrics[f"gate_beta_{terms[term]}"] = values["beta"]
+                    metrics[f"gate_beta_{terms[term]}_p"] = values["p"]
+    return metrics
+
+
+def knockout_metrics(model, tokenizer, world: WorldFiles) -> dict:
+    """VQA with the CLS token, the patches or one random patch knocked out (`vqa_knockout_<condition>`: post-softmax
+    weights zeroed; `vqa_knockout_renormalised_<condition>`: keys masked, the rest renormalised), and the CLS token's
+    share of text-to-image attention: a narrow gate is a CLS token whose removal costs what removing the image costs."""
+    images = ImageEmbeddings.load(world.eval_images(ImageKind.CLS_PATCHES))
+    tables = knockout_table(model, tokenizer, world.eval_dir, images, tasks=("vqa",))
+    metrics = {f"vqa_knockout_{condition}": scores["vqa"] for condition, scores in tables["zeroed"].items()}
+    metrics.update({f"vqa_knockout_renormalised_{condition}": scores["vqa"]
+                    for condition, scores in tables["renormalised"].items() if condition != "none"})
+    captions, store = load_caption_shards([world.captions("dev")],
+                                          [world.caption_images("dev", ImageKind.CLS_PATCHES)])
+    rows = np.arange(min(len(captions), 512))
+    profile = attention_profile(model, tokenizer, [captions[i] for i in rows], store.rows(rows), rows)
+    metrics["cls_attention_share"] = float(np.mean([layer["cls"] for layer in profile.values()]))
+    metrics["max_image_token_share"] = float(np.mean([max(layer["cls"], layer["max_patch"])
+                                                      for layer in profile.values()]))
+    return metrics
+
+
+def zero_shot_metrics(model, tokenizer, data_dir: Path, tasks: list[str], fast: bool, run_dir: Path,
+                      revisions: bool = False) -> dict:
+    """The zero-shot tasks' accuracies; with `revisions` also a learning curve over the run's words-seen revisions
+    (train.py's `revision_words`) and the final model: {"words": [...], "<task>": [...]} under "curve"."""
+    def score(network, out_dir: Path) -> dict:
+        results = zero_shot(network, tokenizer, data_dir, tasks, fast=fast, out_dir=out_dir, progress=False)
+        return {name: task["accuracy"] for name, task in results["tasks"].items()}
+
+    metrics = score(model, run_dir / "zero_shot")
+    if revisions:
+        checkpoints = sorted((parse_revision_words(p.name.removeprefix("chck_"))[0], p)
+                             for p in (run_dir / "revisions").glob("chck_*"))
+        curve = {"words": [], **{task: [] for task in metrics}}
+        for words, revision in checkpoints:
+            network, _ = load_checkpoint(str(revision), device="cpu")
+            scores = score(network, run_dir / "zero_shot" / revision.name)
+            curve["words"].append(words)
+            for task in metrics:
+                curve[task].append(scores[task])
+        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+        curve["words"].append(max((e["words_seen"] for e in history if "words_seen" in e), default=None))
+        for task in metrics:
+            curve[task].append(metrics[task])
+        metrics["curve"] = curve
+    return metrics
