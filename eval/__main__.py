@@ -13,10 +13,27 @@ from .checkpoint import load_checkpoint
 from .tasks import EWOK_PASSWORD, TASKS
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a batch size, a count of seeds, pairs, epochs...). Zero or a negative
+    value would score nothing and report it as a result."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """An argparse type: a comma list of integers >= 1 (e.g. --shots 4,16)."""
+    return [positive_int(item) for item in text.split(",")]
+
+
 def zero_shot_command(args: argparse.Namespace) -> None:
     from .zero_shot import results_table, zero_shot
 
-    model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
+    model, tokenizer = load_checkpoint(args.model, args.revision, args.device, args.trust_remote_code)
     results = zero_shot(model, tokenizer, args.data, args.tasks, fast=args.fast, images=args.images,
                         no_image=args.no_image, batch_size=args.batch_size, out_dir=args.out,
                         ewok_password=args.ewok_password, model_name=args.model)
@@ -40,7 +57,7 @@ def gates_command(args: argparse.Namespace) -> None:
                                                       else read_captions(path) if path.suffix in (".json", ".jsonl")
                                                       else path.read_text(encoding="utf-8").splitlines())]
         frequencies = word_frequencies(lines)
-    model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
+    model, tokenizer = load_checkpoint(args.model, args.revision, args.device, args.trust_remote_code)
     summary = gate_analysis(model, tokenizer, captions, store, args.out, [Norms.load(n) for n in args.norms],
                             frequencies, min_count=args.min_count, batch_size=args.batch_size)
     pooled = summary["by_layer"]["pooled"]["pos"]
@@ -55,7 +72,7 @@ def gates_command(args: argparse.Namespace) -> None:
 def narrow_gate_command(args: argparse.Namespace) -> None:
     from .narrow_gate import knockout_markdown, narrow_gate_report
 
-    model, tokenizer = load_checkpoint(args.model, args.revision, args.device)
+    model, tokenizer = load_checkpoint(args.model, args.revision, args.device, args.trust_remote_code)
     images = ImageEmbeddings.load(args.images or WorldFiles.task_images(args.data, ImageKind.CLS_PATCHES))
     layers = [int(i) for i in args.layers.split(",")] if args.layers else None
     report = narrow_gate_report(model, tokenizer, args.data, images, args.out, args.random_k, args.seeds,
@@ -81,10 +98,9 @@ def fewshot_command(args: argparse.Namespace) -> None:
     if args.text_features is not None:
         text_features = np.load(args.text_features)
     else:
-        model, tokenizer = load_checkpoint(args.text_model, device="cpu")
+        model, tokenizer = load_checkpoint(args.text_model, device="cpu", trust_remote_code=args.trust_remote_code)
         text_features = class_text_features(model, tokenizer, class_names, args.template)
-    shots = [int(n) for n in args.shots.split(",")]
-    results = fewshot(features, labels, text_features, shots, args.seeds, args.k, args.epochs)
+    results = fewshot(features, labels, text_features, args.shots, args.seeds, args.k, args.epochs)
     write(results, args.out, classes=class_names, k=args.k, seeds=args.seeds,
           data=str(args.features or "grounded world"), text_encoder=str(args.text_features or args.text_model))
     for n, result in results.items():
@@ -98,11 +114,17 @@ def attach_vision_tower_command(args: argparse.Namespace) -> None:
 
     from modeling_gatedgpt import GatedGPT2Processor
 
-    model, tokenizer = load_checkpoint(args.model, args.revision, "cpu")
+    model, tokenizer = load_checkpoint(args.model, args.revision, "cpu", args.trust_remote_code)
     model.attach_vision_tower(AutoModel.from_pretrained(args.vision_tower), args.vision_feature)
     model.save_pretrained(args.out)
     GatedGPT2Processor.for_vision_tower(tokenizer, model.config.vision_config).save_pretrained(args.out)
     print(f"Saved {args.out}: model with a frozen {type(model.transformer.vision_tower).__name__} tower + processor")
+
+
+def add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true", default=None,
+                        help="run the checkpoint's own code even if this package did not write it (a checkpoint of "
+                             "this package is trusted without it; see gatedgpt2.eval.checkpoint)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
         sub.add_argument("--model", required=True, help="checkpoint folder or Hub id")
         sub.add_argument("--revision", help="a Hub revision, e.g. chck_10M")
+        add_trust_remote_code(sub)
         sub.add_argument("--out", required=True, type=Path)
         if batch_size is not None:
-            sub.add_argument("--batch-size", type=int, default=batch_size)
+            sub.add_argument("--batch-size", type=positive_int, default=batch_size)
             sub.add_argument("--device", help="default: cuda when available, else cpu")
         sub.set_defaults(run=run)
         return sub
@@ -144,16 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     gates.add_argument("--frequency-corpus", type=Path, action="append",
                        help="training text (a folder of *.train, a text file or a captions file) for word frequencies; "
                             "repeatable (default with a world folder: its training text and captions)")
-    gates.add_argument("--min-count", type=int, default=5, help="occurrences a POS needs to enter the tests")
+    gates.add_argument("--min-count", type=positive_int, default=5, help="occurrences a POS needs to enter the tests")
 
     gate = command("narrow-gate", "attention profile, modality gap, knockout and activation patching",
                    narrow_gate_command)
     gate.add_argument("--data", required=True, type=Path,
                       help="a folder with winoground/ and vqa/ tasks (the grounded world's eval/)")
     gate.add_argument("--images", type=Path, help="CLS + patch token embeddings (default: DATA/images/tokens.npy)")
-    gate.add_argument("--random-k", type=int, default=1, help="patches knocked out in the random control")
-    gate.add_argument("--seeds", type=int, default=3, help="random draws of the control")
-    gate.add_argument("--max-pairs", type=int, default=200, help="VQA pairs for activation patching")
+    gate.add_argument("--random-k", type=positive_int, default=1, help="patches knocked out in the random control")
+    gate.add_argument("--seeds", type=positive_int, default=3, help="random draws of the control")
+    gate.add_argument("--max-pairs", type=positive_int, default=200, help="VQA pairs for activation patching")
     gate.add_argument("--layers", help="comma list of the cross-attention layers to knock out (default: all)")
 
     few = commands.add_parser("fewshot", help="N-shot linear probes on raw vs top-k-fusion-enhanced image features")
@@ -161,14 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     few.add_argument("--labels", type=Path, help="class index per row .npy (N,)")
     few.add_argument("--class-names", type=Path, help="JSON list of the class names")
     few.add_argument("--text-features", type=Path, help="class text features .npy (C, D_text), instead of a model")
+    add_trust_remote_code(few)
     few.add_argument("--text-model", default="outputs/demo", help="GatedGPT2 checkpoint whose text stream encodes "
                      "the class names (default: outputs/demo)")
     few.add_argument("--template", default="{}", help="prompt around each class name, e.g. 'a photo of a {}'")
-    few.add_argument("--shots", default="4,16")
-    few.add_argument("--seeds", type=int, default=5)
-    few.add_argument("--k", type=int, default=3, help="text features each image feature reads")
-    few.add_argument("--epochs", type=int, default=20)
-    few.add_argument("--per-class", type=int, default=40, help="world images per class")
+    few.add_argument("--shots", type=positive_int_list, default=[4, 16], help="support images per class, a comma list")
+    few.add_argument("--seeds", type=positive_int, default=5)
+    few.add_argument("--k", type=positive_int, default=3, help="text features each image feature reads")
+    few.add_argument("--epochs", type=positive_int, default=20)
+    few.add_argument("--per-class", type=positive_int, default=40, help="world images per class")
     few.add_argument("--out", required=True, type=Path)
     few.set_defaults(run=fewshot_command)
 

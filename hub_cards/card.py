@@ -46,20 +46,28 @@ def trained_on_world(data: dict) -> bool:
     return any((folder / "world.json").is_file() for folder in Path(first).resolve().parents)
 
 
+def public_name(source: str) -> str:
+    """How the card names a training input: a local file or folder by its own name (a card is public; the path on
+    the machine that trained is not the reader's business), anything else (a Hub id) as it is."""
+    path = Path(source)
+    return path.name if path.is_absolute() or path.exists() else source
+
+
 def training_text(report: dict | None) -> str:
     if not report:
         return "The checkpoint carries no training report (`report/report.json`), so nothing is claimed here."
     data, model, train = report.get("data_arguments", {}), report.get("model_arguments", {}), report.get("train", {})
     if not trained_on_world(data):
-        sources = ", ".join(str(s) for s in [data.get("text_dir"), *(data.get("caption_files") or [])] if s)
+        inputs = [data.get("text_dir"), *(data.get("caption_files") or [])]
+        sources = ", ".join(public_name(str(s)) for s in inputs if s)
     else:
         sources = "the package's grounded world (rendered scenes and their captions)"
     lines = [f"- Data: {sources}; curriculum `{data.get('curriculum', '?')}`."]
     if model.get("model_name_or_path"):
-        lines.append(f"- Started from `{model['model_name_or_path']}`"
+        lines.append(f"- Started from `{public_name(model['model_name_or_path'])}`"
                      + (f", LoRA rank {model['lora_r']}" if model.get("lora_r") else "") + ".")
     if model.get("init_from_gpt2"):
-        lines.append(f"- Text stream initialised from GPT-2 (`{model['init_from_gpt2']}`).")
+        lines.append(f"- Text stream initialised from GPT-2 (`{public_name(model['init_from_gpt2'])}`).")
     if train:
         lines.append(f"- {train.get('epoch', '?')} epochs in {train.get('train_runtime', 0):.0f} s, final training "
                      f"loss {train.get('train_loss', float('nan')):.3f}.")
@@ -138,7 +146,8 @@ def write_card(model_dir: str | Path, results: list[str | Path] = (), figures: l
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="text-generation", license=license,
         tags=["babylm", "custom_code", "gatedgpt2", "vision-language", "token-wise-gating"],
-        datasets=list(datasets) or None, base_model=init or None,
+        # `base_model` is a Hub id: a GPT-2 from a local folder has none to give
+        datasets=list(datasets) or None, base_model=init if init and public_name(init) == init else None,
         model_name=repo_id or model_dir.name, eval_results=eval_results(runs) or None,
     )
     card = ModelCard.from_template(

@@ -1,52 +1,140 @@
-"""Upload a checkpoint folder to the Hub: exactly the files a user needs (safetensors weights, config with `auto_map`,
-the model code, tokenizer, processor, card, figures), in one commit, to `main` or to a revision branch (the BabyLM
-`chck_*M` checkpoints). Pickled weights are refused, never sent."""
+"""Upload a checkpoint folder to the Hub: exactly the files a user needs, in one commit, to `main` or to a revision
+branch (the BabyLM `chck_*M` checkpoints).
+
+What is sent is an allow-list of what a checkpoint is, by name, each file checked by its content:
+- weights: `model.safetensors` (or its shards and index) or `adapter_model.safetensors`, opened with safetensors;
+- configuration and tokenizer: `config.json`, `generation_config.json`, `adapter_config.json`, `tokenizer.json`,
+  `tokenizer_config.json`, `special_tokens_map.json`, `processor_config.json`, `preprocessor_config.json` (each a
+  JSON object), and `chat_template.jinja`;
+- the model code: the `.py` files the `auto_map` entries of those configs name, and what they import (`from .x
+  import y`), as transformers follows them; no other Python file;
+- `README.md` (the card) and `figures/*.png` (each a PNG image, read with Pillow).
+Everything else (checkpoints with their pickled optimizer state, revisions, reports, caches) stays home. A symbolic
+link, or anything that is not a regular file, among these is refused, never followed; so is a folder that holds
+pickled weights (`*.bin`, `*.pt`, ... in any letter case), whose user may believe them published."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import stat
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
+CONFIG_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "processor_config.json",
+                "preprocessor_config.json", "model.safetensors.index.json")
+TEXT_FILES = ("README.md", "chat_template.jinja")
+WEIGHTS = re.compile(r"(model(-\d{5}-of-\d{5})?|adapter_model)\.safetensors")
+FIGURES = "figures"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
-UPLOADED = ("*.safetensors", "config.json", "generation_config.json", "*.py", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "chat_template.jinja", "processor_config.json", "preprocessor_config.json",
-            "adapter_config.json", "README.md", "figures/*.png")
-PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+def code_closure(folder: Path, entry_modules: set[str]) -> list[str]:
+    """The `.py` files of `folder` that the entry modules need, following `from .x import` as transformers does."""
+    needed, todo = set(), list(entry_modules)
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        path = folder / f"{name}.py"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: the model code needs {name}.py, which is missing")
+        needed.add(name)
+        todo += re.findall(r"^\s*from \.(\w+) import", path.read_text(encoding="utf-8"), re.MULTILINE)
+    return sorted(f"{name}.py" for name in needed)
+
+
+def _auto_map_modules(configs: dict[str, dict]) -> set[str]:
+    """The modules named by the configs' `auto_map` entries ("module.Class", or "repo--module.Class")."""
+    targets = [t for config in configs.values() for value in (config.get("auto_map") or {}).values()
+               for t in (value if isinstance(value, list) else [value]) if t]
+    return {target.split("--")[-1].split(".")[0] for target in targets}
+
+
+def _refuse_unless_regular(model_dir: Path, name: str) -> Path:
+    """The path of `name` in the folder, refused if it or a folder on the way is a symlink or not a regular file."""
+    path = model_dir / name
+    for part in [*reversed(Path(name).parents[:-1]), Path(name)]:
+        if (model_dir / part).is_symlink():
+            raise ValueError(f"{model_dir / part} is a symbolic link (to {(model_dir / part).resolve()}); push "
+                             f"uploads only regular files inside the checkpoint folder and never follows links")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"{path} is not a regular file; push uploads only regular files")
+    return path
+
+
+def _check_content(path: Path) -> None:
+    """Each file is what its name says, so that nothing else (a pickle renamed, a stray file) goes out under it."""
+    name = path.name
+    try:
+        if name.endswith(".json"):
+            if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+        elif name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt"):
+                pass
+        elif name.endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                if image.format != "PNG":
+                    raise ValueError(f"a {image.format} image, not a PNG")
+                image.verify()
+        else:  # the card, the chat template and the model code are UTF-8 text
+            path.read_text(encoding="utf-8")
+    except Exception as error:  # noqa: BLE001 - every reader's own error says what is wrong; name the file
+        raise ValueError(f"{path} is not a valid {path.suffix or name} file ({error}); refusing to upload it") from None
 
 
 def files_to_upload(model_dir: str | Path) -> list[str]:
-    """The folder's files that belong on the Hub, as sorted relative paths (checkpoints, revisions, reports, caches
-    and training state stay home)."""
+    """The folder's files that belong on the Hub, as sorted relative paths (see the module docstring)."""
     model_dir = Path(model_dir)
-    pickles = sorted(str(p.relative_to(model_dir)) for pattern in PICKLES for p in model_dir.glob(pattern))
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir} is not a checkpoint folder")
+    pickles = sorted(p.name for p in model_dir.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
         raise ValueError(f"{model_dir} holds pickled files {pickles}; only safetensors weights are published. "
                          f"Re-save the model with save_pretrained (safetensors) and remove them.")
-    files = sorted({str(p.relative_to(model_dir)) for pattern in UPLOADED for p in model_dir.glob(pattern)
-                    if p.is_file()})
-    if not any(f.endswith(".safetensors") for f in files):
+    names = [p.name for p in sorted(model_dir.iterdir())
+             if p.name in CONFIG_FILES or p.name in TEXT_FILES or WEIGHTS.fullmatch(p.name)]
+    if (model_dir / FIGURES).is_dir():  # a linked folder is listed here and refused below
+        names += [f"{FIGURES}/{p.name}" for p in sorted((model_dir / FIGURES).iterdir()) if p.suffix.lower() == ".png"]
+    for name in names:
+        _check_content(_refuse_unless_regular(model_dir, name))
+    configs = {name: json.loads((model_dir / name).read_text(encoding="utf-8")) for name in names
+               if name.endswith("config.json")}
+    for name in code_closure(model_dir, _auto_map_modules(configs)):
+        _check_content(_refuse_unless_regular(model_dir, name))
+        names.append(name)
+    if not any(WEIGHTS.fullmatch(name) for name in names):
         raise FileNotFoundError(f"{model_dir} has no .safetensors weights to publish.")
-    if "config.json" not in files and "adapter_config.json" not in files:
+    if "config.json" not in names and "adapter_config.json" not in names:
         raise FileNotFoundError(f"{model_dir} has no config.json.")
-    return files
+    return sorted(names)
 
 
 def push(model_dir: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
          dry_run: bool = False, stage: str | Path | None = None, api: HfApi | None = None,
          commit_message: str | None = None) -> list[str]:
     """Create the repo (and the `revision` branch) if needed and upload the files in one commit; return their paths.
-    `dry_run`: send nothing; `stage`: also copy the exact upload into that folder."""
+    The list is printed before anything is sent. `dry_run`: send nothing; `stage`: also copy the exact upload into
+    that folder."""
     model_dir = Path(model_dir)
     files = files_to_upload(model_dir)
     if stage is not None:
         stage = Path(stage)
         for name in files:
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(model_dir / name, stage / name)
+            shutil.copyfile(model_dir / name, stage / name, follow_symlinks=False)
     if dry_run:
         return files
+    print(f"Uploading {len(files)} files of {model_dir} to {repo_id}@{revision or 'main'}: {', '.join(files)}",
+          flush=True)
     api = api or HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None:

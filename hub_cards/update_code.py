@@ -22,22 +22,12 @@ from gatedgpt2.data import PreTrainedTokenizerFast
 from modeling_gatedgpt.modeling_gatedgpt import checkpoint_auto_map
 from modeling_gatedgpt.processing_gatedgpt import split_processor_config
 
+from .push import code_closure
+
 
 PACKAGE = Path(modeling_gatedgpt.__file__).parent
 PROCESSOR_MODULE = modeling_gatedgpt.GatedGPT2Processor.__module__.split(".")[-1]
 PORTABLE_TOKENIZER_CLASS = PreTrainedTokenizerFast.__name__  # what training and eval save tokenizers as
-
-
-def _code_closure(entry_modules: set[str]) -> list[str]:
-    """The package files the entry modules need, following `from .x import` as transformers does."""
-    needed, todo = set(), list(entry_modules)
-    while todo:
-        name = todo.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        todo += re.findall(r"^\s*from \.(\w+) import", (PACKAGE / f"{name}.py").read_text(), re.MULTILINE)
-    return sorted(f"{name}.py" for name in needed)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -80,7 +70,7 @@ def planned_updates(model_dir: str | Path) -> dict[str, str]:
         new["processor_config.json"] = _json_text(processor)
         if image_processor is not None and not (model_dir / "preprocessor_config.json").exists():
             new["preprocessor_config.json"] = _json_text(image_processor)
-    for name in _code_closure(entry_modules):
+    for name in code_closure(PACKAGE, entry_modules):
         new[name] = (PACKAGE / name).read_text()
 
     tokenizer_path = model_dir / "tokenizer_config.json"

@@ -56,6 +56,15 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_int(name, value):
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+
+
 class GatedGPT2Config(PreTrainedConfig):
     r"""
     Defaults are the base model of "Looking to Learn" (arXiv 2510.08470): 8 layers, 768 wide, 8 heads, context 128, a
@@ -161,6 +170,14 @@ class GatedGPT2Config(PreTrainedConfig):
         _check_choice("image_encoder", image_encoder, IMAGE_ENCODERS)
         _check_choice("contrastive", contrastive, CONTRASTIVE_LOSSES)
         _check_choice("vision_feature", vision_feature, VISION_FEATURES)
+        sizes = dict(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     n_inner=n_inner, image_embed_dim=image_embed_dim, contrastive_dim=contrastive_dim,
+                     channel_attention_reduction=channel_attention_reduction)
+        for name, value in sizes.items():
+            if value is not None or name not in ("n_inner", "contrastive_dim"):  # None: derived from n_embd
+                _check_positive_int(name, value)
+        if not layer_norm_epsilon > 0:
+            raise ValueError(f"`layer_norm_epsilon` must be > 0, got {layer_norm_epsilon!r}.")
         if n_embd % n_head != 0:
             raise ValueError(f"`n_embd` ({n_embd}) must be divisible by `n_head` ({n_head}).")
         if image_encoder == "transformer" and image_encoder_layers < 1:
@@ -176,7 +193,7 @@ class GatedGPT2Config(PreTrainedConfig):
             raise ValueError(f"`gate_temperature_steps` must be >= 0, got {gate_temperature_steps}.")
         if cross_attention_layers is not None:
             layers = list(cross_attention_layers)
-            bad = [i for i in layers if not 0 <= i < n_layer]
+            bad = [i for i in layers if not _is_int(i) or not 0 <= i < n_layer]
             if bad or len(set(layers)) != len(layers):
                 raise ValueError(f"`cross_attention_layers` must be distinct indices in [0, {n_layer}), got {layers}.")
             cross_attention_layers = sorted(layers)

@@ -276,6 +276,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
 
     def _check_image_inputs(self, image_embeds, image_mask, image_attention_mask, batch_size):
         """Validate the image arguments; return (embeds (B, N, D), rows (B,) bool, token mask (B, N) bool or None)."""
+        _check_tensors(image_embeds=image_embeds, image_mask=image_mask, image_attention_mask=image_attention_mask)
         if image_embeds.dim() == 2:
             image_embeds = image_embeds.unsqueeze(1)
         if image_embeds.dim() != 3:
@@ -296,6 +297,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         if image_mask is not None:
             if tuple(image_mask.shape) != (batch_size,):
                 raise ValueError(f"`image_mask` must have shape ({batch_size},), got {tuple(image_mask.shape)}.")
+            if image_mask.dtype != torch.bool and not bool(((image_mask == 0) | (image_mask == 1)).all()):
+                raise ValueError(f"`image_mask` must be boolean (or 0/1), got values {image_mask.tolist()}.")
             rows = image_mask.to(device=image_embeds.device, dtype=torch.bool)
         token_mask = None
         if image_attention_mask is not None:
@@ -396,7 +399,11 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             use_cache = False  # layers are recomputed in the backward pass: a cache would be written twice
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` and `inputs_embeds`.")
+        _check_tensors(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         if inputs_embeds is None:
+            if input_ids.dim() != 2 or 0 in input_ids.shape:
+                raise ValueError(f"`input_ids` must be (batch, sequence) with at least one token, got shape "
+                                 f"{tuple(input_ids.shape)}.")
             inputs_embeds = self.wte(input_ids)
         batch_size, seq_len = inputs_embeds.shape[:2]
 
@@ -539,6 +546,11 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
 
         lm_loss = loss = None
         if labels is not None:
+            _check_tensors(labels=labels)
+            # a lone batch with nothing to predict has no mean loss (NaN); within gradient accumulation
+            # (`num_items_in_batch`) it just adds nothing
+            if "num_items_in_batch" not in kwargs and not bool((labels[..., 1:] != -100).any()):
+                raise ValueError("`labels` leave nothing to predict: every label after the first position is -100.")
             lm_loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
             loss = self.total_loss(lm_loss, outputs.contrastive_loss)
 
@@ -633,6 +645,13 @@ _IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.
 
 def _is_image_path_parameter(name: str) -> bool:
     return name.startswith(_IMAGE_PATH_PREFIXES) or any(part in name for part in _IMAGE_PATH_PARTS)
+
+
+def _check_tensors(**arguments) -> None:
+    """Arguments must be tensors (or None): a list would fail deep inside with an unrelated message."""
+    for name, value in arguments.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
 
 
 def checkpoint_auto_map() -> dict[str, str]:

@@ -13,7 +13,6 @@ import datasets
 import numpy as np
 import transformers
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from gatedgpt2.data import (GroundedCollator, ImageEmbeddings, ImageStore, WorldFiles, WorldSpec, caption_dataset,
                             iter_text_lines, load_caption_shards, load_tokenizer, parse_revision_words, read_captions,
@@ -144,6 +143,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     """Train, save, evaluate, report and publish; returns the summary written to report.json."""
     started = time.time()
     configure_logging(training_args)
+    if training_args.resume_from_checkpoint in ("True", "true", True):  # before hours of data preparation
+        training_args.resume_from_checkpoint = last_finished_checkpoint(training_args.output_dir)
     # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     # before the world is resolved, which points the data arguments at its files
@@ -167,6 +168,22 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     if data_args.report or push_to_hub:
         summary.update(publish(training_args, push_to_hub))
     return summary
+
+
+def last_finished_checkpoint(output_dir: str) -> str:
+    """The newest `checkpoint-N` of `output_dir` whose save finished. The Trainer writes `trainer_state.json` last, so
+    a newer folder without a readable one was cut off mid-save (a kill): it is skipped with a warning naming it."""
+    folder = Path(output_dir)
+    numbered = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
+    for checkpoint in sorted(numbered, key=lambda p: int(p.name.removeprefix("checkpoint-")), reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            logger.warning("Skipping %s: its save did not finish (no readable trainer_state.json); resuming from an "
+                           "earlier checkpoint.", checkpoint)
+    raise FileNotFoundError(f"resume_from_checkpoint=true, but {folder} holds no finished checkpoint-N folder to "
+                            f"resume from; leave resume_from_checkpoint out to train from scratch.")
 
 
 def configure_logging(training_args: TrainingArguments) -> None:
@@ -231,10 +248,7 @@ def train_and_save(trainer: GatedGPT2Trainer, model_args: ModelArguments, data_a
     """Step 3: train (resuming if asked), save the checkpoint and state (and the text stream as a GPT-2), and
     evaluate the validation sets; -> the summary so far."""
     model = trainer.model
-    resume = training_args.resume_from_checkpoint
-    if resume in ("True", "true", True):
-        resume = get_last_checkpoint(training_args.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
     if model_args.save_gpt2 and trainer.is_world_process_zero():

@@ -30,11 +30,32 @@ IDS = torch.randint(3, 90, (2, 5))
         (dict(image_embeds=torch.randn(2, 4, IMAGE_DIM), image_attention_mask=torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])),
          r"masks every image token of rows \[1\]"),
         (dict(image_mask=torch.ones(2, dtype=torch.bool)), r"image_mask.*without `image_embeds`"),
+        (dict(image_embeds=torch.randn(2, IMAGE_DIM), image_mask=torch.tensor([0.5, 1.0])),
+         r"`image_mask` must be boolean \(or 0/1\), got values \[0.5, 1.0\]"),
+        (dict(image_embeds=torch.randn(2, IMAGE_DIM), image_mask=torch.tensor([float("nan"), 0.0])),
+         r"`image_mask` must be boolean \(or 0/1\), got values \[nan, 0.0\]"),
     ],
 )
 def test_bad_image_inputs(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         model(IDS, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, message",
+    [
+        ((IDS.tolist(),), {}, TypeError, r"`input_ids` must be a torch.Tensor, got list"),
+        ((IDS,), dict(image_embeds=torch.randn(2, IMAGE_DIM), image_mask=[True, False]), TypeError,
+         r"`image_mask` must be a torch.Tensor, got list"),
+        ((IDS,), dict(image_embeds=[[0.0] * IMAGE_DIM] * 2), TypeError, r"`image_embeds` must be a torch.Tensor"),
+        ((torch.zeros(2, 0, dtype=torch.long),), {}, ValueError,
+         r"`input_ids` must be \(batch, sequence\) with at least one token, got shape \(2, 0\)"),
+        ((IDS,), dict(labels=torch.full_like(IDS, -100)), ValueError, r"`labels` leave nothing to predict"),
+    ],
+)
+def test_bad_text_inputs_and_labels(model, args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        model(*args, **kwargs)
 
 
 def test_nan_in_a_row_without_image_is_fine(model):
@@ -71,6 +92,13 @@ def test_too_long_generation(model):
         (dict(n_embd=30), r"n_embd.*divisible by `n_head`"),
         (dict(gate_temperature_end=2.0), r"0 < gate_temperature_end <= gate_temperature_start"),
         (dict(vision_config=dict(hidden_size=16, num_attention_heads=2)), r"image_embed_dim.*\(24\).*hidden_size \(16\)"),
+        (dict(n_layer=-1), r"`n_layer` must be an integer >= 1, got -1"),
+        (dict(n_head=0), r"`n_head` must be an integer >= 1, got 0"),
+        (dict(channel_attention_reduction=0), r"`channel_attention_reduction` must be an integer >= 1, got 0"),
+        (dict(n_inner=2.5), r"`n_inner` must be an integer >= 1, got 2.5"),
+        (dict(layer_norm_epsilon=0.0), r"`layer_norm_epsilon` must be > 0, got 0.0"),
+        (dict(cross_attention_layers=[0.5]), r"cross_attention_layers.*distinct indices in \[0, 2\), got \[0.5\]"),
+        (dict(cross_attention_layers=[1, 1]), r"cross_attention_layers.*distinct indices in \[0, 2\), got \[1, 1\]"),
     ],
 )
 def test_bad_config_values(overrides, message):

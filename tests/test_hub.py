@@ -2,14 +2,19 @@
 reachable here), revision branches, and a staged upload that loads from an offline Hub cache without the package."""
 
 import json
+import os
+import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import train
@@ -38,7 +43,7 @@ def checkpoint(tmp_path):
     tiny_model(vocab_size=len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (tmp_path / "results.json").write_text(json.dumps(RESULTS))
-    (tmp_path / "gates.png").write_bytes(b"\x89PNG fake")
+    Image.new("RGB", (4, 4)).save(tmp_path / "gates.png")
     for junk in ("checkpoint-10/model.safetensors", "report/report.json", "trainer_state.json", "training_args.json",
                  "revisions/chck_1M/model.safetensors", "cache/data.arrow"):
         (folder / junk).parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +59,21 @@ def test_the_card_parses_and_its_model_index_matches_the_results(checkpoint):
     assert results == {("babylm/blimp_fast", None): 61.23, ("babylm/winoground_filtered", None): 52.5}
     assert 'AutoModelForCausalLM.from_pretrained("org/tiny", trust_remote_code=True)' in card.text
     assert "| gate | soft, per feature |" in card.text and "![gates](figures/gates.png)" in card.text
+
+
+def test_the_card_names_local_training_inputs_without_their_paths(checkpoint, tmp_path):
+    """A card is public: the folders the model was trained from appear by name, never as paths of the machine."""
+    data = tmp_path / "private" / "babylm"
+    (data / "train_10M").mkdir(parents=True)
+    (data / "captions.json").write_text("[]")
+    report = {"data_arguments": {"text_dir": str(data / "train_10M"), "caption_files": [str(data / "captions.json")],
+                                 "curriculum": "mixed"},
+              "model_arguments": {"init_from_gpt2": str(tmp_path / "private" / "gpt2")}, "train": {}}
+    (checkpoint / "report" / "report.json").write_text(json.dumps(report))
+    write_card(checkpoint, repo_id="org/tiny")
+    card = (checkpoint / "README.md").read_text()
+    assert "- Data: train_10M, captions.json; curriculum `mixed`." in card and "(`gpt2`)" in card
+    assert str(tmp_path) not in card and "base_model" not in card.split("---")[1]
 
 
 def test_push_uploads_exactly_the_checkpoint_in_one_commit(checkpoint):
@@ -94,6 +114,79 @@ def test_pickles_are_refused_and_a_dry_run_sends_nothing(checkpoint, tmp_path, c
     (checkpoint / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match=r"pickled files \['pytorch_model.bin'\]"):
         push(checkpoint, "org/tiny", dry_run=True)
+
+
+def _outside(checkpoint: Path) -> Path:
+    """A folder beside the checkpoint with a secret, a script and a figure: what a link may point at."""
+    outside = checkpoint.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "passwd").write_text("root:x:0:0:secret\n")
+    (outside / "evil.py").write_text("print('secret')\n")
+    Image.new("RGB", (4, 4)).save(outside / "plot.png")
+    return outside
+
+
+def _link_a_config(checkpoint):
+    (checkpoint / "tokenizer_config.json").unlink()
+    (checkpoint / "tokenizer_config.json").symlink_to(_outside(checkpoint) / "passwd")
+
+
+def _link_the_figures(checkpoint):
+    shutil.rmtree(checkpoint / "figures")
+    (checkpoint / "figures").symlink_to(_outside(checkpoint), target_is_directory=True)
+
+
+def _link_model_code(checkpoint):
+    (checkpoint / "layers.py").unlink()
+    (checkpoint / "layers.py").symlink_to(_outside(checkpoint) / "evil.py")
+
+
+def _pickle_as_a_figure(checkpoint):
+    (checkpoint / "figures" / "plot.png").write_bytes(pickle.dumps({"weights": [1.0]}))
+
+
+def _pickle_as_weights(checkpoint):
+    (checkpoint / "model.safetensors").write_bytes(pickle.dumps({"weights": [1.0]}))
+
+
+def _upper_case_pickle(checkpoint):
+    (checkpoint / "PyTorch_Model.BIN").write_bytes(pickle.dumps({}))
+
+
+def _fifo_as_a_config(checkpoint):
+    os.mkfifo(checkpoint / "special_tokens_map.json")
+
+
+@pytest.mark.parametrize("attack,message", [
+    (_link_a_config, r"tokenizer_config.json is a symbolic link .*never follows links"),
+    (_link_the_figures, r"figures is a symbolic link"),
+    (_link_model_code, r"layers.py is a symbolic link"),
+    (_pickle_as_a_figure, r"figures/plot.png is not a valid .png file"),
+    (_pickle_as_weights, r"model.safetensors is not a valid .safetensors file"),
+    (_upper_case_pickle, r"pickled files \['PyTorch_Model.BIN'\]"),
+    (_fifo_as_a_config, r"special_tokens_map.json is not a regular file"),
+], ids=["config_link", "figures_link", "code_link", "pickle_figure", "pickle_weights", "upper_case_pickle", "fifo"])
+def test_push_refuses_links_fakes_and_pickles_and_sends_nothing(checkpoint, tmp_path, attack, message):
+    attack(checkpoint)
+    api = mock.create_autospec(HfApi, instance=True)
+    with pytest.raises(ValueError, match=message):
+        push(checkpoint, "org/tiny", api=api, stage=tmp_path / "stage")
+    assert api.method_calls == [] and not (tmp_path / "stage").exists()
+
+
+def test_push_leaves_stray_code_weights_and_files_at_home(checkpoint, capsys):
+    """Only the model code that `auto_map` reaches goes out: not any other script, however named; only the model's
+    weights, not another safetensors file."""
+    outside = _outside(checkpoint)
+    (checkpoint / "my_secrets.py").write_text("TOKEN = 'hf_secret'\n")
+    (checkpoint / "..x.py").write_text("TOKEN = 'hf_secret'\n")
+    (checkpoint / "evil.py").symlink_to(outside / "evil.py")
+    save_file({"m": torch.zeros(2)}, checkpoint / "optimizer.safetensors")
+    (checkpoint / "notes.txt").write_text("private")
+    api = mock.create_autospec(HfApi, instance=True)
+    assert push(checkpoint, "org/tiny", api=api) == EXPECTED_FILES
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"Uploading {len(EXPECTED_FILES)} files of {checkpoint} to org/tiny@main: README.md, ")
 
 
 HUB_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(

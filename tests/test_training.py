@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers.trainer_pt_utils import safe_globals
 
 import train
 from gatedgpt2.trainer.arguments import parse_args
@@ -164,9 +166,10 @@ train.main(sys.argv[1:], callbacks=[KillAfterSave()])
 """
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tiny_world, tmp_path):
+def test_a_killed_run_resumes_to_the_same_weights(tiny_world, tmp_path, caplog):
     """SIGKILL right after the step-4 checkpoint, resume, and compare with an uninterrupted run (dropout and hard-gate
-    sampling on, so the restored RNG state matters). Tolerance: 1e-6 absolute on every weight."""
+    sampling on, so the restored RNG state matters). Tolerance: 1e-6 absolute on every weight. A newer checkpoint
+    whose save was cut off (a kill mid-save: its weights written, not its trainer state) is skipped, with a warning."""
     common = ["--gate", "hard", "--dropout", "0.1", "--curriculum", "mixed_non_uniform", "--max_steps", "8",
               "--save_strategy", "steps", "--save_steps", "4", "--gradient_accumulation_steps", "2"]
     reference = tmp_path / "reference"
@@ -177,13 +180,33 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_world, tmp_path):
     killed = run_subprocess([sys.executable, "-c", KILL_AT_SAVE.format(step=4), *args])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (interrupted / "run" / "checkpoint-4").is_dir() and not (interrupted / "run" / "model.safetensors").exists()
+    # the Trainer's resumable state is the only pickle, and it loads with torch's weights-only unpickler
+    checkpoint = interrupted / "run" / "checkpoint-4"
+    assert sorted(p.name for p in (interrupted / "run").rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")) == [
+        "optimizer.pt", "rng_state.pth", "scheduler.pt"]
+    with safe_globals():
+        for name in ("optimizer.pt", "rng_state.pth", "scheduler.pt"):
+            torch.load(checkpoint / name, weights_only=True)
+    cut_off = interrupted / "run" / "checkpoint-6"
+    shutil.copytree(interrupted / "run" / "checkpoint-4", cut_off)
+    (cut_off / "trainer_state.json").unlink()
     train.main([*args, "--resume_from_checkpoint", "true"])
+    assert f"Skipping {cut_off}: its save did not finish" in caplog.text
 
     expected, actual = weights(reference / "run"), weights(interrupted / "run")
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
     losses = lambda d: [h["loss"] for h in log_history(d / "run") if "loss" in h]
     assert losses(interrupted)[-4:] == pytest.approx(losses(reference)[-4:], abs=1e-6)
+
+
+def test_resuming_with_no_checkpoint_is_an_error_not_a_fresh_start(tiny_world, tmp_path):
+    args = [TINY_YAML, *tiny_train_args(tiny_world, tmp_path / "never_ran"), "--resume_from_checkpoint", "true"]
+    with pytest.raises(FileNotFoundError, match=r"never_ran/run holds no finished checkpoint-N folder to resume from"):
+        train.main(args)
+    (tmp_path / "never_ran" / "run" / "checkpoint-2").mkdir(parents=True)  # created, never written: a kill mid-save
+    with pytest.raises(FileNotFoundError, match=r"holds no finished checkpoint-N folder"):
+        train.main(args)
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tiny_world, tmp_path):

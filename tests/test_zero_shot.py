@@ -12,6 +12,7 @@ import torch
 
 from gatedgpt2.data import ImageEmbeddings, train_tokenizer
 from gatedgpt2.eval.__main__ import main as eval_main
+from gatedgpt2.eval.checkpoint import load_checkpoint
 from gatedgpt2.eval.scoring import score_candidates
 from gatedgpt2.eval.tasks import read_task
 from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
@@ -254,3 +255,53 @@ def test_image_embeddings_from_a_datasets_folder(tmp_path):
     Dataset.from_dict({"id": ["a"], "embedding": embeddings[:1]}).save_to_disk(tmp_path / "wrong")
     with pytest.raises(ValueError, match=r"needs columns 'image_id' and 'embedding'; missing \['image_id'\]"):
         ImageEmbeddings.load(tmp_path / "wrong")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["zero-shot", "--batch-size", "-1"], "argument --batch-size: expected an integer >= 1, got -1"),
+    (["zero-shot", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+    (["narrow-gate", "--seeds", "two"], "argument --seeds: expected an integer >= 1, got 'two'"),
+    (["fewshot", "--shots", "4,0"], "argument --shots: expected an integer >= 1, got 0"),
+])
+def test_numeric_arguments_below_one_are_refused_before_anything_runs(argv, message, tmp_path, capsys):
+    """A batch size of -1 used to score nothing and report 100% (the first candidate wins every tie)."""
+    common = ["--out", str(tmp_path / "out")] + ([] if argv[0] == "fewshot" else
+                                                 ["--model", "nowhere", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        eval_main([*argv, *common])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+EVIL_CODE = "import pathlib\npathlib.Path(__file__).with_name('EXECUTED').touch()\n"
+
+
+def _foreign_code(folder, file: str, key: str, target) -> None:
+    """Make a checkpoint name code of its own (evil.py, which leaves a mark when imported) in `file`'s auto_map."""
+    (folder / "evil.py").write_text(EVIL_CODE)
+    config = json.loads((folder / file).read_text())
+    config["auto_map"] = {**config.get("auto_map", {}), key: target}
+    (folder / file).write_text(json.dumps(config))
+
+
+def test_remote_code_is_trusted_only_for_this_packages_checkpoints(model, babylm_tokenizer, tmp_path):
+    ours = tmp_path / "ours"
+    model.save_pretrained(ours)
+    babylm_tokenizer.save_pretrained(ours)
+    loaded, tokenizer = load_checkpoint(str(ours), device="cpu")
+    assert type(loaded).__name__ == "GatedGPT2ForCausalLM" and type(tokenizer).__name__ == "PreTrainedTokenizerFast"
+
+    # a checkpoint of ours whose tokenizer names code: the tokenizer is read from its files, the code never runs
+    shutil.copytree(ours, tmp_path / "tokenizer_code")
+    _foreign_code(tmp_path / "tokenizer_code", "tokenizer_config.json", "AutoTokenizer", ["evil.Evil", None])
+    load_checkpoint(str(tmp_path / "tokenizer_code"), device="cpu")
+    assert not (tmp_path / "tokenizer_code" / "EXECUTED").exists()
+
+    # a checkpoint that is not ours (other model type, other code) needs the user's word
+    shutil.copytree(ours, tmp_path / "foreign")
+    config = json.loads((tmp_path / "foreign" / "config.json").read_text())
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({**config, "model_type": "evil_gpt", "auto_map": {}}))
+    _foreign_code(tmp_path / "foreign", "config.json", "AutoConfig", "evil.EvilConfig")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        load_checkpoint(str(tmp_path / "foreign"), device="cpu")
+    assert not (tmp_path / "foreign" / "EXECUTED").exists()

@@ -122,7 +122,9 @@ class GatedGPT2Trainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """As the Trainer saves, but the training arguments go to JSON instead of a pickled `training_args.bin`, so
-        a checkpoint folder holds no pickle at all."""
+        the model folders (the output folder, `revisions/chck_*`) hold no pickle. The Trainer's resumable state in
+        `checkpoint-N/` is pickled by torch.save (optimizer.pt, scheduler.pt, rng_state.pth); the Trainer reads it
+        back with `weights_only=True`, and push never sends it."""
         super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         pickled = os.path.join(output_dir, "training_args.bin")
