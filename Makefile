@@ -27,8 +27,10 @@ $(VENV)/.installed: $(LOCK) setup.cfg pyproject.toml
 	$(BIN)/pip check
 	touch $@
 
+# Running the demo again replaces the last demo (a train.py run into a folder with a run in it is otherwise refused).
 demo: install
-	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train.py
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train.py \
+		--overwrite_output_dir true
 	@echo "Checkpoint + card: outputs/demo   Report: outputs/demo/report/{report.json,loss_curves.png,gate_by_word_class.png}"
 
 test: install

@@ -10,10 +10,33 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+# Embedding dtypes read as they are and cast to float32 per batch; anything else (integers, complex, objects) would be
+# cast with a loss nobody asked for, and is refused.
+EMBEDDING_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def open_embeddings(path: str | os.PathLike) -> np.ndarray:
+    """A memory map of one `.npy` array of float embeddings; anything else is an error naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such embeddings file")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, device or folder); expected an .npy array")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - numpy's reasons vary (truncated, corrupt, not an .npy at all)
+        raise ValueError(f"{path}: not a readable .npy array ({error})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive opens as a mapping of arrays
+        raise ValueError(f"{path}: an .npz archive; expected one .npy array")
+    if array.dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"{path}: embeddings of dtype {array.dtype}; expected float16, float32 or float64")
+    return array
 
 
 class ImageStore:
@@ -38,7 +61,7 @@ class ImageStore:
 
     @staticmethod
     def _open(path: str) -> np.ndarray:
-        return np.load(path, mmap_mode="r")
+        return open_embeddings(path)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -86,7 +109,7 @@ class ImageEmbeddings:
             raise FileNotFoundError(f"--images must be an .npy file or a datasets folder, got {path}.")
         for ids_file in (path.with_suffix(".ids.json"), path.parent / "image_ids.json"):
             if ids_file.is_file():
-                return cls(np.load(path, mmap_mode="r"), json.loads(ids_file.read_text()), str(path))
+                return cls(open_embeddings(path), json.loads(ids_file.read_text()), str(path))
         raise FileNotFoundError(f"No image ids for {path}: expected {path.with_suffix('.ids.json').name} or "
                                 f"image_ids.json beside it (a JSON list with one id per row).")
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -43,12 +44,25 @@ def text_files(directory: str | os.PathLike, pattern: str = "*.train") -> list[P
     return files
 
 
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file; anything else (a FIFO, bytes that are not UTF-8) is an error naming
+    the file and line."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, device or folder); expected UTF-8 text")
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                 f"{err.start + 1})") from None
+
+
 def iter_text_lines(files: Iterable[Path]) -> Iterator[str]:
     for path in files:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line := clean_line(line):
-                    yield line
+        for _, line in _utf8_lines(Path(path)):
+            if line := clean_line(line):
+                yield line
 
 
 def text_rows(files: list[str]) -> Iterator[dict]:
@@ -60,28 +74,29 @@ def text_rows(files: list[str]) -> Iterator[dict]:
 def read_captions(path: str | os.PathLike) -> list[str]:
     """A JSON list of strings, or JSONL with one string or {"caption": str} per line; errors say file:line."""
     path = Path(path)
+    lines = list(_utf8_lines(path))
     if path.suffix == ".jsonl":
         captions = []
-        with open(path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-                caption = record.get("caption") if isinstance(record, dict) else record
-                if not isinstance(caption, str):
-                    raise ValueError(f"{path}:{lineno}: expected a string or {{\"caption\": str}}, got {line.strip()[:80]}")
-                captions.append(caption)
-        return captions
-    text = path.read_text(encoding="utf-8")
-    try:
-        captions = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise ValueError(f"{path}: expected a JSON list of caption strings")
+        for lineno, line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+            caption = record.get("caption") if isinstance(record, dict) else record
+            if not isinstance(caption, str):
+                raise ValueError(f"{path}:{lineno}: expected a string or {{\"caption\": str}}, got {line.strip()[:80]}")
+            captions.append(caption)
+    else:
+        try:
+            captions = json.loads("".join(line for _, line in lines))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"{path}: expected a JSON list of caption strings")
+    if not captions:
+        raise ValueError(f"{path}: no captions")
     return captions
 
 

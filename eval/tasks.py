@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,16 @@ def _require(record: dict, names: tuple[str, ...], where: str) -> None:
             raise ValueError(f"{where}: missing field {name!r}; the record has {sorted(record)}.")
 
 
+def _texts(record: dict, names: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """The record's fields that are scored as text, each a string (a number or a list would be scored as its repr)."""
+    _require(record, names, where)
+    for name in names:
+        if not isinstance(record[name], str):
+            raise ValueError(f"{where}: field {name!r} must be a string, got {type(record[name]).__name__} "
+                             f"{record[name]!r:.80}.")
+    return tuple(record[name] for name in names)
+
+
 def _records(lines: list[str], name: str) -> Iterator[tuple[dict, str]]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -68,8 +79,7 @@ def _records(lines: list[str], name: str) -> Iterator[tuple[dict, str]]:
 
 
 def _decode_minimal_pair(record: dict, stem: str, where: str) -> Item:
-    _require(record, ("sentence_good", "sentence_bad"), where)
-    sentences = (record["sentence_good"], record["sentence_bad"])
+    sentences = _texts(record, ("sentence_good", "sentence_bad"), where)
     if "field" in record:  # BLiMP; the supplement has no field and is grouped by file
         _require(record, ("UID", "linguistics_term"), where)
         metadata = {"field": "syntax/semantics" if record["field"] == "syntax_semantics" else record["field"],
@@ -82,8 +92,9 @@ def _decode_minimal_pair(record: dict, stem: str, where: str) -> Item:
 
 
 def _decode_ewok(record: dict, stem: str, where: str) -> Item:
-    _require(record, ("Domain", "Context1", "Target1", "Target2", "ContextType", "ContextDiff", "TargetDiff"), where)
-    targets = (record["Target1"], record["Target2"])
+    _require(record, ("Domain", "ContextType", "ContextDiff", "TargetDiff"), where)
+    _texts(record, ("Context1",), where)
+    targets = _texts(record, ("Target1", "Target2"), where)
     return Item(
         uid=record["Domain"],
         sentences=tuple(f"{record['Context1']} {t}" for t in targets),
@@ -98,7 +109,7 @@ def _decode_winoground(record: dict, stem: str, where: str) -> Item:
     _require(record, ("caption_0", "caption_1", "tag", "secondary_tag", "collapsed_tag"), where)
     if "image_id" not in record:
         _require(record, ("image_idx", "image_key"), where)
-    captions = (record["caption_0"], record["caption_1"])
+    captions = _texts(record, ("caption_0", "caption_1"), where)
     return Item(
         uid="winoground",  # the official pipeline's spelling, so prediction files go into its collate_preds.sh
         sentences=captions,
@@ -111,11 +122,13 @@ def _decode_winoground(record: dict, stem: str, where: str) -> Item:
 
 
 def _decode_vqa(record: dict, stem: str, where: str) -> Item:
-    _require(record, ("question", "target_ans", "distractors"), where)
+    _texts(record, ("question", "target_ans"), where)
+    _require(record, ("distractors",), where)
     if "image_id" not in record:
         _require(record, ("idx_in_hf_dataset",), where)
-    if not isinstance(record["distractors"], list) or not record["distractors"]:
-        raise ValueError(f"{where}: field 'distractors' must be a non-empty list, got {record['distractors']!r}.")
+    distractors = record["distractors"]
+    if not isinstance(distractors, list) or not distractors or not all(isinstance(d, str) for d in distractors):
+        raise ValueError(f"{where}: field 'distractors' must be a non-empty list of strings, got {distractors!r:.80}.")
     answers = (record["target_ans"], *record["distractors"])
     return Item(
         uid="vqa",
@@ -136,17 +149,29 @@ def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str
         files = sorted(folder.glob("*.jsonl"))
         if not files:
             raise FileNotFoundError(f"No *.jsonl files in {folder}.")
-        return [(f.stem, str(f), f.read_text(encoding="utf-8").splitlines()) for f in files]
+        return [(f.stem, str(f), _utf8(f.read_bytes(), str(f)).splitlines()) for f in files]
     archive = folder.with_suffix(".zip")
+    if not zipfile.is_zipfile(archive):
+        raise ValueError(f"{archive}: not a zip archive")
     with zipfile.ZipFile(archive) as zipped:
         members = sorted(m for m in zipped.namelist() if m.endswith(".jsonl"))
         if not members:
             raise FileNotFoundError(f"No *.jsonl files in {archive}.")
         try:
-            return [(Path(m).stem, f"{archive}:{m}", zipped.read(m, pwd=password.encode()).decode("utf-8").splitlines())
-                    for m in members]
-        except RuntimeError as error:  # zipfile's way of saying "bad password"
+            return [(Path(m).stem, f"{archive}:{m}", _utf8(zipped.read(m, pwd=password.encode()), f"{archive}:{m}")
+                     .splitlines()) for m in members]
+        # zipfile says "bad password" (RuntimeError) only when the password fails ZipCrypto's one check byte; a wrong
+        # password that passes it (1 in 256) decrypts to garbage, which fails decompression or the CRC instead
+        except (RuntimeError, zipfile.BadZipFile, zlib.error) as error:
             raise ValueError(f"Cannot decrypt {archive} with the given password: {error}") from None
+
+
+def _utf8(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{name}:{line}: not UTF-8 text (byte {data[error.start]:#04x})") from None
 
 
 def task_folder(data_dir: str | Path, task: str, fast: bool = False) -> Path:

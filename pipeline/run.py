@@ -3,9 +3,15 @@ and the push)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -143,34 +149,78 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     """Train, save, evaluate, report and publish; returns the summary written to report.json."""
     started = time.time()
     configure_logging(training_args)
-    if training_args.resume_from_checkpoint in ("True", "true", True):  # before hours of data preparation
-        training_args.resume_from_checkpoint = last_finished_checkpoint(training_args.output_dir)
-    # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
-    # before the world is resolved, which points the data arguments at its files
-    evaluates_world = data_args.eval_world or (data_args.uses_world and data_args.eval_world is None)
-    with training_args.main_process_first(desc="grounded world, tokenizer and datasets"):
-        tokenizer, train, num_text, evals, images = prepare_data(model_args, data_args)
-    set_seed(training_args.seed)
-    trainer = build_trainer(model_args, data_args, training_args, tokenizer, train, num_text, evals, images, callbacks)
-    knockout_before = None
-    if trainer.image_key_masking is not None and evaluates_world and trainer.is_world_process_zero():
-        knockout_before = world_knockout(trainer.model, tokenizer, data_args)
+    with claimed_output_dir(training_args, data_args.overwrite_output_dir):
+        # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
+        push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+        # before the world is resolved, which points the data arguments at its files
+        evaluates_world = data_args.eval_world or (data_args.uses_world and data_args.eval_world is None)
+        with training_args.main_process_first(desc="grounded world, tokenizer and datasets"):
+            tokenizer, train, num_text, evals, images = prepare_data(model_args, data_args)
+        set_seed(training_args.seed)
+        trainer = build_trainer(model_args, data_args, training_args, tokenizer, train, num_text, evals, images,
+                                callbacks)
+        knockout_before = None
+        if trainer.image_key_masking is not None and evaluates_world and trainer.is_world_process_zero():
+            knockout_before = world_knockout(trainer.model, tokenizer, data_args)
 
-    summary = train_and_save(trainer, model_args, data_args, training_args, tokenizer, images)
-    if not trainer.is_world_process_zero():
+        summary = train_and_save(trainer, model_args, data_args, training_args, tokenizer, images)
+        if not trainer.is_world_process_zero():
+            return summary
+        if evaluates_world:
+            summary.update(evaluate(trainer.model, tokenizer, data_args, images, knockout_before))
+        if data_args.report:
+            summary["wall_time_s"] = round(time.time() - started, 1)
+            report(trainer, tokenizer, data_args, summary)
+        if data_args.report or push_to_hub:
+            summary.update(publish(training_args, push_to_hub))
         return summary
-    if evaluates_world:
-        summary.update(evaluate(trainer.model, tokenizer, data_args, images, knockout_before))
-    if data_args.report:
-        summary["wall_time_s"] = round(time.time() - started, 1)
-        report(trainer, tokenizer, data_args, summary)
-    if data_args.report or push_to_hub:
-        summary.update(publish(training_args, push_to_hub))
-    return summary
 
 
-def last_finished_checkpoint(output_dir: str) -> str:
+# What a training run leaves in its output folder; another run into that folder would replace or mix with it.
+RUN_OUTPUTS = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors",
+               "trainer_state.json", "training_args.json", "checkpoint-*", "revisions", "report")
+
+
+@contextmanager
+def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Iterator[None]:
+    """Step 0, before hours of data preparation: the output folder, held for the run's lifetime through
+    `output_dir/.lock` (by the main process; the lock goes with the process however it ends), so that a second run
+    into it fails at once instead of interleaving checkpoints. A folder that holds an earlier run is resumed
+    (`resume_from_checkpoint`: true takes its newest finished checkpoint), replaced (`overwrite_output_dir`: its run
+    outputs are deleted), or refused."""
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / ".lock", "a+") as lock:
+        if training_args.process_index == 0:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                raise RuntimeError(f"output_dir {output_dir} is in use by another run ({lock.read().strip()}); wait "
+                                   f"for it to end or choose another output_dir") from None
+            lock.truncate(0)
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            lock.flush()
+        earlier = sorted(p for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern))
+        if training_args.resume_from_checkpoint in ("True", "true", True):
+            training_args.resume_from_checkpoint = last_finished_checkpoint(output_dir)
+        elif earlier and not training_args.resume_from_checkpoint and not overwrite:
+            names = ", ".join(p.name for p in earlier[:6])
+            raise FileExistsError(f"output_dir {output_dir} already holds a run ({names}); resume it with "
+                                  f"--resume_from_checkpoint true, choose another output_dir, or replace it with "
+                                  f"--overwrite_output_dir true")
+        elif earlier and overwrite and training_args.process_index == 0:
+            logger.warning("overwrite_output_dir: deleting the earlier run in %s: %s", output_dir,
+                           ", ".join(p.name for p in earlier))
+            for path in earlier:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        yield
+
+
+def last_finished_checkpoint(output_dir: Path) -> str:
     """The newest `checkpoint-N` of `output_dir` whose save finished. The Trainer writes `trainer_state.json` last, so
     a newer folder without a readable one was cut off mid-save (a kill): it is skipped with a warning naming it."""
     folder = Path(output_dir)

@@ -92,7 +92,9 @@ class Sweep:
         overrides = {key: value.format(seed=seed, work_dir=self.work_dir) if isinstance(value, str) else value
                      for key, value in self.runs[run].items()}
         values = {**load_yaml(self.config), **self.common, **overrides}
-        values.update(seed=seed, output_dir=str(self.work_dir / run / f"seed{seed}"), report=True)
+        # a run without results is trained again from the start: replace what an interrupted attempt left
+        values.update(seed=seed, output_dir=str(self.work_dir / run / f"seed{seed}"), report=True,
+                      overwrite_output_dir=True)
         return values
 
     def depends_on(self, run: str) -> str | None:

@@ -50,6 +50,13 @@ def test_command_line_overrides_yaml_and_unknown_keys_are_errors(tmp_path):
         parse_args([str(bad)])
 
 
+def test_a_loop_of_base_configs_is_an_error_naming_it(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ngate: hard\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"a.yaml: the `base:` configs form a loop: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        parse_args([str(tmp_path / "a.yaml")])
+
+
 def test_the_image_kind_is_one_of_its_values_from_the_command_line_or_a_yaml(tmp_path, capsys):
     assert parse_args([str(CONFIGS / "demo.yaml")])[1].image_kind is ImageKind.CLS_PATCHES
     with pytest.raises(SystemExit):

@@ -1,13 +1,14 @@
 """BabyLM-format loaders, the tokenizer, example building and the collator."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from gatedgpt2.data import (GroundedCollator, ImageStore, caption_dataset, load_caption_shards, read_captions,
-                          text_dataset, text_files, tokenize_examples, train_tokenizer)
+from gatedgpt2.data import (GroundedCollator, ImageStore, caption_dataset, iter_text_lines, load_caption_shards,
+                            read_captions, text_dataset, text_files, tokenize_examples, train_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,50 @@ def test_caption_and_embedding_errors_name_files_and_counts(tmp_path):
     np.save(tmp_path / "f.npy", np.zeros((1, 5), np.float32))
     with pytest.raises(ValueError, match=r"f\.npy: per-row shape \(5,\) differs"):
         ImageStore([tmp_path / "e.npy", tmp_path / "f.npy"])
+
+
+def test_text_and_captions_that_are_not_utf8_or_empty_are_errors_naming_file_and_line(tmp_path):
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.train").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"a\.train:2: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        list(iter_text_lines(text_files(tmp_path / "text")))
+    (tmp_path / "c.json").write_bytes('["ok",\n "caf\xe9"]'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"c\.json:2: not UTF-8 text"):
+        read_captions(tmp_path / "c.json")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"empty\.json: no captions"):
+        read_captions(tmp_path / "empty.json")
+    (tmp_path / "text" / "a.train").unlink()
+    os.mkfifo(tmp_path / "text" / "b.train")
+    with pytest.raises(ValueError, match=r"b\.train: not a regular file"):
+        list(iter_text_lines(text_files(tmp_path / "text")))
+
+
+def _npz(path):
+    with open(path, "wb") as handle:
+        np.savez(handle, embeddings=np.zeros((2, 4), np.float32))
+
+
+def _truncated(path):
+    np.save(path, np.zeros((64, 4), np.float32))
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("write,message", [
+    (lambda p: np.save(p, np.arange(8).reshape(2, 4)), r"embeddings of dtype int64; expected float16, float32"),
+    (lambda p: np.save(p, np.ones((2, 4), np.complex64)), r"embeddings of dtype complex64"),
+    (_npz, r"an .npz archive; expected one .npy array"),
+    (_truncated, r"not a readable .npy array"),
+    (lambda p: p.write_bytes(b""), r"not a readable .npy array"),
+    (lambda p: os.mkfifo(p), r"not a regular file \(a FIFO, device or folder\)"),
+], ids=["int", "complex", "npz", "truncated", "empty", "fifo"])
+def test_embedding_files_that_are_not_float_arrays_are_refused_by_name(tmp_path, write, message):
+    """Integers or complex numbers would be cast silently (the imaginary part dropped); a FIFO would be read
+    forever; a truncated file would fail at some later batch."""
+    path = tmp_path / "bad.npy"
+    write(path)
+    with pytest.raises(ValueError, match=f"{path}: {message}"):
+        ImageStore([path])
 
 
 def test_malformed_caption_files_report_file_and_line(tmp_path):

@@ -1,5 +1,6 @@
 """train.py end to end on tiny configs: curricula, checkpoints, the gate schedule, revisions, resume, two processes."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -198,6 +199,28 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_world, tmp_path, caplog):
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
     losses = lambda d: [h["loss"] for h in log_history(d / "run") if "loss" in h]
     assert losses(interrupted)[-4:] == pytest.approx(losses(reference)[-4:], abs=1e-6)
+
+
+def test_an_earlier_run_is_resumed_replaced_or_refused_never_overwritten_silently(tiny_world, tmp_path):
+    args = [TINY_YAML, *tiny_train_args(tiny_world, tmp_path)]
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoint-99").mkdir(parents=True)
+    (run_dir / "model.safetensors").write_bytes(b"an earlier model")
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint-99, model.safetensors\); resume it"):
+        train.main(args)
+    assert (run_dir / "model.safetensors").read_bytes() == b"an earlier model"
+
+    with open(run_dir / ".lock", "a+") as lock:  # another run holds the folder
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.truncate(0)
+        lock.write("pid 12345 on elsewhere")
+        lock.flush()
+        with pytest.raises(RuntimeError, match=r"run is in use by another run \(pid 12345 on elsewhere\)"):
+            train.main([*args, "--overwrite_output_dir", "true"])
+    assert (run_dir / "checkpoint-99").is_dir()
+
+    train.main([*args, "--overwrite_output_dir", "true"])
+    assert not (run_dir / "checkpoint-99").exists() and load_file(run_dir / "model.safetensors")
 
 
 def test_resuming_with_no_checkpoint_is_an_error_not_a_fresh_start(tiny_world, tmp_path):

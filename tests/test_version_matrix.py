@@ -72,7 +72,7 @@ CLIENT = textwrap.dedent(
     config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
     lm = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True, attn_implementation="eager").eval()
     base = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=False)  # plain files: no code, no prompt
     for thing in (config, lm, base):
         assert type(thing).__module__.startswith("transformers_modules"), type(thing).__module__
     batch = tokenizer(texts, return_tensors="pt", padding=True)

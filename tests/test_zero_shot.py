@@ -112,6 +112,12 @@ def test_ewok_is_read_from_the_password_protected_zip_and_scores_the_target(mode
 
     with pytest.raises(ValueError, match="Cannot decrypt .*ewok_fast.zip"):
         read_task(EVAL_DATA, "ewok", fast=True, password="wrong")
+    # a wrong password that passes ZipCrypto's one check byte (1 in 256) decrypts to garbage: still this error
+    with pytest.raises(ValueError, match="Cannot decrypt .*ewok_fast.zip.*decompressing"):
+        read_task(EVAL_DATA, "ewok", fast=True, password="wrong663")
+    (tmp_path / "ewok.zip").write_text("not a zip")
+    with pytest.raises(ValueError, match=r"ewok.zip: not a zip archive"):
+        read_task(tmp_path, "ewok")
 
 
 @needs_data
@@ -202,6 +208,7 @@ GOOD = json.dumps({"sentence_good": "a b", "sentence_bad": "b a"})
     ('{"sentence_good": "a b", "sentence_bad": ', r"part.jsonl:3: malformed JSON"),
     ('{"sentence_good": "a b"}', r"part.jsonl:3: missing field 'sentence_bad'"),
     ('["a b", "b a"]', r"part.jsonl:3: expected a JSON object, got list"),
+    ('{"sentence_good": 7, "sentence_bad": "b a"}', r"part.jsonl:3: field 'sentence_good' must be a string, got int 7"),
 ])
 def test_malformed_jsonl_names_file_line_and_field(tmp_path, bad_line, message):
     write_task(tmp_path, "supplement", [GOOD, GOOD, bad_line])
@@ -217,6 +224,10 @@ def test_vqa_record_without_answers_or_image_is_an_error(tmp_path):
     shutil.rmtree(tmp_path / "vqa")
     write_task(tmp_path, "vqa", [json.dumps({**record, "distractors": [], "image_id": "x"})])
     with pytest.raises(ValueError, match=r"part.jsonl:1: field 'distractors' must be a non-empty list"):
+        read_task(tmp_path, "vqa")
+    shutil.rmtree(tmp_path / "vqa")
+    write_task(tmp_path, "vqa", [json.dumps({**record, "distractors": ["blue", 3], "image_id": "x"})])
+    with pytest.raises(ValueError, match=r"part.jsonl:1: field 'distractors' must be a non-empty list of strings"):
         read_task(tmp_path, "vqa")
 
 
@@ -305,3 +316,18 @@ def test_remote_code_is_trusted_only_for_this_packages_checkpoints(model, babylm
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         load_checkpoint(str(tmp_path / "foreign"), device="cpu")
     assert not (tmp_path / "foreign" / "EXECUTED").exists()
+
+
+def test_exact_ties_are_counted_and_shown(babylm_tokenizer, tmp_path):
+    """A model with a zero head gives every token the same probability, so candidates with as many tokens tie: the
+    pipeline's rule counts them right, and the results say how many there were."""
+    blind = tiny_model(vocab_size=len(babylm_tokenizer), n_positions=256)
+    torch.nn.init.zeros_(blind.lm_head.weight)
+    record = {"field": "x", "UID": "u", "linguistics_term": "x"}
+    write_task(tmp_path, "blimp", [json.dumps({**record, "sentence_good": "a b", "sentence_bad": "b a"}),
+                                   json.dumps({**record, "sentence_good": "the cat sat on the mat .",
+                                               "sentence_bad": "cat"})])
+    results = zero_shot(blind, babylm_tokenizer, tmp_path, "blimp", progress=False, out_dir=tmp_path / "out")
+    assert results["tasks"]["blimp"]["exact_ties"] == 1 and results["tasks"]["blimp"]["accuracy"] == 50.0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["tasks"]["blimp"]["exact_ties"] == 1
+    assert "| blimp | blimp | 2 | 50.00 | 1 |" in (tmp_path / "out" / "results.md").read_text()

@@ -107,6 +107,9 @@ class DataArguments:
     revision_words: str | None = field(default=None, metadata={
         "help": "Save words-seen revisions: 'babylm' (chck_1M ... chck_1000M) or a list like '50K,100K'."})
     report: bool = field(default=True, metadata={"help": "Write report.json and PNGs into output_dir/report."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Train into an output_dir that holds an earlier run, replacing it (else that is an error, unless "
+                "resuming it with resume_from_checkpoint)."})
 
     def __post_init__(self):
         ImageKind.parse(self.image_tokens, "image_tokens")  # a YAML value skips argparse's choices
@@ -120,7 +123,10 @@ class DataArguments:
         return ImageKind.parse(self.image_tokens, "image_tokens")
 
 
-def load_yaml(path: Path) -> dict:
+def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config's values over those of its `base:` config (a path relative to it), and so on down the chain."""
+    if path.resolve() in _chain:
+        raise ValueError(f"{path}: the `base:` configs form a loop: {' -> '.join(map(str, [*_chain, path.resolve()]))}")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of argument names to values")
@@ -128,7 +134,7 @@ def load_yaml(path: Path) -> dict:
         base = path.parent / values.pop("base")
         if not base.is_file():
             raise FileNotFoundError(f"{path}: base config {base} does not exist")
-        values = {**load_yaml(base), **values}
+        values = {**load_yaml(base, (*_chain, path.resolve())), **values}
     return values
 
 
