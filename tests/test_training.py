@@ -270,13 +270,21 @@ def test_a_short_training_makes_the_image_matter(tmp_path):
 
 
 def test_a_few_minutes_of_training_bind_colour_to_shape_through_the_image(tmp_path):
-    """The issue's acceptance run, at demo size (4 x 128, CLS + patch tokens, 4 caption epochs, about 100 s): on the
-    world's Winoground-style attribute swaps ("a red circle and a blue square" vs "a blue circle and a red square",
-    mirrored so an image-blind model scores exactly 50%) the model beats itself with `image_mask=False`."""
+    """The issue's acceptance run, at demo size (4 x 128, CLS + patch tokens, 4 caption epochs, about 100 s): the
+    model answers the world's VQA-style questions ("what colour is the circle ?", "what shape is the red object ?",
+    and counts; 8 answers each) far better with the image than with `image_mask=False`, and beats itself without the
+    image on the Winoground-style attribute swaps ("a red circle and a blue square" vs "a blue circle and a red
+    square", mirrored so an image-blind model scores exactly 50%).
+
+    Measured with 1 and 2 CPU threads (floating-point sums differ with the thread count, and so does training):
+    VQA 57.3 vs 26.3 and 58.3 vs 27.7 without the image (+31 both times); attribute swaps 53.0 and 66.0. The VQA
+    margin asserted (20 points) holds with room at either count; the swaps, which swing with it, must only beat the
+    image-blind 50."""
     summary = train.main([TINY_YAML, "--world_dir", str(tmp_path / "world"), "--cache_dir", str(tmp_path / "cache"),
                           "--output_dir", str(tmp_path / "run"), "--curriculum", "captions_only",
                           "--num_train_epochs", "4", "--eval_strategy", "no", "--save_strategy", "no",
                           "--report", "false", "--use_cpu", "true", "--disable_tqdm", "true"])
     scores = summary["world_eval"]
+    assert scores["vqa"] - scores["vqa_no_image"] >= 20.0, scores
     assert scores["winoground_attribute_no_image"] == 50.0
-    assert scores["winoground_attribute"] >= 58.0, scores
+    assert scores["winoground_attribute"] > scores["winoground_attribute_no_image"], scores
