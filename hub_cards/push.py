@@ -68,7 +68,7 @@ def _refuse_unless_regular(model_dir: Path, name: str) -> Path:
 
 def _check_content(path: Path) -> None:
     """Each file is what its name says, so that nothing else (a pickle renamed, a stray file) goes out under it."""
-    name = path.name
+    name = path.name.lower()
     try:
         if name.endswith(".json"):
             if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
