@@ -4,14 +4,15 @@ revision schedule and the embedded grounded world. Depends on the model package 
 from .collator import GroundedCollator
 from .images import ImageEmbeddings, ImageStore
 from .revisions import BABYLM_REVISION_WORDS, parse_revision_words, revision_name
-from .text import (caption_dataset, clean_line, iter_text_lines, load_caption_shards, read_captions, text_dataset,
-                   text_files, tokenize_examples)
+from .text import (caption_dataset, clean_line, decode_utf8, iter_text_lines, load_caption_shards, read_captions,
+                   text_dataset, text_files, tokenize_examples)
 from .tokenizer import BOS, EOS, PAD, PreTrainedTokenizerFast, load_tokenizer, portable_tokenizer, train_tokenizer
 from .world import WorldFiles, WorldSpec, write_world
 
 __all__ = [
     "BABYLM_REVISION_WORDS", "BOS", "EOS", "PAD", "GroundedCollator", "ImageEmbeddings", "ImageStore",
-    "PreTrainedTokenizerFast", "WorldFiles", "WorldSpec", "caption_dataset", "clean_line", "iter_text_lines",
+    "PreTrainedTokenizerFast", "WorldFiles", "WorldSpec", "caption_dataset", "clean_line", "decode_utf8",
+    "iter_text_lines",
     "load_caption_shards", "load_tokenizer", "parse_revision_words", "portable_tokenizer", "read_captions",
     "revision_name", "text_dataset", "text_files", "tokenize_examples", "train_tokenizer", "write_world",
 ]

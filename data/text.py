@@ -44,18 +44,25 @@ def text_files(directory: str | os.PathLike, pattern: str = "*.train") -> list[P
     return files
 
 
+def decode_utf8(raw: bytes, name: str, first_line: int = 1) -> str:
+    """`raw` as UTF-8 text; bytes that are not UTF-8 are an error naming `name`, the line (counting from
+    `first_line`), the byte and its column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + raw.count(b"\n", 0, err.start)
+        column = err.start - raw.rfind(b"\n", 0, err.start)  # rfind gives -1 on the first line
+        raise ValueError(f"{name}:{line}: not UTF-8 text (byte {raw[err.start]:#04x} at column {column})") from None
+
+
 def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file; anything else (a FIFO, bytes that are not UTF-8) is an error naming
-    the file and line."""
+    """(line number, line) of a UTF-8 text file, read line by line; anything else (a FIFO, bytes that are not UTF-8)
+    is an error naming the file (and line)."""
     if not stat.S_ISREG(path.stat().st_mode):
         raise ValueError(f"{path}: not a regular file (a FIFO, device or folder); expected UTF-8 text")
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                                 f"{err.start + 1})") from None
+            yield lineno, decode_utf8(raw, str(path), lineno)
 
 
 def iter_text_lines(files: Iterable[Path]) -> Iterator[str]:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gatedgpt2.data import decode_utf8
+
 
 TASKS = ("blimp", "supplement", "ewok", "winoground", "vqa")
 MULTIMODAL_TASKS = ("winoground", "vqa")
@@ -149,7 +151,7 @@ def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str
         files = sorted(folder.glob("*.jsonl"))
         if not files:
             raise FileNotFoundError(f"No *.jsonl files in {folder}.")
-        return [(f.stem, str(f), _utf8(f.read_bytes(), str(f)).splitlines()) for f in files]
+        return [(f.stem, str(f), decode_utf8(f.read_bytes(), str(f)).splitlines()) for f in files]
     archive = folder.with_suffix(".zip")
     if not zipfile.is_zipfile(archive):
         raise ValueError(f"{archive}: not a zip archive")
@@ -158,20 +160,12 @@ def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str
         if not members:
             raise FileNotFoundError(f"No *.jsonl files in {archive}.")
         try:
-            return [(Path(m).stem, f"{archive}:{m}", _utf8(zipped.read(m, pwd=password.encode()), f"{archive}:{m}")
+            return [(Path(m).stem, f"{archive}:{m}", decode_utf8(zipped.read(m, pwd=password.encode()), f"{archive}:{m}")
                      .splitlines()) for m in members]
         # zipfile says "bad password" (RuntimeError) only when the password fails ZipCrypto's one check byte; a wrong
         # password that passes it (1 in 256) decrypts to garbage, which fails decompression or the CRC instead
         except (RuntimeError, zipfile.BadZipFile, zlib.error) as error:
             raise ValueError(f"Cannot decrypt {archive} with the given password: {error}") from None
-
-
-def _utf8(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise ValueError(f"{name}:{line}: not UTF-8 text (byte {data[error.start]:#04x})") from None
 
 
 def task_folder(data_dir: str | Path, task: str, fast: bool = False) -> Path:

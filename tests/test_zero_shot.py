@@ -216,6 +216,13 @@ def test_malformed_jsonl_names_file_line_and_field(tmp_path, bad_line, message):
         read_task(tmp_path, "supplement")
 
 
+def test_a_task_file_that_is_not_utf8_names_file_line_and_column(tmp_path):
+    write_task(tmp_path, "supplement", [GOOD, GOOD])
+    (tmp_path / "supplement" / "part.jsonl").write_bytes(f"{GOOD}\n{{\"sentence_good\": \"caf\xe9\"}}\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"part.jsonl:2: not UTF-8 text \(byte 0xe9 at column 23\)"):
+        read_task(tmp_path, "supplement")
+
+
 def test_vqa_record_without_answers_or_image_is_an_error(tmp_path):
     record = {"question": "what colour is it?", "target_ans": "red", "distractors": ["blue"]}
     write_task(tmp_path, "vqa", [json.dumps(record)])
