@@ -66,13 +66,16 @@ def _refuse_unless_regular(model_dir: Path, name: str) -> Path:
     return path
 
 
-def _check_content(path: Path) -> None:
-    """Each file is what its name says, so that nothing else (a pickle renamed, a stray file) goes out under it."""
+def _check_content(path: Path) -> dict | None:
+    """Each file is what its name says, so that nothing else (a pickle renamed, a stray file) goes out under it.
+    -> the object a JSON file holds."""
     name = path.name.lower()
     try:
         if name.endswith(".json"):
-            if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+            values = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(values, dict):
                 raise ValueError("not a JSON object")
+            return values
         elif name.endswith(".safetensors"):
             from safetensors import safe_open
 
@@ -89,6 +92,7 @@ def _check_content(path: Path) -> None:
             path.read_text(encoding="utf-8")
     except Exception as error:  # noqa: BLE001 - every reader's own error says what is wrong; name the file
         raise ValueError(f"{path} is not a valid {path.suffix or name} file ({error}); refusing to upload it") from None
+    return None
 
 
 def files_to_upload(model_dir: str | Path) -> list[str]:
@@ -104,10 +108,8 @@ def files_to_upload(model_dir: str | Path) -> list[str]:
              if p.name in CONFIG_FILES or p.name in TEXT_FILES or WEIGHTS.fullmatch(p.name)]
     if (model_dir / FIGURES).is_dir():  # a linked folder is listed here and refused below
         names += [f"{FIGURES}/{p.name}" for p in sorted((model_dir / FIGURES).iterdir()) if p.suffix.lower() == ".png"]
-    for name in names:
-        _check_content(_refuse_unless_regular(model_dir, name))
-    configs = {name: json.loads((model_dir / name).read_text(encoding="utf-8")) for name in names
-               if name.endswith("config.json")}
+    contents = {name: _check_content(_refuse_unless_regular(model_dir, name)) for name in names}
+    configs = {name: values for name, values in contents.items() if name.endswith("config.json")}
     for name in code_closure(model_dir, _auto_map_modules(configs)):
         _check_content(_refuse_unless_regular(model_dir, name))
         names.append(name)
