@@ -39,6 +39,20 @@ def open_embeddings(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
+def check_finite(array: np.ndarray, source: str, chunk_bytes: int = 1 << 26) -> None:
+    """Reads `array` (a memory map) in chunks of rows and refuses NaN or Inf, naming `source` and the rows, so a
+    broken shard is an error at load time and not a NaN loss many steps into training."""
+    bad: list[int] = []
+    step = max(1, chunk_bytes // max(1, array[:1].nbytes))
+    for start in range(0, len(array), step):
+        finite = np.isfinite(array[start:start + step]).reshape(min(step, len(array) - start), -1).all(axis=1)
+        bad.extend((start + np.flatnonzero(~finite)).tolist())
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        rows = f"row {shown} holds" if len(bad) == 1 else f"rows {shown} hold"
+        raise ValueError(f"{source}: {rows} NaN or Inf; embeddings must be finite (rows count from 0)")
+
+
 class ImageStore:
     """Embedding shards concatenated in order, memory-mapped; `rows(indices)` reads only those rows as float32."""
 
@@ -47,12 +61,16 @@ class ImageStore:
             raise ValueError("embedding_files: at least one .npy file is needed")
         self.files = [str(f) for f in files]
         self._shards = None
-        shapes = [self._open(f).shape for f in self.files]
-        for f, shape in zip(self.files, shapes):
+        shapes = []
+        for f in self.files:
+            shard = self._open(f)
+            shape = shard.shape
             if len(shape) not in (2, 3):
                 raise ValueError(f"{f}: expected embeddings of shape (N, D) or (N, P, D), got {shape}")
-            if shape[1:] != shapes[0][1:]:
+            if shapes and shape[1:] != shapes[0][1:]:
                 raise ValueError(f"{f}: per-row shape {shape[1:]} differs from {self.files[0]}'s {shapes[0][1:]}")
+            check_finite(shard, f)
+            shapes.append(shape)
         if expected_dim is not None and shapes[0][-1] != expected_dim:
             raise ValueError(f"{self.files[0]}: embedding width is {shapes[0][-1]}, but the model's image_embed_dim is "
                              f"{expected_dim}")
@@ -87,6 +105,7 @@ class ImageEmbeddings:
             raise ValueError(f"{source}: {len(ids)} image ids for {len(embeddings)} embeddings.")
         if embeddings.ndim not in (2, 3):
             raise ValueError(f"{source}: embeddings must be (N, D) or (N, P, D), got shape {embeddings.shape}.")
+        check_finite(embeddings, source)
         self.embeddings, self.source = embeddings, source
         self.index = {str(image_id): row for row, image_id in enumerate(ids)}
         if len(self.index) != len(ids):

@@ -69,11 +69,22 @@ def training_text(report: dict | None) -> str:
     if model.get("init_from_gpt2"):
         lines.append(f"- Text stream initialised from GPT-2 (`{public_name(model['init_from_gpt2'])}`).")
     if train:
-        lines.append(f"- {train.get('epoch', '?')} epochs in {train.get('train_runtime', 0):.0f} s, final training "
-                     f"loss {train.get('train_loss', float('nan')):.3f}.")
+        lines.append(training_line(train))
     if report.get("parameters"):
         lines.append(f"- {report['parameters'] / 1e6:.2f} M parameters.")
     return "\n".join(lines)
+
+
+def training_line(train: dict) -> str:
+    """Steps, time and loss of the whole run, over all its sessions when it was resumed."""
+    runtime = train.get("train_runtime")
+    spent = f"{runtime:.0f} s of training" if runtime is not None else "a training time its checkpoint did not record"
+    resumed = f", resumed at step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
+    loss = f"training loss {train.get('train_loss', float('nan')):.3f} averaged over the run"
+    if "final_train_loss" in train:
+        loss += f", {train['final_train_loss']:.3f} over its last logged steps"
+    return (f"- {train.get('global_step', '?')} steps ({train.get('epoch', '?')} epochs) in {spent}{resumed}; "
+            f"{loss}.")
 
 
 def dataset_id(task: str, folder: str) -> tuple[str, str]:

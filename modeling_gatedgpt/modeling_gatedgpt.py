@@ -106,10 +106,12 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         image_pooled: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_rows: torch.Tensor | None = None,
+        image_knockout: ImageKnockout | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Returns the new hidden states, the gate (None without one), and the self- and cross-attention weights
-        (None unless eager attention computed them)."""
+        (None unless eager attention computed them). The caller passes `image_knockout` (this block's, set by
+        `interventions.knockout`) as an argument, so that gradient checkpointing recomputes with it."""
         attn_output, attn_weights = self.attn(
             self.ln_1(hidden_states), past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
         )
@@ -118,16 +120,18 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         gate = cross_weights = None
         if self.has_cross_attention and image_rows is not None:
             hidden_states, gate, cross_weights = self.cross_attend(
-                hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values
+                hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values,
+                image_knockout,
             )
 
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
         return hidden_states, gate, attn_weights, cross_weights
 
-    def cross_attend(self, hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values):
+    def cross_attend(self, hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values,
+                     image_knockout=None):
         knocked_values = None
-        if self.image_knockout is not None:
-            image_rows, image_attention_mask, knocked_values = self.image_knockout.apply(
+        if image_knockout is not None:
+            image_rows, image_attention_mask, knocked_values = image_knockout.apply(
                 image_rows, image_attention_mask, image_states.shape[-2]
             )
         text = self.ln_cross_attn(hidden_states)
@@ -450,6 +454,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 image.pooled,
                 image_attention_mask=image.cross_mask,
                 image_rows=image_rows,
+                image_knockout=block.image_knockout if block.has_cross_attention else None,
                 position_ids=position_ids,
                 **kwargs,
             )

@@ -29,7 +29,7 @@ from gatedgpt2.hub_cards.card import write_card
 from gatedgpt2.hub_cards.push import push_with_revisions
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
-from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer
+from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer, remove_unfinished_saves
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, ImageKind
 
 from .report import gate_by_word_class, write_report
@@ -201,6 +201,8 @@ def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Ite
             lock.truncate(0)
             lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
             lock.flush()
+        if training_args.process_index == 0:
+            remove_unfinished_saves(output_dir)
         earlier = sorted(p for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern))
         if training_args.resume_from_checkpoint in ("True", "true", True):
             training_args.resume_from_checkpoint = last_finished_checkpoint(output_dir)
@@ -221,8 +223,9 @@ def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Ite
 
 
 def last_finished_checkpoint(output_dir: Path) -> str:
-    """The newest `checkpoint-N` of `output_dir` whose save finished. The Trainer writes `trainer_state.json` last, so
-    a newer folder without a readable one was cut off mid-save (a kill): it is skipped with a warning naming it."""
+    """The newest `checkpoint-N` of `output_dir` whose save finished. Saves here are atomic, but a checkpoint written
+    in place (by an earlier version of the package, or a plain Trainer) gets `trainer_state.json` last, so a folder
+    without a readable one was cut off mid-save: it is skipped with a warning naming it."""
     folder = Path(output_dir)
     numbered = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
     for checkpoint in sorted(numbered, key=lambda p: int(p.name.removeprefix("checkpoint-")), reverse=True):
@@ -279,7 +282,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
         trainable, total = model.get_nb_trainable_parameters()
         logger.info("LoRA rank %d: %.3fM of %.2fM parameters are trained", model_args.lora_r, trainable / 1e6,
                     total / 1e6)
-    return GatedGPT2Trainer(
+    trainer = GatedGPT2Trainer(
         model=model,
         args=training_args,
         train_dataset=train,
@@ -291,6 +294,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
         image_key_masking=masking,
         callbacks=callbacks,
     )
+    asked = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and not trainer.is_fsdp_enabled:
+        raise ValueError(f"FSDP was asked for (--fsdp or an accelerate FSDP config), but accelerate shards only "
+                         f"across GPUs or other accelerators, and this run is on {training_args.device.type}: it "
+                         f"would train unsharded instead. On CPUs, train without fsdp (torchrun or "
+                         f"configs/accelerate/cpu_ddp.yaml run data-parallel).")
+    return trainer
 
 
 def train_and_save(trainer: GatedGPT2Trainer, model_args: ModelArguments, data_args: DataArguments,
@@ -305,7 +315,7 @@ def train_and_save(trainer: GatedGPT2Trainer, model_args: ModelArguments, data_a
         gpt2_dir = Path(training_args.output_dir) / "gpt2"
         trainer.accelerator.unwrap_model(model).to_gpt2().save_pretrained(gpt2_dir)
         tokenizer.save_pretrained(gpt2_dir)
-    summary = {"train": train_result.metrics, "parameters": model.num_parameters(),
+    summary = {"train": trainer.run_totals.whole_run(train_result.metrics, trainer.state), "parameters": model.num_parameters(),
                "model_arguments": asdict(model_args), "data_arguments": asdict(data_args),
                "image_shape": list(images.row_shape) if images else None}
     if trainer.eval_dataset is not None:

@@ -9,7 +9,7 @@ import torch
 
 from gatedgpt2.data import (GroundedCollator, ImageStore, caption_dataset, iter_text_lines, load_caption_shards,
                             read_captions, text_dataset, text_files, tokenize_examples, train_tokenizer)
-
+from gatedgpt2.data.images import ImageEmbeddings, check_finite
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -155,6 +155,25 @@ def test_embedding_files_that_are_not_float_arrays_are_refused_by_name(tmp_path,
     write(path)
     with pytest.raises(ValueError, match=f"{path}: {message}"):
         ImageStore([path])
+
+
+def test_a_nan_or_inf_row_in_an_embedding_file_is_refused_at_load_naming_file_and_rows(tmp_path):
+    """The whole memory map is scanned in chunks when the store opens (here chunks of 3 rows, so the bad rows sit in
+    different chunks and at a chunk's edge), not found at some training step as a batch row."""
+    good, bad = tmp_path / "good.npy", tmp_path / "bad.npy"
+    np.save(good, np.zeros((4, 2, 8), np.float32))
+    array = np.zeros((10, 2, 8), np.float16)
+    array[3, 1, 5], array[8, 0, 0] = np.nan, np.inf
+    np.save(bad, array)
+    with pytest.raises(ValueError, match=rf"{bad}: rows 3, 8 hold NaN or Inf; embeddings must be finite"):
+        ImageStore([good, bad])
+    with pytest.raises(ValueError, match=r"shard: row 3 holds NaN or Inf"):
+        check_finite(np.load(bad, mmap_mode="r")[:6], "shard", chunk_bytes=3 * array[:1].nbytes)
+    with pytest.raises(ValueError, match=r"shard: rows 3, 8 hold"):
+        check_finite(np.load(bad, mmap_mode="r"), "shard", chunk_bytes=3 * array[:1].nbytes)
+    (tmp_path / "bad.ids.json").write_text(json.dumps([f"img{i}" for i in range(10)]))
+    with pytest.raises(ValueError, match=rf"{bad}: rows 3, 8 hold NaN or Inf"):
+        ImageEmbeddings.load(bad)
 
 
 def test_malformed_caption_files_report_file_and_line(tmp_path):

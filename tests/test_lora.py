@@ -85,6 +85,26 @@ def test_image_key_masking_masks_the_cls_key_with_its_probability(batch):
         ImageKeyMasking(0.5).draw(2, 1)
 
 
+def test_image_key_masking_gives_the_same_gradients_with_gradient_checkpointing(batch):
+    """The recomputation in backward runs after the masking's `with` block: the knockout travels as a block argument,
+    so it is recomputed with the same masked keys (before, torch raised a CheckpointError on the mismatch)."""
+    inputs = dict(input_ids=batch["input_ids"], labels=batch["input_ids"], image_embeds=batch["image_tokens"])
+
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = tiny_model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        with ImageKeyMasking(1.0, random_patches=2, seed=0).applied(model, inputs):
+            loss = model(**inputs).loss
+        loss.backward()  # outside, as in the Trainer's training_step
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert sorted(checkpointed) == sorted(plain) and any("crossattention" in name for name in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 @pytest.mark.parametrize("quantised", [False, True])
 def test_masked_lora_fine_tunes_a_trained_checkpoint_through_train_py(tiny_world, tmp_path, quantised):
     import train

@@ -3,6 +3,7 @@
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -153,52 +154,89 @@ def test_words_seen_revisions_are_saved_with_babylm_names(tiny_world, tmp_path):
         assert (tmp_path / "run" / "revisions" / name / "model.safetensors").is_file()
 
 
-KILL_AT_SAVE = """
+KILL_MID_SAVE = """
 import os, signal, sys
-from transformers import TrainerCallback
+from transformers import Trainer
 import train
 
-class KillAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == {step}:
-            os.kill(os.getpid(), signal.SIGKILL)
+def save_rng_state_then_die(self, output_dir):  # the model and optimizer are written, the trainer state is not
+    if self.state.global_step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_rng_state(self, output_dir)
 
-train.main(sys.argv[1:], callbacks=[KillAfterSave()])
+save_rng_state, Trainer._save_rng_state = Trainer._save_rng_state, save_rng_state_then_die
+train.main(sys.argv[1:])
 """
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tiny_world, tmp_path, caplog):
-    """SIGKILL right after the step-4 checkpoint, resume, and compare with an uninterrupted run (dropout and hard-gate
-    sampling on, so the restored RNG state matters). Tolerance: 1e-6 absolute on every weight. A newer checkpoint
-    whose save was cut off (a kill mid-save: its weights written, not its trainer state) is skipped, with a warning."""
+def test_a_run_killed_mid_save_resumes_to_the_same_weights_and_reports_the_whole_run(tiny_world, tmp_path, caplog):
+    """SIGKILL in the middle of the step-8 checkpoint save (after its weights and optimizer, before its trainer state),
+    resume, and compare with an uninterrupted run (dropout and hard-gate sampling on, so the restored RNG state
+    matters). Saves are atomic: the cut-off save is a hidden partial folder, never a `checkpoint-8` that looks
+    finished; the resume deletes it, naming it, and restarts from `checkpoint-4`. Tolerance: 1e-6 absolute on every
+    weight and step loss; the whole run's mean training loss to 1e-4 (the earlier session's part is summed from its
+    logs, rounded to 4 digits); the training time sums both sessions."""
     common = ["--gate", "hard", "--dropout", "0.1", "--curriculum", "mixed_non_uniform", "--max_steps", "8",
               "--save_strategy", "steps", "--save_steps", "4", "--gradient_accumulation_steps", "2"]
     reference = tmp_path / "reference"
-    train.main([TINY_YAML, *tiny_train_args(tiny_world, reference, *common)])
+    expected_summary = train.main([TINY_YAML, *tiny_train_args(tiny_world, reference, *common)])
 
     interrupted = tmp_path / "interrupted"
+    run_dir = interrupted / "run"
     args = [TINY_YAML, *tiny_train_args(tiny_world, interrupted, *common)]
-    killed = run_subprocess([sys.executable, "-c", KILL_AT_SAVE.format(step=4), *args])
+    killed = run_subprocess([sys.executable, "-c", KILL_MID_SAVE.format(step=8), *args])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert (interrupted / "run" / "checkpoint-4").is_dir() and not (interrupted / "run" / "model.safetensors").exists()
+    assert sorted(p.name for p in run_dir.iterdir() if "checkpoint" in p.name) == [".checkpoint-8.partial",
+                                                                                  "checkpoint-4"]
+    assert (run_dir / ".checkpoint-8.partial" / "checkpoint-8" / "model.safetensors").is_file()
     # the Trainer's resumable state is the only pickle, and it loads with torch's weights-only unpickler
-    checkpoint = interrupted / "run" / "checkpoint-4"
-    assert sorted(p.name for p in (interrupted / "run").rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")) == [
+    checkpoint = run_dir / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".pkl")) == [
         "optimizer.pt", "rng_state.pth", "scheduler.pt"]
     with safe_globals():
         for name in ("optimizer.pt", "rng_state.pth", "scheduler.pt"):
             torch.load(checkpoint / name, weights_only=True)
-    cut_off = interrupted / "run" / "checkpoint-6"
-    shutil.copytree(interrupted / "run" / "checkpoint-4", cut_off)
+    # a checkpoint written in place by a plain Trainer and cut off before its trainer state is skipped too
+    cut_off = run_dir / "checkpoint-6"
+    shutil.copytree(checkpoint, cut_off)
     (cut_off / "trainer_state.json").unlink()
-    train.main([*args, "--resume_from_checkpoint", "true"])
+    # restoring callback states replaces the run-totals callback by a new instance: the totals must survive that too
+    summary = train.main([*args, "--resume_from_checkpoint", "true", "--restore_callback_states_from_checkpoint",
+                          "true"])
+    assert f"Deleting {run_dir / '.checkpoint-8.partial'}: a save that did not finish" in caplog.text
     assert f"Skipping {cut_off}: its save did not finish" in caplog.text
+    # save_total_limit 1 (demo.yaml) applies after each rename: only the newest finished checkpoint stays
+    assert sorted(p.name for p in run_dir.iterdir() if "checkpoint" in p.name) == ["checkpoint-8"]
 
-    expected, actual = weights(reference / "run"), weights(interrupted / "run")
+    expected, actual = weights(reference / "run"), weights(run_dir)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
     losses = lambda d: [h["loss"] for h in log_history(d / "run") if "loss" in h]
     assert losses(interrupted)[-4:] == pytest.approx(losses(reference)[-4:], abs=1e-6)
+    whole, session = summary["train"], summary["train"]["session_train_loss"]
+    assert whole["resumed_from_step"] == 4 and whole["loss_steps"] == whole["global_step"] == 8
+    assert whole["train_loss"] == pytest.approx(expected_summary["train"]["train_loss"], abs=1e-4)
+    assert whole["final_train_loss"] == pytest.approx(expected_summary["train"]["final_train_loss"], abs=1e-6)
+    assert abs(session - whole["train_loss"]) > 1e-3  # the resumed half alone is not the run's loss
+    assert whole["train_runtime"] > whole["session_train_runtime"]
+    assert expected_summary["train"]["train_runtime"] >= expected_summary["train"]["session_train_runtime"]
+
+
+def test_a_replacement_cut_off_between_its_renames_restores_the_earlier_folder(tmp_path):
+    from gatedgpt2.trainer.training import move_into_place, partial_path, remove_unfinished_saves
+
+    final = tmp_path / "revisions" / "chck_1M"
+    (staged := Path(partial_path(str(final)))).mkdir(parents=True)
+    (staged / "model.safetensors").write_text("new")
+    final.mkdir()
+    (final / "model.safetensors").write_text("old")
+    move_into_place(str(staged), str(final))
+    assert (final / "model.safetensors").read_text() == "new" and sorted(os.listdir(final.parent)) == ["chck_1M"]
+
+    final.rename(final.parent / ".chck_1M.replaced")  # a kill after the first rename of a replacement
+    (staged := Path(partial_path(str(final)))).mkdir()
+    remove_unfinished_saves(tmp_path)
+    assert (final / "model.safetensors").read_text() == "new" and sorted(os.listdir(final.parent)) == ["chck_1M"]
 
 
 def test_an_earlier_run_is_resumed_replaced_or_refused_never_overwritten_silently(tiny_world, tmp_path):
@@ -250,6 +288,39 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_world, 
     expected, actual = weights(single / "run"), weights(double / "run")
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_fsdp2_sharded_training_on_cpu_matches_one_process(tmp_path):
+    """FSDP2 (`fully_shard` over each unit of configs/accelerate/fsdp.yaml's wrap policy and the root) across two
+    gloo processes vs one unsharded process on the whole batch: 3 AdamW steps on image and text rows give the same
+    step losses and gathered full weights, to 1e-5 absolute. This is the model under FSDP; the Trainer's FSDP path
+    needs GPUs (accelerate does not shard on CPU; see the next test)."""
+    from tests import fsdp2_worker
+
+    fsdp2_worker.main(str(tmp_path / "one"))
+    worker = fsdp2_worker.__file__
+    two = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          worker, str(tmp_path / "two")], extra_env={"OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, sharded = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert sharded["parameter_types"] == ["DTensor"]  # really sharded, not replicated
+    assert sharded["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    assert single["losses"][-1] < single["losses"][0]
+    expected, actual = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert sorted(actual) == sorted(expected)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_fsdp_on_cpu_is_an_error_not_silently_unsharded_training(tiny_world, tmp_path):
+    """Under torchrun on CPUs accelerate would quietly train data-parallel with every weight replicated."""
+    args = tiny_train_args(tiny_world, tmp_path, "--max_steps", "1", "--fsdp", "full_shard auto_wrap")
+    result = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "train.py", TINY_YAML, *args], extra_env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert re.search(r"FSDP was asked for \(--fsdp or an accelerate FSDP config\), but accelerate shards only "
+                     r"across GPUs or other accelerators, and this run is on cpu:", result.stderr), result.stderr[-3000:]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_a_short_training_makes_the_image_matter(tmp_path):

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import shutil
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import seed_worker
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 
 from gatedgpt2.data.revisions import revision_name
 from modeling_gatedgpt import gate_per_token
 
 from .curriculum import CurriculumBatchSampler
 from .lora import ImageKeyMasking
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,7 +68,103 @@ class WordsSeenRevisionsCallback(TrainerCallback):
         before = sampler.words_seen(state.global_step - 1, args.gradient_accumulation_steps)
         for threshold in self.thresholds:
             if before < threshold <= words:
-                self.trainer.save_model(os.path.join(args.output_dir, "revisions", revision_name(threshold)))
+                final = os.path.join(args.output_dir, "revisions", revision_name(threshold))
+                staged = partial_path(final)
+                self.trainer.save_model(staged)
+                self.trainer.accelerator.wait_for_everyone()
+                if args.should_save:
+                    move_into_place(staged, final)
+
+
+class RunTotals(TrainerCallback, ExportableState):
+    """Training time and training loss summed over every session of a run. They travel in each checkpoint's
+    trainer state, so a resumed run reports the whole run, not only the part after its last checkpoint (the
+    Trainer's `train_runtime` / `train_loss`). The loss sum is of the logged losses (each the mean of its logging
+    interval), so steps of a killed session after its last log are not in it: `loss_steps` says how many are."""
+
+    def __init__(self):
+        self.earlier_seconds, self.session_start, self.first_step = 0.0, None, 0
+        self.loss_sum, self.loss_steps, self.last_logged_step = 0.0, 0, 0
+        self.earlier_loss_sum, self.earlier_loss_steps, self.complete = 0.0, 0, True
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"seconds": self.elapsed(), "loss_sum": self.loss_sum,
+                                           "loss_steps": self.loss_steps}}
+
+    def elapsed(self) -> float:
+        running = time.monotonic() - self.session_start if self.session_start is not None else 0.0
+        return self.earlier_seconds + running
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = state.stateful_callbacks.get(type(self).__name__, {}).get("attributes")
+        # a checkpoint saved before this callback existed does not know its time
+        self.complete = saved is not None or state.global_step == 0
+        saved = saved or {"seconds": 0.0, "loss_sum": 0.0, "loss_steps": 0}
+        self.earlier_seconds, self.session_start = saved["seconds"], time.monotonic()
+        self.earlier_loss_sum, self.earlier_loss_steps = saved["loss_sum"], saved["loss_steps"]
+        self.loss_sum, self.loss_steps = self.earlier_loss_sum, self.earlier_loss_steps
+        self.first_step = self.last_logged_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and state.global_step > self.last_logged_step:
+            steps = state.global_step - self.last_logged_step
+            self.loss_sum += logs["loss"] * steps
+            self.loss_steps += steps
+            self.last_logged_step = state.global_step
+
+    def whole_run(self, session: dict, state) -> dict:
+        """The Trainer's metrics of this session (renamed `session_*`), with the run's totals in their place:
+        `train_runtime` (all sessions, None if a checkpoint did not record its time), `train_loss` (mean over the
+        `loss_steps` steps whose loss was recorded; this session's exact mean for its own steps),
+        `final_train_loss` (the last logged interval) and `resumed_from_step`."""
+        session_steps = state.global_step - self.first_step
+        steps = self.earlier_loss_steps + session_steps
+        mean = (self.earlier_loss_sum + session["train_loss"] * session_steps) / steps if steps else float("nan")
+        logged = [h["loss"] for h in state.log_history if "loss" in h]
+        return {**session, "session_train_runtime": session["train_runtime"],
+                "session_train_loss": session["train_loss"],
+                "train_runtime": round(self.elapsed(), 4) if self.complete else None,
+                "train_loss": mean, "loss_steps": steps, "global_step": state.global_step,
+                "final_train_loss": logged[-1] if logged else session["train_loss"],
+                "resumed_from_step": self.first_step or None}
+
+
+def partial_path(final: str) -> str:
+    """Where a folder is written before it becomes `final`: beside it, hidden, so that neither the Trainer's
+    checkpoint list nor a resume takes it for a finished save."""
+    parent, name = os.path.split(os.path.normpath(final))
+    return os.path.join(parent, f".{name}.partial")
+
+
+def move_into_place(staged: str, final: str) -> None:
+    """Makes the complete folder `staged` the folder `final` by a rename, so that after a kill there is either the
+    earlier `final` or the new one, never half a save (an earlier `final` is first renamed aside, then deleted)."""
+    replaced = None
+    if os.path.lexists(final):
+        replaced = partial_path(final).removesuffix(".partial") + ".replaced"
+        os.replace(final, replaced)
+    os.replace(staged, final)
+    if replaced:
+        shutil.rmtree(replaced)
+
+
+def remove_unfinished_saves(output_dir: str | os.PathLike) -> None:
+    """Cleans up after saves that a kill cut off: a partial folder (`.checkpoint-N.partial`, `revisions/.chck_*.partial`)
+    is deleted; a finished folder that was renamed aside to be replaced (`.checkpoint-N.replaced`) goes back into
+    place if its replacement never arrived, and is deleted otherwise."""
+    output_dir = Path(output_dir)
+    for folder in (output_dir, output_dir / "revisions"):
+        for unfinished in sorted(folder.glob(".*.partial")):
+            logger.warning("Deleting %s: a save that did not finish (the run was stopped while writing it).",
+                           unfinished)
+            shutil.rmtree(unfinished)
+        for replaced in sorted(folder.glob(".*.replaced")):
+            final = folder / replaced.name[1:].removesuffix(".replaced")
+            if final.exists():
+                shutil.rmtree(replaced)
+            else:
+                logger.warning("Restoring %s: the run was stopped while replacing it.", final)
+                replaced.rename(final)
 
 
 class GatedGPT2Trainer(Trainer):
@@ -79,12 +183,19 @@ class GatedGPT2Trainer(Trainer):
         self.image_key_masking = image_key_masking
         self.curriculum_sampler: CurriculumBatchSampler | None = None
         self._metric_sums = self._zero_metrics()
+        self._checkpoint_staging: str | None = None
+        self.add_callback(RunTotals())
         self.add_callback(GateTemperatureCallback())
         self.add_callback(_CurriculumEpochCallback(self))
         if revision_words:
             if curriculum is None:
                 raise ValueError("revision_words needs a curriculum (it counts words through the batch sampler)")
             self.add_callback(WordsSeenRevisionsCallback(self, revision_words))
+
+    @property
+    def run_totals(self) -> RunTotals:
+        # looked up, not kept: restore_callback_states_from_checkpoint replaces the callback with a new instance
+        return next(c for c in self.callback_handler.callbacks if isinstance(c, RunTotals))
 
     # ------------------------------------------------------------------------------------------------ data
 
@@ -119,6 +230,36 @@ class GatedGPT2Trainer(Trainer):
                                    rank=self.args.process_index),
         )
         return self.accelerator.prepare(loader)
+
+    # ------------------------------------------------------------------------------------------------ saving
+
+    def _get_output_dir(self, trial) -> str:
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's save of `checkpoint-N`, made atomic: it is written under `.checkpoint-N.partial/` and, once
+        every process has written its part, renamed into place by the main process, which then applies
+        `save_total_limit`. A kill mid-save leaves only the hidden partial folder, which a resume skips."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final = os.path.join(run_dir, name)
+        self._checkpoint_staging = partial_path(final)
+        if self.args.should_save and os.path.lexists(self._checkpoint_staging):
+            shutil.rmtree(self._checkpoint_staging)  # left by a kill at this step in an earlier session
+        self.accelerator.wait_for_everyone()
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            staged, self._checkpoint_staging = os.path.join(self._checkpoint_staging, name), None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == staged:  # the Trainer recorded where it wrote
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+            move_into_place(staged, final)
+            os.rmdir(os.path.dirname(staged))
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """As the Trainer saves, but the training arguments go to JSON instead of a pickled `training_args.bin`, so

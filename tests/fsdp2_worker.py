@@ -1,0 +1,81 @@
+"""A few FSDP2 training steps of a tiny GatedGPT2 on CPU (gloo), for tests/test_training.py. Run alone it trains on
+the whole batch; under `torchrun --nproc_per_node N` each rank trains on its 1/N of the same rows, with every unit of
+configs/accelerate/fsdp.yaml's wrap policy (and the root) sharded by `fully_shard`.
+
+    python tests/fsdp2_worker.py OUT          (writes OUT.safetensors: the full weights, and OUT.json: step losses)
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from safetensors.torch import save_file
+
+from modeling_gatedgpt import modeling_gatedgpt as modeling
+from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
+
+ROWS, STEPS = 8, 3
+
+
+def batches():
+    """One batch, learnt for a few steps: equal-length rows, so each rank's mean token loss averages to the whole
+    batch's; half the rows have an image (CLS + 4 patch tokens)."""
+    generator = torch.Generator().manual_seed(1)
+    batch = dict(input_ids=torch.randint(0, 100, (ROWS, 12), generator=generator),
+                 image_embeds=torch.randn(ROWS, 5, 16, generator=generator),
+                 image_mask=torch.tensor([True, False] * (ROWS // 2)))
+    return [batch] * STEPS
+
+
+def main(out: str) -> None:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    torch.manual_seed(0)
+    config = GatedGPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=3, n_head=2, n_inner=64,
+                             cross_attention_layers=[0, 2], image_embed_dim=16, image_encoder_layers=1,
+                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = GatedGPT2ForCausalLM(config)
+    rank = 0
+    if world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        dist.init_process_group("gloo")
+        rank, mesh = dist.get_rank(), init_device_mesh("cpu", (world,))
+        fsdp = yaml.safe_load((Path(__file__).parents[1] / "configs/accelerate/fsdp.yaml").read_text())["fsdp_config"]
+        unit = getattr(modeling, fsdp["fsdp_transformer_layer_cls_to_wrap"])
+        units = [m for m in model.modules() if isinstance(m, unit)]
+        assert len(units) == config.n_layer, units
+        for module in units:
+            fully_shard(module, mesh=mesh, reshard_after_forward=fsdp["fsdp_reshard_after_forward"])
+        fully_shard(model, mesh=mesh)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for batch in batches():
+        mine = {k: v[rank * ROWS // world:(rank + 1) * ROWS // world] for k, v in batch.items()}
+        loss = model(**mine, labels=mine["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        loss = loss.detach()
+        if world > 1:
+            dist.all_reduce(loss)
+        losses.append(loss.item() / world)
+    if world > 1:
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sharded = [type(p).__name__ for p in model.parameters()]
+    else:
+        weights, sharded = model.state_dict(), []
+    if rank == 0:
+        save_file({k: v.detach().clone() for k, v in weights.items()}, f"{out}.safetensors")  # tied: copies
+        Path(f"{out}.json").write_text(json.dumps({"losses": losses, "parameter_types": sorted(set(sharded))}))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
