@@ -12,7 +12,9 @@ GATE_GRANULARITIES = ("feature", "token")
 FUSIONS = ("paper", "residual")
 MODULATIONS = (None, "film", "dyintra")
 MODULATION_TARGETS = ("text", "cross_attn", "image")
+MODULATION_CONDITIONS = ("image", "text")
 IMAGE_ENCODERS = ("transformer", "mlp", "linear")
+NORM_POSITIONS = ("pre", "post")
 CONTRASTIVE_LOSSES = (None, "clip", "lcg")
 
 
@@ -73,12 +75,22 @@ class GatedGPT2Config(PreTrainedConfig):
 
     Text stream (same meaning as in [`GPT2Config`]): `vocab_size`, `n_positions`, `n_embd`, `n_layer`, `n_head`,
     `n_inner`, `activation_function`, `resid_pdrop`, `embd_pdrop`, `attn_pdrop`, `layer_norm_epsilon`,
-    `initializer_range`, `scale_attn_weights`, `tie_word_embeddings`.
+    `initializer_range`, `scale_attn_weights`, `tie_word_embeddings`. Where the paper's code departs from GPT-2
+    (defaults: GPT-2's):
+        scale_embedding (`bool`): token embeddings times sqrt(n_embd) (as BART's `scale_embedding`).
+        embedding_norm (`bool`): a LayerNorm on the embeddings, after their dropout.
+        final_norm (`bool`): GPT-2's LayerNorm `ln_f` after the last block.
+        lm_head_bias (`bool`): a bias in the output projection (untie it with `tie_word_embeddings=False`).
 
     Image side:
         image_embed_dim (`int`): width of the image embeddings given as `image_embeds`.
-        image_encoder (`str`): `"transformer"` (linear projection + `image_encoder_layers` bidirectional pre-LN
-            layers), `"mlp"` (two-layer MLP) or `"linear"` (projection only).
+        image_encoder (`str`): `"transformer"` (linear projection + `image_encoder_layers` bidirectional layers,
+            LayerNorm placed by `image_encoder_norm_position`: `"pre"` or `"post"` as `nn.TransformerEncoderLayer`),
+            `"mlp"` (Linear-GELU-Dropout-Linear-Dropout, as the paper's code) or `"linear"` (projection
+            only).
+        image_encoder_final_norm (`bool`, *optional*): a LayerNorm on the encoder's output; `None`: yes for the
+            transformer and MLP encoders (the paper's MLP encoder has one), no for the linear projection.
+        image_encoder_dropout (`float`, *optional*): the MLP encoder's dropout; `None`: `resid_pdrop`.
         channel_attention (`bool`): squeeze-excitation over the feature channels of the encoded image tokens,
             reduction `channel_attention_reduction`.
         cross_attention_layers (`list[int]`, *optional*): decoder layers that cross-attend to the image; all of them
@@ -100,7 +112,13 @@ class GatedGPT2Config(PreTrainedConfig):
         modulation (`str`, *optional*): `"film"` ((1+gamma) * v + beta, gamma and beta from the other modality) or
             `"dyintra"` (v * (1 + sigmoid(W u))).
         modulation_target (`str`): what is modulated: `"text"` (the text query h, by the pooled image),
-            `"cross_attn"` (c, by h) or `"image"` (the image tokens, by h at each position: causal by construction).
+            `"cross_attn"` (c, by `cross_attn_modulation_condition`) or `"image"` (the image tokens, by h at each
+            position: causal by construction).
+        cross_attn_modulation_condition (`str`): what conditions the modulation of c: `"image"` (the pooled image
+            tokens, as the paper's code) or `"text"` (h at each position).
+
+    Configurations saved before a field existed load with the value that computes what they computed then (see
+    `LEGACY_VALUES`), so old checkpoints keep their function.
 
     Auxiliary loss:
         contrastive (`str`, *optional*): `"clip"` (symmetric InfoNCE, caption vs image) or `"lcg"` (each token
@@ -139,9 +157,16 @@ class GatedGPT2Config(PreTrainedConfig):
         eos_token_id: int | list[int] | None = 50256,
         pad_token_id: int | None = None,
         tie_word_embeddings: bool = True,
+        scale_embedding: bool = False,
+        embedding_norm: bool = False,
+        final_norm: bool = True,
+        lm_head_bias: bool = False,
         image_embed_dim: int = 768,
         image_encoder: str = "transformer",
         image_encoder_layers: int = 5,
+        image_encoder_norm_position: str = "pre",
+        image_encoder_final_norm: bool | None = None,
+        image_encoder_dropout: float | None = None,
         channel_attention: bool = False,
         channel_attention_reduction: int = 16,
         cross_attention_layers: list[int] | None = None,
@@ -156,6 +181,7 @@ class GatedGPT2Config(PreTrainedConfig):
         fusion: str = "paper",
         modulation: str | None = None,
         modulation_target: str = "text",
+        cross_attn_modulation_condition: str = "image",
         contrastive: str | None = None,
         contrastive_weight: float = 0.1,
         contrastive_dim: int | None = None,
@@ -167,7 +193,11 @@ class GatedGPT2Config(PreTrainedConfig):
         _check_choice("fusion", fusion, FUSIONS)
         _check_choice("modulation", modulation, MODULATIONS)
         _check_choice("modulation_target", modulation_target, MODULATION_TARGETS)
+        _check_choice("cross_attn_modulation_condition", cross_attn_modulation_condition, MODULATION_CONDITIONS)
+        if image_encoder_dropout is not None and not 0 <= image_encoder_dropout < 1:
+            raise ValueError(f"`image_encoder_dropout` must be in [0, 1) or None, got {image_encoder_dropout!r}.")
         _check_choice("image_encoder", image_encoder, IMAGE_ENCODERS)
+        _check_choice("image_encoder_norm_position", image_encoder_norm_position, NORM_POSITIONS)
         _check_choice("contrastive", contrastive, CONTRASTIVE_LOSSES)
         _check_choice("vision_feature", vision_feature, VISION_FEATURES)
         sizes = dict(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
@@ -219,9 +249,16 @@ class GatedGPT2Config(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.scale_attn_weights = scale_attn_weights
         self.use_cache = use_cache
+        self.scale_embedding = scale_embedding
+        self.embedding_norm = embedding_norm
+        self.final_norm = final_norm
+        self.lm_head_bias = lm_head_bias
         self.image_embed_dim = image_embed_dim
         self.image_encoder = image_encoder
         self.image_encoder_layers = image_encoder_layers
+        self.image_encoder_norm_position = image_encoder_norm_position
+        self.image_encoder_final_norm = image_encoder_final_norm
+        self.image_encoder_dropout = image_encoder_dropout
         self.channel_attention = channel_attention
         self.channel_attention_reduction = channel_attention_reduction
         self.cross_attention_layers = cross_attention_layers
@@ -236,6 +273,7 @@ class GatedGPT2Config(PreTrainedConfig):
         self.fusion = fusion
         self.modulation = modulation
         self.modulation_target = modulation_target
+        self.cross_attn_modulation_condition = cross_attn_modulation_condition
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
         self.contrastive_dim = contrastive_dim
@@ -248,6 +286,41 @@ class GatedGPT2Config(PreTrainedConfig):
             **kwargs,
         )
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As `PreTrainedConfig.from_dict`, with each field a saved configuration lacks set to its `LEGACY_VALUES`
+        entry, so that a checkpoint keeps computing what it computed when it was saved."""
+        if config_dict.get("model_type", cls.model_type) == cls.model_type:
+            config_dict = {**{name: legacy(config_dict) for name, legacy in LEGACY_VALUES.items()
+                              if name not in config_dict}, **config_dict}
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "GatedGPT2Config":
+        """A configuration from one of `PRESETS` ("gpt2": this package's defaults; "paper_code": the function of the
+        paper's code), with `overrides` (a variant's fields, sizes) on top."""
+        if preset not in PRESETS:
+            raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}.")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    @property
+    def image_encoder_has_final_norm(self) -> bool:
+        if self.image_encoder_final_norm is not None:
+            return self.image_encoder_final_norm
+        return self.image_encoder != "linear"
+
+    @property
+    def image_encoder_dropout_rate(self) -> float:
+        return self.resid_pdrop if self.image_encoder_dropout is None else self.image_encoder_dropout
+
+    @property
+    def modulation_reads_pooled_image(self) -> bool:
+        """Whether the modulation is conditioned on the pooled image tokens (else on the text state h)."""
+        return self.modulation is not None and (
+            self.modulation_target == "text"
+            or (self.modulation_target == "cross_attn" and self.cross_attn_modulation_condition == "image")
+        )
+
     @property
     def cross_attention_layer_indices(self) -> list[int]:
         return list(range(self.n_layer)) if self.cross_attention_layers is None else list(self.cross_attention_layers)
@@ -258,6 +331,26 @@ class GatedGPT2Config(PreTrainedConfig):
             return self.gate_temperature_end
         progress = min(max(step, 0) / self.gate_temperature_steps, 1.0)
         return self.gate_temperature_start * (self.gate_temperature_end / self.gate_temperature_start) ** progress
+
+
+# "paper_code": the architecture of the paper's code (biancaganescu/looking-to-learn at 15a9c6e), where it departs
+# from GPT-2: scaled and normalised embeddings, no final LayerNorm, an untied output layer with a bias, exact GELU,
+# post-LN image encoder layers without a final LayerNorm. Its defects stay fixed (see README, "Reproducing the paper").
+PRESETS = {
+    "gpt2": {},
+    "paper_code": dict(scale_embedding=True, embedding_norm=True, final_norm=False, tie_word_embeddings=False,
+                       lm_head_bias=True, activation_function="gelu", image_encoder_norm_position="post",
+                       image_encoder_final_norm=False),
+}
+
+
+# What a configuration saved before each field existed computed, as a function of the saved values (0.1.x had a bare
+# Linear-GELU-Linear MLP encoder, and conditioned the cross-attention modulation on the text).
+LEGACY_VALUES = {
+    "image_encoder_final_norm": lambda saved: saved.get("image_encoder", "transformer") == "transformer",
+    "image_encoder_dropout": lambda saved: 0.0 if saved.get("image_encoder") == "mlp" else None,
+    "cross_attn_modulation_condition": lambda saved: "text",
+}
 
 
 __all__ = ["GatedGPT2Config"]

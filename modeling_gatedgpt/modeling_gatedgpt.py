@@ -94,6 +94,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             )
             self.modulation = MODULATION_CLASSES[config.modulation](hidden_size, hidden_size) if config.modulation else None
             self.modulation_target = config.modulation_target
+            self.modulate_cross_by_image = config.cross_attn_modulation_condition == "image"
             self.per_token_gate = config.gate_granularity == "token"
             self.image_knockout: ImageKnockout | None = None  # set by `interventions.knockout`, never saved
 
@@ -146,7 +147,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             knocked_values=knocked_values,
         )
         if self.modulation is not None and self.modulation_target == "cross_attn":
-            cross = self.modulation(cross, text)
+            cross = self.modulation(cross, image_pooled if self.modulate_cross_by_image else text)
 
         if self.gate is None:
             gate, update = None, cross
@@ -241,9 +242,11 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         self.embed_dim = config.hidden_size
         self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
         self.wpe = nn.Embedding(config.max_position_embeddings, self.embed_dim)
+        self.embed_scale = math.sqrt(self.embed_dim) if config.scale_embedding else 1.0
         self.drop = nn.Dropout(config.embd_pdrop)
+        self.ln_embd = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon) if config.embedding_norm else None
         self.h = nn.ModuleList(GatedGPT2Block(config, layer_idx=i) for i in range(config.num_hidden_layers))
-        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon) if config.final_norm else None
 
         self.image_encoder = ImageEncoder(config)
         self.vision_tower = None
@@ -358,7 +361,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         image_embeds = self._blank_and_check_values(image_embeds, image_rows, token_mask).to(inputs_embeds.dtype)
         image_states = self.image_encoder(image_embeds, token_mask)
         image_pooled = None
-        if self.config.modulation is not None and self.config.modulation_target == "text":
+        if self.config.modulation_reads_pooled_image:
             image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)
         prepared = ImageInputs(image_states, image_pooled, image_rows, token_mask, bidirectional_mask(token_mask))
         if past_key_values is not None:
@@ -408,7 +411,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             if input_ids.dim() != 2 or 0 in input_ids.shape:
                 raise ValueError(f"`input_ids` must be (batch, sequence) with at least one token, got shape "
                                  f"{tuple(input_ids.shape)}.")
-            inputs_embeds = self.wte(input_ids)
+            inputs_embeds = self.wte(input_ids) * self.embed_scale
         batch_size, seq_len = inputs_embeds.shape[:2]
 
         if use_cache:
@@ -436,6 +439,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         image_rows = image.rows
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+        if self.ln_embd is not None:
+            hidden_states = self.ln_embd(hidden_states)
         self_mask = causal_mask(
             attention_mask, batch_size, seq_len, past_length, inputs_embeds.device, config._attn_implementation == "sdpa"
         )
@@ -463,7 +468,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 cross_attentions.append(cross_weights)
                 if gate is not None:
                     gates.append(gate)
-        hidden_states = self.ln_f(hidden_states)
+        if self.ln_f is not None:
+            hidden_states = self.ln_f(hidden_states)
         all_hidden_states.append(hidden_states)
 
         contrastive_loss = None
@@ -494,7 +500,7 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
     def __init__(self, config: GatedGPT2Config):
         super().__init__(config)
         self.transformer = GatedGPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.lm_head_bias)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -598,6 +604,7 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         if source.scale_attn_by_inverse_layer_idx or source.reorder_and_upcast_attn:
             raise ValueError("GPT-2 checkpoints with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported.")
         text = {name: getattr(source, name) for name in _GPT2_TEXT_FIELDS}
+        text.update(_GPT2_ARCHITECTURE)
         clashes = sorted(name for name, value in config_overrides.items()
                          if name in text and not name.endswith("_pdrop") and value != text[name])
         if clashes:
@@ -626,6 +633,10 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
         The inverse of `from_gpt2` on the text weights, e.g. to ground a model after text-only pretraining."""
         from transformers import GPT2Config, GPT2LMHeadModel
 
+        departures = {name: getattr(self.config, name) for name, value in _GPT2_ARCHITECTURE.items()
+                      if getattr(self.config, name) != value}
+        if departures:
+            raise ValueError(f"this text stream is not a GPT-2 ({departures}; GPT-2 has {_GPT2_ARCHITECTURE}).")
         config = GPT2Config(**{name: getattr(self.config, name) for name in _GPT2_TEXT_FIELDS})
         config._attn_implementation = self.config._attn_implementation
         gpt2 = GPT2LMHeadModel(config).to(self.device, self.dtype)
@@ -643,6 +654,8 @@ _GPT2_TEXT_FIELDS = (
     "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
     "scale_attn_weights", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings",
 )
+# Where the text stream can depart from GPT-2 (as the paper's code does); GPT-2's values.
+_GPT2_ARCHITECTURE = dict(scale_embedding=False, embedding_norm=False, final_norm=True, lm_head_bias=False)
 _GPT2_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # older GPT-2 checkpoints' causal-mask buffers, not weights
 _IMAGE_PATH_PARTS = (".ln_cross_attn.", ".crossattention.", ".gate.", ".ln_fused.", ".modulation.")
 _IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.", "transformer.contrastive_head.")

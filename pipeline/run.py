@@ -111,6 +111,9 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer,
     if model_args.gate_temperature_steps is None:
         overrides["gate_temperature_steps"] = max(total_steps, 1)
     if model_args.model_name_or_path:
+        if model_args.preset:
+            raise ValueError(f"preset={model_args.preset!r} builds a new model; model_name_or_path continues one "
+                             f"whose architecture its config.json fixes. Give one of them.")
         quantization = quantization_config(model_args.load_in_bits) if model_args.load_in_bits else None
         model = GatedGPT2ForCausalLM.from_pretrained(model_args.model_name_or_path, quantization_config=quantization,
                                                      **overrides)
@@ -121,13 +124,17 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer,
         return model
     if model_args.lora_r > 0 or model_args.load_in_bits:
         raise ValueError("lora_r / load_in_bits fine-tune a trained model: give its checkpoint as model_name_or_path.")
+    if model_args.preset and model_args.init_from_gpt2:
+        raise ValueError(f"preset={model_args.preset!r} builds a new model, but init_from_gpt2 takes GPT-2's "
+                         f"architecture from its checkpoint; give one of them.")
     if image_shape is not None:
         overrides.setdefault("image_embed_dim", image_shape[-1])
     if model_args.init_from_gpt2:
         return GatedGPT2ForCausalLM.from_gpt2(model_args.init_from_gpt2, **overrides)
-    config = GatedGPT2Config(vocab_size=len(tokenizer), n_positions=data_args.block_size,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, **overrides)
+    config = GatedGPT2Config.from_preset(model_args.preset or "gpt2", vocab_size=len(tokenizer),
+                                         n_positions=data_args.block_size, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                         **overrides)
     config._attn_implementation = model_args.attn_implementation
     return GatedGPT2ForCausalLM(config)
 

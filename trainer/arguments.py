@@ -29,6 +29,9 @@ class ModelArguments:
     save_gpt2: bool = field(default=False, metadata={
         "help": "Also save the trained text stream as a GPT2LMHeadModel (+ tokenizer) in output_dir/gpt2, for a later "
                 "run's init_from_gpt2 (text-only pretraining, then grounding)."})
+    preset: str | None = field(default=None, metadata={
+        "help": "A new model's architecture: gpt2 (default) | paper_code (the function of the paper's code; see "
+                "README, Reproducing the paper). The other fields override it."})
     n_layer: int | None = None
     n_embd: int | None = None
     n_head: int | None = None
@@ -62,7 +65,7 @@ class ModelArguments:
     mask_random_patches: int = field(default=0, metadata={"help": "Also mask this many random patch keys per row."})
 
     def config_overrides(self) -> dict:
-        skip = {"model_name_or_path", "init_from_gpt2", "save_gpt2", "dropout", "cross_attention_layers", "attn_implementation",
+        skip = {"model_name_or_path", "init_from_gpt2", "save_gpt2", "preset", "dropout", "cross_attention_layers", "attn_implementation",
                 "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "load_in_bits",
                 "mask_cls_probability", "mask_random_patches"}
         overrides = {f.name: getattr(self, f.name) for f in fields(self)

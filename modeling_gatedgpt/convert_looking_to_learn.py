@@ -1,0 +1,181 @@
+"""Convert a checkpoint of the paper's code ("Looking to Learn", github.com/biancaganescu/looking-to-learn, its
+`DualStreamTransformer`) into a GatedGPT2 checkpoint with the `paper_code` preset, which computes the same function
+(tests/test_paper_fidelity.py checks it against an independent port of the equations).
+
+    python -m modeling_gatedgpt.convert_looking_to_learn --checkpoint best_model.pt --variant base --n-head 8 --out DIR
+
+The checkpoint is a `torch.save`d state dict, or the training checkpoint dict that holds one as `model_state_dict`;
+it is read with `weights_only=True`. Every parameter is mapped or the conversion stops naming it; the converted
+model is saved (safetensors, config, code), reloaded, and must give the same logits on a probe input, with and
+without an image, before the command reports success. Variants: `base` (the paper's base model: soft per-feature
+gate, transformer image encoder, global image). The other variants' checkpoints are refused by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .configuration_gatedgpt import GatedGPT2Config
+from .modeling_gatedgpt import GatedGPT2ForCausalLM
+
+VARIANTS = ("base",)
+
+
+def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    state = loaded.get("model_state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors (or a checkpoint dict with 'model_state_dict'), "
+                         f"got {type(loaded).__name__} with keys {list(loaded)[:8] if isinstance(loaded, dict) else ''}")
+    return state
+
+
+def _layer_count(state: dict, prefix: str) -> int:
+    indices = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
+    if indices != set(range(len(indices))):
+        raise ValueError(f"layers under {prefix} are not numbered 0..N-1: {sorted(indices)}")
+    return len(indices)
+
+
+def config_for(state: dict, variant: str, n_head: int, **overrides) -> GatedGPT2Config:
+    """The `paper_code` configuration whose sizes are those of `state` (the number of heads is not in the weights)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"--variant must be one of {list(VARIANTS)}, got {variant!r}.")
+    vocab, width = state["text_embedding.token_embedding.weight"].shape
+    return GatedGPT2Config.from_preset(
+        "paper_code", vocab_size=vocab, n_embd=width, n_head=n_head,
+        n_positions=state["text_embedding.position_embedding.weight"].shape[0],
+        n_inner=state["decoder.layers.0.ff.0.weight"].shape[0],
+        n_layer=_layer_count(state, "decoder.layers"),
+        image_encoder_layers=_layer_count(state, "image_encoder.encoder.layers"),
+        image_embed_dim=state["image_embedding.projection_layer.weight"].shape[1],
+        bos_token_id=None, eos_token_id=None, **overrides,
+    )
+
+
+def _attention(target: str, source: str, width: int, cross: bool) -> list[tuple[str, str, callable]]:
+    """nn.MultiheadAttention (packed in-projection, Linear layout) -> GPT-2's Conv1D layout (transposed)."""
+    def rows(start, stop):
+        return lambda t: t[start * width:stop * width].T if t.dim() == 2 else t[start * width:stop * width]
+
+    pairs = [(f"{target}.c_proj.weight", f"{source}.out_proj.weight", lambda t: t.T),
+             (f"{target}.c_proj.bias", f"{source}.out_proj.bias", None)]
+    if cross:
+        return pairs + [(f"{target}.q_attn.{p}", f"{source}.in_proj_{p}", rows(0, 1)) for p in ("weight", "bias")] + [
+            (f"{target}.c_attn.{p}", f"{source}.in_proj_{p}", rows(1, 3)) for p in ("weight", "bias")]
+    return pairs + [(f"{target}.c_attn.{p}", f"{source}.in_proj_{p}", rows(0, 3)) for p in ("weight", "bias")]
+
+
+def _linear(target: str, source: str, conv1d: bool) -> list[tuple[str, str, callable]]:
+    return [(f"{target}.weight", f"{source}.weight", (lambda t: t.T) if conv1d else None),
+            (f"{target}.bias", f"{source}.bias", None)]
+
+
+def _norm(target: str, source: str) -> list[tuple[str, str, callable]]:
+    return [(f"{target}.{p}", f"{source}.{p}", None) for p in ("weight", "bias")]
+
+
+def parameter_map(config: GatedGPT2Config) -> list[tuple[str, str, callable]]:
+    """(GatedGPT2 name, reference name, transform or None) for every parameter of the base variant."""
+    width = config.n_embd
+    pairs = [("transformer.wte.weight", "text_embedding.token_embedding.weight", None),
+             ("transformer.wpe.weight", "text_embedding.position_embedding.weight", None),
+             *_norm("transformer.ln_embd", "text_embedding.layer_norm"),
+             *_linear("transformer.image_encoder.proj", "image_embedding.projection_layer", conv1d=False),
+             *_linear("lm_head", "output_layer", conv1d=False)]
+    for i in range(config.image_encoder_layers):
+        ours, theirs = f"transformer.image_encoder.layers.{i}", f"image_encoder.encoder.layers.{i}"
+        pairs += [*_attention(f"{ours}.self_attn", f"{theirs}.self_attn", width, cross=False),
+                  *_linear(f"{ours}.mlp.c_fc", f"{theirs}.linear1", conv1d=True),
+                  *_linear(f"{ours}.mlp.c_proj", f"{theirs}.linear2", conv1d=True),
+                  *_norm(f"{ours}.ln_1", f"{theirs}.norm1"), *_norm(f"{ours}.ln_2", f"{theirs}.norm2")]
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}", f"decoder.layers.{i}"
+        pairs += [*_attention(f"{ours}.attn", f"{theirs}.self_attn", width, cross=False),
+                  *_attention(f"{ours}.crossattention", f"{theirs}.cross_attn_txt_image", width, cross=True),
+                  *_norm(f"{ours}.ln_1", f"{theirs}.norm1"), *_norm(f"{ours}.ln_cross_attn", f"{theirs}.norm2"),
+                  *_norm(f"{ours}.ln_2", f"{theirs}.norm3"), *_norm(f"{ours}.ln_fused", f"{theirs}.gate.layer_norm"),
+                  *_linear(f"{ours}.gate.proj", f"{theirs}.gate.gate_fc", conv1d=False),
+                  *_linear(f"{ours}.mlp.c_fc", f"{theirs}.ff.0", conv1d=True),
+                  *_linear(f"{ours}.mlp.c_proj", f"{theirs}.ff.3", conv1d=True)]
+    return pairs
+
+
+def convert_state_dict(state: dict, config: GatedGPT2Config) -> dict[str, torch.Tensor]:
+    """GatedGPT2 weights from the reference's; an unmapped, missing or misshapen parameter is an error naming it."""
+    pairs = parameter_map(config)
+    missing = sorted({source for _, source, _ in pairs} - set(state))
+    unmapped = sorted(set(state) - {source for _, source, _ in pairs})
+    if missing or unmapped:
+        raise ValueError(f"the checkpoint does not match the {config.n_layer}-layer base model: missing {missing}, "
+                         f"not mapped {unmapped}")
+    converted = {}
+    for target, source, transform in pairs:
+        converted[target] = (transform(state[source]) if transform else state[source]).contiguous().clone()
+    model = GatedGPT2ForCausalLM(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    wrong = {n: (tuple(t.shape), expected.get(n)) for n, t in converted.items() if tuple(t.shape) != expected.get(n)}
+    absent = sorted(set(expected) - set(converted) - _buffers(model))
+    if wrong or absent:
+        raise ValueError(f"converted weights do not fit GatedGPT2: shapes (got, expected) {wrong}, unset {absent}")
+    return converted
+
+
+def _buffers(model) -> set[str]:
+    return {name for name, _ in model.named_buffers()}
+
+
+def convert(checkpoint: str | Path, variant: str, n_head: int, out: str | Path) -> GatedGPT2ForCausalLM:
+    state = load_reference_state_dict(checkpoint)
+    config = config_for(state, variant, n_head)
+    model = GatedGPT2ForCausalLM(config)
+    model.load_state_dict(convert_state_dict(state, config), strict=False)
+    model.eval()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} is not empty; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # out appears only once verified
+    try:
+        model.save_pretrained(staging)
+        _verify_reload(model, staging)
+        staging.replace(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model
+
+
+def _verify_reload(model: GatedGPT2ForCausalLM, folder: str) -> None:
+    """The saved folder must compute what the converted model computes, with and without an image."""
+    generator = torch.Generator().manual_seed(0)
+    config = model.config
+    ids = torch.randint(0, config.vocab_size, (2, min(8, config.n_positions)), generator=generator)
+    image = torch.randn(2, config.image_embed_dim, generator=generator)
+    reloaded = GatedGPT2ForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        for kwargs in ({}, {"image_embeds": image}):
+            before, after = model(ids, **kwargs).logits, reloaded(ids, **kwargs).logits
+            if not torch.isfinite(before).all() or not torch.equal(before, after):
+                raise RuntimeError(f"the saved checkpoint does not reproduce the converted model ({sorted(kwargs)})")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="the authors' .pt file")
+    parser.add_argument("--variant", required=True, choices=VARIANTS)
+    parser.add_argument("--n-head", type=int, default=8, help="attention heads (not stored in the weights; base: 8)")
+    parser.add_argument("--out", required=True, help="a new folder for the GatedGPT2 checkpoint")
+    args = parser.parse_args(argv)
+    model = convert(args.checkpoint, args.variant, args.n_head, args.out)
+    print(f"Converted {args.checkpoint} ({model.num_parameters() / 1e6:.2f} M parameters) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

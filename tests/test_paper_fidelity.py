@@ -1,0 +1,150 @@
+"""Where GatedGPT2 follows the paper's code ("Looking to Learn", biancaganescu/looking-to-learn at 15a9c6e): the
+variant fixes, checked against the equations written out here, and checkpoints saved before each fix keeping their
+function (tests/fixtures/legacy_0_1, saved by commit 9d10a3d with make_fixture.py beside it)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
+from modeling_gatedgpt.configuration_gatedgpt import PRESETS
+from tests.conftest import tiny_model
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_0_1"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in LEGACY.iterdir() if p.is_dir()))
+def test_a_checkpoint_saved_before_the_fixes_computes_what_it_computed(name):
+    model = GatedGPT2ForCausalLM.from_pretrained(LEGACY / name).eval()
+    expected = load_file(LEGACY / name / "expected.safetensors")
+    with torch.no_grad():
+        logits = model(expected["input_ids"], image_embeds=expected["image_tokens"]).logits
+    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-6)
+    config = model.config
+    assert config.image_encoder_has_final_norm == (config.image_encoder == "transformer")
+    assert config.cross_attn_modulation_condition == "text"
+    if config.image_encoder == "mlp":
+        assert config.image_encoder_dropout_rate == 0.0
+
+
+def test_a_new_configuration_saves_every_field_so_it_is_never_taken_for_a_legacy_one(tmp_path):
+    GatedGPT2Config(image_encoder="mlp").save_pretrained(tmp_path)
+    config = GatedGPT2Config.from_pretrained(tmp_path)
+    assert config.image_encoder_has_final_norm and config.cross_attn_modulation_condition == "image"
+    assert config.image_encoder_dropout_rate == config.resid_pdrop
+
+
+def test_the_mlp_image_encoder_is_the_papers(batch):
+    """Linear-GELU-Dropout-Linear-Dropout-LayerNorm (exact GELU), per image token."""
+    model = tiny_model(image_encoder="mlp", resid_pdrop=0.5).eval()
+    encoder = model.transformer.image_encoder
+    first, second, norm = encoder.proj[0], encoder.proj[2], encoder.ln_f
+    images = batch["image_tokens"]
+    with torch.no_grad():
+        hidden = F.gelu(images @ first.weight.T + first.bias)
+        expected = F.layer_norm(hidden @ second.weight.T + second.bias, (second.out_features,), norm.weight,
+                                norm.bias, model.config.layer_norm_epsilon)
+        torch.testing.assert_close(encoder(images), expected, rtol=1e-5, atol=1e-6)
+        encoder.train()
+        torch.manual_seed(0)
+        dropped = encoder(images)
+        assert not torch.allclose(dropped, expected, atol=1e-3)  # its dropout acts in training
+    assert sorted(name for name, _ in encoder.named_parameters()) == [
+        "ln_f.bias", "ln_f.weight", "proj.0.bias", "proj.0.weight", "proj.2.bias", "proj.2.weight"]
+
+
+@pytest.mark.parametrize("kind", ["film", "dyintra"])
+def test_modulation_of_the_cross_attention_is_conditioned_on_the_image(kind, batch):
+    """As the paper's code: the cross-attention output c of every text position is modulated by the (pooled) encoded
+    image tokens, FiLM (1 + gamma(e)) * c + beta(e), DyIntra c * (1 + sigmoid(W e)); not by the text state."""
+    model = tiny_model(modulation=kind, modulation_target="cross_attn").eval()
+    seen = []
+    for block in model.transformer.h:
+        block.modulation.register_forward_hook(lambda module, args, output: seen.append((args, output)))
+    images = batch["image_tokens"]
+    with torch.no_grad():
+        model(batch["input_ids"], image_embeds=images)
+        encoded = model.transformer.image_encoder(images)
+    assert len(seen) == model.config.n_layer
+    for (cross, condition), output in seen:
+        torch.testing.assert_close(condition, encoded.mean(1, keepdim=True))
+    block = model.transformer.h[0]
+    (cross, condition), output = seen[0]
+    projected = block.modulation.proj(condition)
+    if kind == "film":
+        gamma, beta = projected.chunk(2, dim=-1)
+        expected = (1 + gamma) * cross + beta
+    else:
+        expected = cross * (1 + torch.sigmoid(projected))
+    torch.testing.assert_close(output, expected)
+
+
+def test_the_converted_authors_checkpoint_computes_the_papers_function(tmp_path):
+    """Random weights in the reference's names and layout -> `python -m modeling_gatedgpt.convert_looking_to_learn`
+    -> the saved GatedGPT2 (preset `paper_code`) gives the independent port's logits and gates, to 1e-5 in float32:
+    a global (B, D) image, right-padded text, and a text-only row in the same batch."""
+    from modeling_gatedgpt.convert_looking_to_learn import main as convert_main
+    from tests import looking_to_learn_port as port
+
+    weights = port.random_state_dict()
+    torch.save({"model_state_dict": weights, "epoch": 3}, tmp_path / "best_model.pt")
+    convert_main(["--checkpoint", str(tmp_path / "best_model.pt"), "--variant", "base", "--n-head", "4",
+                  "--out", str(tmp_path / "converted")])
+    model = GatedGPT2ForCausalLM.from_pretrained(tmp_path / "converted").eval()
+    assert {name: getattr(model.config, name) for name in PRESETS["paper_code"]} == PRESETS["paper_code"]
+
+    generator = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 40, (3, 10), generator=generator)
+    image = torch.randn(3, 12, generator=generator)
+    real = torch.ones(3, 10, dtype=torch.bool)
+    real[1, 7:] = False  # right padding
+    rows = torch.tensor([True, True, False])  # the last row has no image
+    reference_gates = []
+    expected = port.forward(weights, ids, image, rows, padding=~real, heads=4, gates_out=reference_gates)
+    with torch.no_grad():
+        out = model(ids, attention_mask=real.long(), image_embeds=image, image_mask=rows, output_gates=True)
+    torch.testing.assert_close(out.logits[real], expected[real], rtol=0, atol=1e-5)
+    assert len(out.gates) == len(reference_gates) == 2
+    for ours, theirs in zip(out.gates, reference_gates):
+        torch.testing.assert_close(ours[real], theirs[real], rtol=0, atol=1e-5)
+    with torch.no_grad():  # and a text-only batch is the reference run without an image
+        text_only = model(ids[:1]).logits
+    torch.testing.assert_close(text_only, port.forward(weights, ids[:1], heads=4), rtol=0, atol=1e-5)
+    assert (text_only - out.logits[:1]).abs().max() > 0.1  # the image matters: the comparison is not vacuous
+
+
+def test_the_converter_names_what_does_not_fit(tmp_path):
+    from modeling_gatedgpt.convert_looking_to_learn import main as convert_main
+    from tests import looking_to_learn_port as port
+
+    weights = port.random_state_dict()
+    weights["decoder.layers.0.extra.weight"] = torch.zeros(2)
+    del weights["decoder.layers.1.norm3.bias"]
+    torch.save(weights, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"missing \['decoder.layers.1.norm3.bias'\], not mapped "
+                                         r"\['decoder.layers.0.extra.weight'\]"):
+        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "base", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "film_on_text", "--out", "x"])
+
+
+def test_train_py_builds_the_paper_code_preset_and_gpt2_conversions_refuse_it(tiny_world, tmp_path):
+    import train
+    from tests.conftest import tiny_train_args
+
+    args = tiny_train_args(tiny_world, tmp_path, "--preset", "paper_code", "--max_steps", "1")
+    train.main([str(Path(__file__).parents[1] / "configs" / "demo.yaml"), *args])
+    model = GatedGPT2ForCausalLM.from_pretrained(tmp_path / "run")
+    assert {name: getattr(model.config, name) for name in PRESETS["paper_code"]} == PRESETS["paper_code"]
+    assert model.transformer.ln_f is None and model.lm_head.bias is not None
+    with pytest.raises(ValueError, match=r"this text stream is not a GPT-2 \(\{'scale_embedding': True"):
+        model.to_gpt2()
+    gpt2 = tiny_model().to_gpt2()
+    with pytest.raises(ValueError, match=r"\['final_norm'\] are fixed by the GPT-2 checkpoint"):
+        GatedGPT2ForCausalLM.from_gpt2(gpt2, final_norm=False)
+    with pytest.raises(ValueError, match=r"`preset` must be one of \['gpt2', 'paper_code'\], got 'paper'"):
+        GatedGPT2Config.from_preset("paper")
