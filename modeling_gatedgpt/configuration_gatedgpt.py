@@ -89,7 +89,7 @@ class GatedGPT2Config(PreTrainedConfig):
             `"mlp"` (Linear-GELU-Dropout-Linear-Dropout, as the paper's code) or `"linear"` (projection
             only).
         image_encoder_final_norm (`bool`, *optional*): a LayerNorm on the encoder's output; `None`: yes for the
-            transformer and MLP encoders (the paper's MLP encoder has one), no for the linear projection.
+            MLP encoder (as the paper's) and for pre-LN transformer layers, no for post-LN ones and the projection.
         image_encoder_dropout (`float`, *optional*): the MLP encoder's dropout; `None`: `resid_pdrop`.
         channel_attention (`bool`): squeeze-excitation over the feature channels of the encoded image tokens,
             reduction `channel_attention_reduction`.
@@ -307,7 +307,9 @@ class GatedGPT2Config(PreTrainedConfig):
     def image_encoder_has_final_norm(self) -> bool:
         if self.image_encoder_final_norm is not None:
             return self.image_encoder_final_norm
-        return self.image_encoder != "linear"
+        if self.image_encoder == "transformer":  # pre-LN layers leave their output unnormalised
+            return self.image_encoder_norm_position == "pre"
+        return self.image_encoder == "mlp"
 
     @property
     def image_encoder_dropout_rate(self) -> float:
@@ -339,8 +341,7 @@ class GatedGPT2Config(PreTrainedConfig):
 PRESETS = {
     "gpt2": {},
     "paper_code": dict(scale_embedding=True, embedding_norm=True, final_norm=False, tie_word_embeddings=False,
-                       lm_head_bias=True, activation_function="gelu", image_encoder_norm_position="post",
-                       image_encoder_final_norm=False),
+                       lm_head_bias=True, activation_function="gelu", image_encoder_norm_position="post"),
 }
 
 

@@ -7,8 +7,8 @@
 The checkpoint is a `torch.save`d state dict, or the training checkpoint dict that holds one as `model_state_dict`;
 it is read with `weights_only=True`. Every parameter is mapped or the conversion stops naming it; the converted
 model is saved (safetensors, config, code), reloaded, and must give the same logits on a probe input, with and
-without an image, before the command reports success. Variants: `base` (the paper's base model: soft per-feature
-gate, transformer image encoder, global image). The other variants' checkpoints are refused by name.
+without an image, before the command reports success. `--variant` names the reference's model file
+(`models/model_<variant>.py`, `base` for `model.py`); see `VARIANTS`, and `NOT_CONVERTIBLE` for those refused and why.
 """
 
 from __future__ import annotations
@@ -24,7 +24,30 @@ import torch
 from .configuration_gatedgpt import GatedGPT2Config
 from .modeling_gatedgpt import GatedGPT2ForCausalLM
 
-VARIANTS = ("base",)
+# Each variant of the reference (its `models/model_<name>.py`) as GatedGPT2 configuration fields.
+VARIANTS = {
+    "base": {},
+    "gate_soft_per_token": dict(gate_granularity="token"),
+    "gate_hard_per_feature": dict(gate="hard"),
+    "gate_hard_per_token": dict(gate="hard", gate_granularity="token"),
+    "gate_none": dict(gate="none"),
+    "no_encoder": dict(image_encoder="linear"),
+    "mlp_encoder": dict(image_encoder="mlp"),
+    "film_on_text": dict(modulation="film", modulation_target="text"),
+    "dyintra_on_text": dict(modulation="dyintra", modulation_target="text"),
+    "film_on_cross_attn": dict(modulation="film", modulation_target="cross_attn"),
+    "dyintra_on_cross_attn": dict(modulation="dyintra", modulation_target="cross_attn"),
+}
+# Variants whose function GatedGPT2 does not reproduce, and why.
+NOT_CONVERTIBLE = {
+    "film_on_image": "the reference conditions the image tokens on the whole caption's mean, a future-token leak; "
+                     "GatedGPT2 conditions them on h_t at each position",
+    "dyintra_on_image": "the reference conditions the image tokens on the whole caption's mean, a future-token leak; "
+                        "GatedGPT2 conditions them on h_t at each position",
+    "channel_attention": "not mapped yet (torchvision's SqueezeExcitation on the image tokens)",
+    "with_clip": "not mapped yet (the reference's CLIP projections have biases, GatedGPT2's do not)",
+    "with_lcg": "not mapped yet (the reference's LCG head differs from GatedGPT2's)",
+}
 
 
 def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -44,18 +67,22 @@ def _layer_count(state: dict, prefix: str) -> int:
 
 
 def config_for(state: dict, variant: str, n_head: int, **overrides) -> GatedGPT2Config:
-    """The `paper_code` configuration whose sizes are those of `state` (the number of heads is not in the weights)."""
+    """The `paper_code` configuration of `variant` whose sizes are those of `state` (the number of heads is not in
+    the weights)."""
+    if variant in NOT_CONVERTIBLE:
+        raise ValueError(f"--variant {variant}: {NOT_CONVERTIBLE[variant]}.")
     if variant not in VARIANTS:
-        raise ValueError(f"--variant must be one of {list(VARIANTS)}, got {variant!r}.")
+        raise ValueError(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
     vocab, width = state["text_embedding.token_embedding.weight"].shape
+    projection = state.get("image_embedding.projection_layer.weight", state.get("image_embedding.proj.0.weight"))
+    encoder_layers = _layer_count(state, "image_encoder.encoder.layers")
+    if encoder_layers:
+        overrides.setdefault("image_encoder_layers", encoder_layers)
     return GatedGPT2Config.from_preset(
         "paper_code", vocab_size=vocab, n_embd=width, n_head=n_head,
         n_positions=state["text_embedding.position_embedding.weight"].shape[0],
-        n_inner=state["decoder.layers.0.ff.0.weight"].shape[0],
-        n_layer=_layer_count(state, "decoder.layers"),
-        image_encoder_layers=_layer_count(state, "image_encoder.encoder.layers"),
-        image_embed_dim=state["image_embedding.projection_layer.weight"].shape[1],
-        bos_token_id=None, eos_token_id=None, **overrides,
+        n_inner=state["decoder.layers.0.ff.0.weight"].shape[0], n_layer=_layer_count(state, "decoder.layers"),
+        image_embed_dim=projection.shape[1], bos_token_id=None, eos_token_id=None, **VARIANTS[variant], **overrides,
     )
 
 
@@ -81,15 +108,31 @@ def _norm(target: str, source: str) -> list[tuple[str, str, callable]]:
     return [(f"{target}.{p}", f"{source}.{p}", None) for p in ("weight", "bias")]
 
 
-def parameter_map(config: GatedGPT2Config) -> list[tuple[str, str, callable]]:
-    """(GatedGPT2 name, reference name, transform or None) for every parameter of the base variant."""
+def _modulation(target: str, source: str, kind: str) -> list[tuple[str, str, callable]]:
+    """The reference's FiLM is x * gamma(e) + beta(e) from two Linears; GatedGPT2's is (1 + gamma') x + beta' from
+    one (rows [gamma'; beta']): gamma' is gamma - 1. DyIntra is the same on both sides."""
+    if kind == "dyintra":
+        return _linear(f"{target}.proj", f"{source}.dyIntra.modulation_gate", conv1d=False)
+    return [(f"{target}.proj.weight", (f"{source}.film.gamma_fc.weight", f"{source}.film.beta_fc.weight"),
+             lambda gamma, beta: torch.cat([gamma, beta])),
+            (f"{target}.proj.bias", (f"{source}.film.gamma_fc.bias", f"{source}.film.beta_fc.bias"),
+             lambda gamma, beta: torch.cat([gamma - 1, beta]))]
+
+
+def parameter_map(config: GatedGPT2Config, state: dict) -> list[tuple[str, str | tuple, callable]]:
+    """(GatedGPT2 name, reference name(s), transform or None) for every parameter of the configured variant."""
     width = config.n_embd
     pairs = [("transformer.wte.weight", "text_embedding.token_embedding.weight", None),
              ("transformer.wpe.weight", "text_embedding.position_embedding.weight", None),
              *_norm("transformer.ln_embd", "text_embedding.layer_norm"),
-             *_linear("transformer.image_encoder.proj", "image_embedding.projection_layer", conv1d=False),
              *_linear("lm_head", "output_layer", conv1d=False)]
-    for i in range(config.image_encoder_layers):
+    if config.image_encoder == "mlp":
+        pairs += [*_linear("transformer.image_encoder.proj.0", "image_embedding.proj.0", conv1d=False),
+                  *_linear("transformer.image_encoder.proj.2", "image_embedding.proj.3", conv1d=False),
+                  *_norm("transformer.image_encoder.ln_f", "image_embedding.layer_norm")]
+    else:
+        pairs += _linear("transformer.image_encoder.proj", "image_embedding.projection_layer", conv1d=False)
+    for i in range(config.image_encoder_layers if config.image_encoder == "transformer" else 0):
         ours, theirs = f"transformer.image_encoder.layers.{i}", f"image_encoder.encoder.layers.{i}"
         pairs += [*_attention(f"{ours}.self_attn", f"{theirs}.self_attn", width, cross=False),
                   *_linear(f"{ours}.mlp.c_fc", f"{theirs}.linear1", conv1d=True),
@@ -100,24 +143,31 @@ def parameter_map(config: GatedGPT2Config) -> list[tuple[str, str, callable]]:
         pairs += [*_attention(f"{ours}.attn", f"{theirs}.self_attn", width, cross=False),
                   *_attention(f"{ours}.crossattention", f"{theirs}.cross_attn_txt_image", width, cross=True),
                   *_norm(f"{ours}.ln_1", f"{theirs}.norm1"), *_norm(f"{ours}.ln_cross_attn", f"{theirs}.norm2"),
-                  *_norm(f"{ours}.ln_2", f"{theirs}.norm3"), *_norm(f"{ours}.ln_fused", f"{theirs}.gate.layer_norm"),
-                  *_linear(f"{ours}.gate.proj", f"{theirs}.gate.gate_fc", conv1d=False),
+                  *_norm(f"{ours}.ln_2", f"{theirs}.norm3"),
                   *_linear(f"{ours}.mlp.c_fc", f"{theirs}.ff.0", conv1d=True),
                   *_linear(f"{ours}.mlp.c_proj", f"{theirs}.ff.3", conv1d=True)]
+        if config.gate != "none":
+            # the base and gate files name the gate's Linear gate_fc, the others gate
+            gate = "gate_fc" if f"{theirs}.gate.gate_fc.weight" in state else "gate"
+            pairs += [*_linear(f"{ours}.gate.proj", f"{theirs}.gate.{gate}", conv1d=False),
+                      *_norm(f"{ours}.ln_fused", f"{theirs}.gate.layer_norm")]
+        if config.modulation is not None:
+            pairs += _modulation(f"{ours}.modulation", theirs, config.modulation)
     return pairs
 
 
 def convert_state_dict(state: dict, config: GatedGPT2Config) -> dict[str, torch.Tensor]:
     """GatedGPT2 weights from the reference's; an unmapped, missing or misshapen parameter is an error naming it."""
-    pairs = parameter_map(config)
-    missing = sorted({source for _, source, _ in pairs} - set(state))
-    unmapped = sorted(set(state) - {source for _, source, _ in pairs})
+    pairs = parameter_map(config, state)
+    sources = {name for _, source, _ in pairs for name in (source if isinstance(source, tuple) else (source,))}
+    missing, unmapped = sorted(sources - set(state)), sorted(set(state) - sources)
     if missing or unmapped:
-        raise ValueError(f"the checkpoint does not match the {config.n_layer}-layer base model: missing {missing}, "
-                         f"not mapped {unmapped}")
+        raise ValueError(f"the checkpoint does not match a {config.n_layer}-layer model of this variant: missing "
+                         f"{missing}, not mapped {unmapped}")
     converted = {}
     for target, source, transform in pairs:
-        converted[target] = (transform(state[source]) if transform else state[source]).contiguous().clone()
+        tensors = [state[name] for name in (source if isinstance(source, tuple) else (source,))]
+        converted[target] = (transform(*tensors) if transform else tensors[0]).contiguous().clone()
     model = GatedGPT2ForCausalLM(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     wrong = {n: (tuple(t.shape), expected.get(n)) for n, t in converted.items() if tuple(t.shape) != expected.get(n)}
@@ -169,7 +219,8 @@ def _verify_reload(model: GatedGPT2ForCausalLM, folder: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the authors' .pt file")
-    parser.add_argument("--variant", required=True, choices=VARIANTS)
+    parser.add_argument("--variant", required=True, choices=sorted([*VARIANTS, *NOT_CONVERTIBLE]),
+                        help="the reference's models/model_<variant>.py (base: model.py)")
     parser.add_argument("--n-head", type=int, default=8, help="attention heads (not stored in the weights; base: 8)")
     parser.add_argument("--out", required=True, help="a new folder for the GatedGPT2 checkpoint")
     args = parser.parse_args(argv)

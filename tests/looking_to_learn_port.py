@@ -4,17 +4,47 @@ dropout), over a state dict with the reference's parameter names. Used to check 
 `paper_code` preset give the authors' function.
 
     x_0 = LN_emb(sqrt(d) E[w_t] + P[t])
-    image: e = Enc(W_img v + b)  (one token; Enc = post-LN transformer layers: z = LN1(z + SA(z)), z = LN2(z + FF(z)))
+    image: e = Enc(W_img v + b)  (one token; Enc = post-LN transformer layers: z = LN1(z + SA(z)), z = LN2(z + FF(z)));
+           the MLP encoder LN(W_2 gelu(W_1 v + b_1) + b_2); no encoder: the projection alone
     layer: x = x + SA(LN1(x)) (causal, padded keys masked); h = LN2(x); c = CA(h, e)
-           g = sigmoid(W_g [h; c] + b_g); x = x + LN_g(g h + (1 - g) c)     (rows with an image only)
+           g = sigmoid(W_g [h; c] + b_g) (per feature or per token; hard: argmax of (text, image) logit pairs)
+           x = x + LN_g(g h + (1 - g) c)   (no gate: x + c)   (rows with an image only)
+           FiLM / DyIntra of h (the gate's text input) or of c, by the encoded image token e
            x = x + FF(LN3(x)),  FF(u) = W_2 gelu(W_1 u + b_1) + b_2  (exact GELU)
     logits = W_out x + b_out  (no final LayerNorm)
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a variant of the reference changes (its `models/model_<name>.py`), and the parameter names it uses."""
+    gate: str = "soft"  # soft | hard | none
+    gate_per_token: bool = False
+    encoder: str = "transformer"  # transformer (post-LN layers) | mlp | linear
+    modulation: str | None = None  # film | dyintra
+    modulation_target: str | None = None  # text (the gate's text input) | cross_attn (c)
+    gate_name: str = "gate_fc"  # the gate's Linear: gate.gate_fc in the base and gate files, gate.gate elsewhere
+
+
+VARIANTS = {
+    "base": Variant(),
+    "gate_soft_per_token": Variant(gate_per_token=True),
+    "gate_hard_per_feature": Variant(gate="hard"),
+    "gate_hard_per_token": Variant(gate="hard", gate_per_token=True),
+    "gate_none": Variant(gate="none"),
+    "no_encoder": Variant(encoder="linear"),
+    "mlp_encoder": Variant(encoder="mlp", gate_name="gate"),
+    "film_on_text": Variant(modulation="film", modulation_target="text"),
+    "dyintra_on_text": Variant(modulation="dyintra", modulation_target="text", gate_name="gate"),
+    "film_on_cross_attn": Variant(modulation="film", modulation_target="cross_attn", gate_name="gate"),
+    "dyintra_on_cross_attn": Variant(modulation="dyintra", modulation_target="cross_attn", gate_name="gate"),
+}
 
 
 def layer_norm(x, w, prefix, eps=1e-5):
@@ -47,28 +77,52 @@ def feed_forward(x, w, first, second):
     return linear(F.gelu(linear(x, w, first)), w, second)
 
 
-def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads=8, gates_out=None):
+def modulate(x, condition, w, prefix, kind):
+    """FiLM: x * gamma(e) + beta(e); DyIntra: x * (1 + sigmoid(W e)); `condition` (B, 1, d) broadcasts over positions."""
+    if kind == "film":
+        return x * linear(condition, w, f"{prefix}.film.gamma_fc") + linear(condition, w, f"{prefix}.film.beta_fc")
+    return x * (1 + torch.sigmoid(linear(condition, w, f"{prefix}.dyIntra.modulation_gate")))
+
+
+def gate_values(h, c, w, prefix, variant):
+    """g in [0, 1] per feature (B, T, d) or per token (B, T, 1); the hard gate at inference is the argmax of its
+    (text, image) logit pairs, laid out as [text_0, image_0, text_1, image_1, ...]."""
+    logits = linear(torch.cat([h, c], -1), w, f"{prefix}.gate.{variant.gate_name}")
+    if variant.gate == "soft":
+        return torch.sigmoid(logits)
+    pairs = logits.unflatten(-1, (-1, 2))
+    return (pairs[..., 0] >= pairs[..., 1]).to(h.dtype)
+
+
+def encode_image(image, w, heads, variant):
+    if variant.encoder == "mlp":  # Linear-GELU-(Dropout)-Linear-(Dropout)-LayerNorm
+        hidden = F.gelu(linear(image, w, "image_embedding.proj.0"))
+        return layer_norm(linear(hidden, w, "image_embedding.proj.3"), w, "image_embedding.layer_norm")[:, None]
+    encoded = linear(image, w, "image_embedding.projection_layer")[:, None]  # one token per image
+    for i in range(_count(w, "image_encoder.encoder.layers")):
+        p = f"image_encoder.encoder.layers.{i}"
+        encoded = layer_norm(encoded + multi_head_attention(encoded, encoded, w, f"{p}.self_attn", heads), w,
+                             f"{p}.norm1")
+        encoded = layer_norm(encoded + feed_forward(encoded, w, f"{p}.linear1", f"{p}.linear2"), w, f"{p}.norm2")
+    return encoded
+
+
+def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads=8, gates_out=None,
+            variant: Variant = VARIANTS["base"]):
     """Logits (B, T, V). `image` (B, D_img) global embeddings; `image_rows` (B,) bool: which rows read theirs (the
     reference runs a batch with or without images, so a row without one is the reference run without image);
-    `padding` (B, T) True at padded positions. Appends each layer's gate (B, T, d) to `gates_out`."""
+    `padding` (B, T) True at padded positions. Appends each layer's gate to `gates_out`."""
     batch, length = input_ids.shape
     d = w["text_embedding.token_embedding.weight"].shape[1]
     positions = torch.arange(length)
     x = w["text_embedding.token_embedding.weight"][input_ids] * math.sqrt(d)
     x = layer_norm(x + w["text_embedding.position_embedding.weight"][positions], w, "text_embedding.layer_norm")
-
-    encoded = None
-    if image is not None:
-        encoded = linear(image, w, "image_embedding.projection_layer")[:, None]  # one token per image
-        for i in range(_count(w, "image_encoder.encoder.layers")):
-            p = f"image_encoder.encoder.layers.{i}"
-            encoded = layer_norm(encoded + multi_head_attention(encoded, encoded, w, f"{p}.self_attn", heads), w,
-                                 f"{p}.norm1")
-            encoded = layer_norm(encoded + feed_forward(encoded, w, f"{p}.linear1", f"{p}.linear2"), w, f"{p}.norm2")
+    encoded = encode_image(image, w, heads, variant) if image is not None else None
 
     allowed = torch.ones(length, length, dtype=torch.bool).tril()[None].expand(batch, -1, -1)
     if padding is not None:
         allowed = allowed & ~padding[:, None, :]
+    rows = torch.ones(batch, dtype=torch.bool) if image_rows is None else image_rows
     for i in range(_count(w, "decoder.layers")):
         p = f"decoder.layers.{i}"
         h = layer_norm(x, w, f"{p}.norm1")
@@ -76,27 +130,29 @@ def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads
         if encoded is not None:
             h = layer_norm(x, w, f"{p}.norm2")
             c = multi_head_attention(h, encoded, w, f"{p}.cross_attn_txt_image", heads)
-            g = torch.sigmoid(linear(torch.cat([h, c], -1), w, f"{p}.gate.gate_fc"))
-            fused = layer_norm(g * h + (1 - g) * c, w, f"{p}.gate.layer_norm")
-            rows = torch.ones(batch, dtype=torch.bool) if image_rows is None else image_rows
-            x = torch.where(rows[:, None, None], x + fused, x)
-            if gates_out is not None:
-                gates_out.append(torch.where(rows[:, None, None], g, torch.ones_like(g)))
+            if variant.modulation_target == "text":
+                h = modulate(h, encoded, w, p, variant.modulation)
+            elif variant.modulation_target == "cross_attn":
+                c = modulate(c, encoded, w, p, variant.modulation)
+            if variant.gate == "none":
+                update = c
+            else:
+                g = gate_values(h, c, w, p, variant)
+                update = layer_norm(g * h + (1 - g) * c, w, f"{p}.gate.layer_norm")
+                if gates_out is not None:
+                    kept = torch.where(rows[:, None, None], g, torch.ones_like(g))
+                    gates_out.append(kept.squeeze(-1) if variant.gate_per_token else kept)
+            x = torch.where(rows[:, None, None], x + update, x)
         x = x + feed_forward(layer_norm(x, w, f"{p}.norm3"), w, f"{p}.ff.0", f"{p}.ff.3")
     return linear(x, w, "output_layer")
 
 
-def _count(w, prefix):
-    return len({k[len(prefix) + 1:].split(".")[0] for k in w if k.startswith(prefix + ".")})
-
-
 def random_state_dict(vocab=40, d=16, hidden=32, encoder_layers=2, decoder_layers=2, image_dim=12, positions=128,
-                      seed=0) -> dict:
-    """Random weights with the reference's names and shapes (LayerNorm gains around 1)."""
+                      seed=0, variant: Variant = VARIANTS["base"]) -> dict:
+    """Random weights with the reference's names and shapes for `variant` (LayerNorm gains around 1)."""
     generator = torch.Generator().manual_seed(seed)
     shapes = {"text_embedding.token_embedding.weight": (vocab, d),
               "text_embedding.position_embedding.weight": (positions, d),
-              "image_embedding.projection_layer.weight": (d, image_dim), "image_embedding.projection_layer.bias": (d,),
               "output_layer.weight": (vocab, d), "output_layer.bias": (vocab,)}
     norms = ["text_embedding.layer_norm"]
 
@@ -104,22 +160,46 @@ def random_state_dict(vocab=40, d=16, hidden=32, encoder_layers=2, decoder_layer
         shapes.update({f"{prefix}.in_proj_weight": (3 * d, d), f"{prefix}.in_proj_bias": (3 * d,),
                        f"{prefix}.out_proj.weight": (d, d), f"{prefix}.out_proj.bias": (d,)})
 
-    for i in range(encoder_layers):
+    def linear_shapes(prefix, out, inp):
+        shapes.update({f"{prefix}.weight": (out, inp), f"{prefix}.bias": (out,)})
+
+    if variant.encoder == "mlp":
+        linear_shapes("image_embedding.proj.0", d, image_dim)
+        linear_shapes("image_embedding.proj.3", d, d)
+        norms.append("image_embedding.layer_norm")
+    else:
+        linear_shapes("image_embedding.projection_layer", d, image_dim)
+    for i in range(encoder_layers if variant.encoder == "transformer" else 0):
         p = f"image_encoder.encoder.layers.{i}"
         attention(f"{p}.self_attn")
-        shapes.update({f"{p}.linear1.weight": (hidden, d), f"{p}.linear1.bias": (hidden,),
-                       f"{p}.linear2.weight": (d, hidden), f"{p}.linear2.bias": (d,)})
+        linear_shapes(f"{p}.linear1", hidden, d)
+        linear_shapes(f"{p}.linear2", d, hidden)
         norms += [f"{p}.norm1", f"{p}.norm2"]
+    gate_width = (1 if variant.gate_per_token else d) * (2 if variant.gate == "hard" else 1)
     for i in range(decoder_layers):
         p = f"decoder.layers.{i}"
         attention(f"{p}.self_attn")
         attention(f"{p}.cross_attn_txt_image")
-        shapes.update({f"{p}.gate.gate_fc.weight": (d, 2 * d), f"{p}.gate.gate_fc.bias": (d,),
-                       f"{p}.ff.0.weight": (hidden, d), f"{p}.ff.0.bias": (hidden,),
-                       f"{p}.ff.3.weight": (d, hidden), f"{p}.ff.3.bias": (d,)})
-        norms += [f"{p}.norm1", f"{p}.norm2", f"{p}.norm3", f"{p}.gate.layer_norm"]
+        linear_shapes(f"{p}.ff.0", hidden, d)
+        linear_shapes(f"{p}.ff.3", d, hidden)
+        norms += [f"{p}.norm1", f"{p}.norm2", f"{p}.norm3"]
+        if variant.gate != "none":
+            linear_shapes(f"{p}.gate.{variant.gate_name}", gate_width, 2 * d)
+            norms.append(f"{p}.gate.layer_norm")
+        if variant.modulation == "film":
+            linear_shapes(f"{p}.film.gamma_fc", d, d)
+            linear_shapes(f"{p}.film.beta_fc", d, d)
+        elif variant.modulation == "dyintra":
+            linear_shapes(f"{p}.dyIntra.modulation_gate", d, d)
     weights = {name: torch.randn(shape, generator=generator) / math.sqrt(shape[-1]) for name, shape in shapes.items()}
     for name in norms:
         weights[f"{name}.weight"] = 1 + 0.1 * torch.randn(d, generator=generator)
         weights[f"{name}.bias"] = 0.1 * torch.randn(d, generator=generator)
+    if variant.modulation == "film":  # gamma around 1, as a trained FiLM's
+        for name in [k for k in weights if k.endswith("film.gamma_fc.bias")]:
+            weights[name] = weights[name] + 1
     return weights
+
+
+def _count(w, prefix):
+    return len({k[len(prefix) + 1:].split(".")[0] for k in w if k.startswith(prefix + ".")})

@@ -11,6 +11,9 @@ from safetensors.torch import load_file
 
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
 from modeling_gatedgpt.configuration_gatedgpt import PRESETS
+from modeling_gatedgpt.convert_looking_to_learn import VARIANTS as CONVERTED
+from modeling_gatedgpt.convert_looking_to_learn import main as convert_main
+from tests import looking_to_learn_port as port
 from tests.conftest import tiny_model
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_0_1"
@@ -82,19 +85,18 @@ def test_modulation_of_the_cross_attention_is_conditioned_on_the_image(kind, bat
     torch.testing.assert_close(output, expected)
 
 
-def test_the_converted_authors_checkpoint_computes_the_papers_function(tmp_path):
+@pytest.mark.parametrize("variant", sorted(port.VARIANTS))
+def test_the_converted_authors_checkpoint_computes_the_papers_function(variant, tmp_path):
     """Random weights in the reference's names and layout -> `python -m modeling_gatedgpt.convert_looking_to_learn`
     -> the saved GatedGPT2 (preset `paper_code`) gives the independent port's logits and gates, to 1e-5 in float32:
     a global (B, D) image, right-padded text, and a text-only row in the same batch."""
-    from modeling_gatedgpt.convert_looking_to_learn import main as convert_main
-    from tests import looking_to_learn_port as port
-
-    weights = port.random_state_dict()
+    weights = port.random_state_dict(variant=port.VARIANTS[variant])
     torch.save({"model_state_dict": weights, "epoch": 3}, tmp_path / "best_model.pt")
-    convert_main(["--checkpoint", str(tmp_path / "best_model.pt"), "--variant", "base", "--n-head", "4",
+    convert_main(["--checkpoint", str(tmp_path / "best_model.pt"), "--variant", variant, "--n-head", "4",
                   "--out", str(tmp_path / "converted")])
     model = GatedGPT2ForCausalLM.from_pretrained(tmp_path / "converted").eval()
     assert {name: getattr(model.config, name) for name in PRESETS["paper_code"]} == PRESETS["paper_code"]
+    assert model.config.image_encoder_has_final_norm == (variant == "mlp_encoder")
 
     generator = torch.Generator().manual_seed(5)
     ids = torch.randint(0, 40, (3, 10), generator=generator)
@@ -103,23 +105,26 @@ def test_the_converted_authors_checkpoint_computes_the_papers_function(tmp_path)
     real[1, 7:] = False  # right padding
     rows = torch.tensor([True, True, False])  # the last row has no image
     reference_gates = []
-    expected = port.forward(weights, ids, image, rows, padding=~real, heads=4, gates_out=reference_gates)
+    expected = port.forward(weights, ids, image, rows, padding=~real, heads=4, gates_out=reference_gates,
+                            variant=port.VARIANTS[variant])
     with torch.no_grad():
         out = model(ids, attention_mask=real.long(), image_embeds=image, image_mask=rows, output_gates=True)
     torch.testing.assert_close(out.logits[real], expected[real], rtol=0, atol=1e-5)
-    assert len(out.gates) == len(reference_gates) == 2
+    assert len(out.gates) == len(reference_gates) == (0 if variant == "gate_none" else 2)
     for ours, theirs in zip(out.gates, reference_gates):
         torch.testing.assert_close(ours[real], theirs[real], rtol=0, atol=1e-5)
     with torch.no_grad():  # and a text-only batch is the reference run without an image
         text_only = model(ids[:1]).logits
-    torch.testing.assert_close(text_only, port.forward(weights, ids[:1], heads=4), rtol=0, atol=1e-5)
+    torch.testing.assert_close(text_only, port.forward(weights, ids[:1], heads=4, variant=port.VARIANTS[variant]),
+                               rtol=0, atol=1e-5)
     assert (text_only - out.logits[:1]).abs().max() > 0.1  # the image matters: the comparison is not vacuous
 
 
-def test_the_converter_names_what_does_not_fit(tmp_path):
-    from modeling_gatedgpt.convert_looking_to_learn import main as convert_main
-    from tests import looking_to_learn_port as port
+def test_every_variant_the_port_knows_is_one_the_converter_converts():
+    assert sorted(port.VARIANTS) == sorted(CONVERTED)
 
+
+def test_the_converter_names_what_does_not_fit(tmp_path):
     weights = port.random_state_dict()
     weights["decoder.layers.0.extra.weight"] = torch.zeros(2)
     del weights["decoder.layers.1.norm3.bias"]
@@ -128,8 +133,11 @@ def test_the_converter_names_what_does_not_fit(tmp_path):
                                          r"\['decoder.layers.0.extra.weight'\]"):
         convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "base", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=r"--variant film_on_image: the reference conditions the image tokens on the "
+                                         r"whole caption's mean, a future-token leak"):
+        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "film_on_image", "--out", "x"])
     with pytest.raises(SystemExit):
-        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "film_on_text", "--out", "x"])
+        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "film", "--out", "x"])
 
 
 def test_train_py_builds_the_paper_code_preset_and_gpt2_conversions_refuse_it(tiny_world, tmp_path):

@@ -25,11 +25,10 @@ DEPARTURES = {
     "final LayerNorm ln_f": dict(final_norm=True),
     "output head tied to the embeddings, no bias": dict(tie_word_embeddings=True, lm_head_bias=False),
     "FFN activation gelu_new (tanh) instead of exact GELU": dict(activation_function="gelu_new"),
-    "image encoder pre-LN + final LayerNorm": dict(image_encoder_norm_position="pre", image_encoder_final_norm=True),
+    "image encoder pre-LN + final LayerNorm": dict(image_encoder_norm_position="pre"),
     "all of them (GatedGPT2's gpt2 defaults)": dict(scale_embedding=False, embedding_norm=False, final_norm=True,
                                                     tie_word_embeddings=True, lm_head_bias=False,
-                                                    activation_function="gelu_new", image_encoder_norm_position="pre",
-                                                    image_encoder_final_norm=True),
+                                                    activation_function="gelu_new", image_encoder_norm_position="pre"),
 }
 SEEDS = (0, 1, 2)
 
