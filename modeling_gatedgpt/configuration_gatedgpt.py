@@ -345,8 +345,8 @@ PRESETS = {
 }
 
 
-# What a configuration saved before each field existed computed, as a function of the saved values (0.1.x had a bare
-# Linear-GELU-Linear MLP encoder, and conditioned the cross-attention modulation on the text).
+# What a configuration saved before each field existed computed, as a function of the saved values (until the fixes
+# of issue 20 the MLP encoder was a bare Linear-GELU-Linear, and the cross-attention modulation read the text).
 LEGACY_VALUES = {
     "image_encoder_final_norm": lambda saved: saved.get("image_encoder", "transformer") == "transformer",
     "image_encoder_dropout": lambda saved: 0.0 if saved.get("image_encoder") == "mlp" else None,

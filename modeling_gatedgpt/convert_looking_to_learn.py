@@ -54,8 +54,9 @@ def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     state = loaded.get("model_state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = list(loaded)[:8] if isinstance(loaded, dict) else []
         raise ValueError(f"{path}: expected a state dict of tensors (or a checkpoint dict with 'model_state_dict'), "
-                         f"got {type(loaded).__name__} with keys {list(loaded)[:8] if isinstance(loaded, dict) else ''}")
+                         f"got {type(loaded).__name__} {keys}")
     return state
 
 
@@ -156,40 +157,33 @@ def parameter_map(config: GatedGPT2Config, state: dict) -> list[tuple[str, str |
     return pairs
 
 
-def convert_state_dict(state: dict, config: GatedGPT2Config) -> dict[str, torch.Tensor]:
-    """GatedGPT2 weights from the reference's; an unmapped, missing or misshapen parameter is an error naming it."""
-    pairs = parameter_map(config, state)
+def convert_state_dict(state: dict, model: GatedGPT2ForCausalLM) -> dict[str, torch.Tensor]:
+    """`model`'s weights from the reference's; an unmapped, missing or misshapen parameter is an error naming it."""
+    pairs = parameter_map(model.config, state)
     sources = {name for _, source, _ in pairs for name in (source if isinstance(source, tuple) else (source,))}
     missing, unmapped = sorted(sources - set(state)), sorted(set(state) - sources)
     if missing or unmapped:
-        raise ValueError(f"the checkpoint does not match a {config.n_layer}-layer model of this variant: missing "
-                         f"{missing}, not mapped {unmapped}")
+        raise ValueError(f"the checkpoint does not match a {model.config.n_layer}-layer model of this variant: "
+                         f"missing {missing}, not mapped {unmapped}")
     converted = {}
     for target, source, transform in pairs:
         tensors = [state[name] for name in (source if isinstance(source, tuple) else (source,))]
         converted[target] = (transform(*tensors) if transform else tensors[0]).contiguous().clone()
-    model = GatedGPT2ForCausalLM(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     wrong = {n: (tuple(t.shape), expected.get(n)) for n, t in converted.items() if tuple(t.shape) != expected.get(n)}
-    absent = sorted(set(expected) - set(converted) - _buffers(model))
+    absent = sorted(set(expected) - set(converted) - {name for name, _ in model.named_buffers()})
     if wrong or absent:
         raise ValueError(f"converted weights do not fit GatedGPT2: shapes (got, expected) {wrong}, unset {absent}")
     return converted
 
 
-def _buffers(model) -> set[str]:
-    return {name for name, _ in model.named_buffers()}
-
-
 def convert(checkpoint: str | Path, variant: str, n_head: int, out: str | Path) -> GatedGPT2ForCausalLM:
-    state = load_reference_state_dict(checkpoint)
-    config = config_for(state, variant, n_head)
-    model = GatedGPT2ForCausalLM(config)
-    model.load_state_dict(convert_state_dict(state, config), strict=False)
-    model.eval()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} is not empty; choose a new folder")
+    state = load_reference_state_dict(checkpoint)
+    model = GatedGPT2ForCausalLM(config_for(state, variant, n_head)).eval()
+    model.load_state_dict(convert_state_dict(state, model), strict=False)  # strict: checked above, buffers aside
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # out appears only once verified
     try:
@@ -221,7 +215,8 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", required=True, help="the authors' .pt file")
     parser.add_argument("--variant", required=True, choices=sorted([*VARIANTS, *NOT_CONVERTIBLE]),
                         help="the reference's models/model_<variant>.py (base: model.py)")
-    parser.add_argument("--n-head", type=int, default=8, help="attention heads (not stored in the weights; base: 8)")
+    parser.add_argument("--n-head", type=int, required=True, help="attention heads, which the weights do not record "
+                        "(the reference's defaults: 8, and 6 in mlp_encoder)")
     parser.add_argument("--out", required=True, help="a new folder for the GatedGPT2 checkpoint")
     args = parser.parse_args(argv)
     model = convert(args.checkpoint, args.variant, args.n_head, args.out)

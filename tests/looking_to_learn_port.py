@@ -78,7 +78,8 @@ def feed_forward(x, w, first, second):
 
 
 def modulate(x, condition, w, prefix, kind):
-    """FiLM: x * gamma(e) + beta(e); DyIntra: x * (1 + sigmoid(W e)); `condition` (B, 1, d) broadcasts over positions."""
+    """FiLM: x * gamma(e) + beta(e); DyIntra: x * (1 + sigmoid(W e)); the condition (B, 1, d) broadcasts over
+    positions."""
     if kind == "film":
         return x * linear(condition, w, f"{prefix}.film.gamma_fc") + linear(condition, w, f"{prefix}.film.beta_fc")
     return x * (1 + torch.sigmoid(linear(condition, w, f"{prefix}.dyIntra.modulation_gate")))

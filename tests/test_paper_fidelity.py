@@ -129,15 +129,17 @@ def test_the_converter_names_what_does_not_fit(tmp_path):
     weights["decoder.layers.0.extra.weight"] = torch.zeros(2)
     del weights["decoder.layers.1.norm3.bias"]
     torch.save(weights, tmp_path / "odd.pt")
+    arguments = ["--checkpoint", str(tmp_path / "odd.pt"), "--n-head", "4", "--out", str(tmp_path / "o")]
     with pytest.raises(ValueError, match=r"missing \['decoder.layers.1.norm3.bias'\], not mapped "
                                          r"\['decoder.layers.0.extra.weight'\]"):
-        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "base", "--out", str(tmp_path / "o")])
+        convert_main([*arguments, "--variant", "base"])
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match=r"--variant film_on_image: the reference conditions the image tokens on the "
                                          r"whole caption's mean, a future-token leak"):
-        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "film_on_image", "--out", "x"])
-    with pytest.raises(SystemExit):
-        convert_main(["--checkpoint", str(tmp_path / "odd.pt"), "--variant", "film", "--out", "x"])
+        convert_main([*arguments, "--variant", "film_on_image"])
+    for incomplete in ([*arguments, "--variant", "film"], arguments[:2] + arguments[4:] + ["--variant", "base"]):
+        with pytest.raises(SystemExit):  # an unknown variant; no --n-head, which the weights cannot tell
+            convert_main(incomplete)
 
 
 def test_train_py_builds_the_paper_code_preset_and_gpt2_conversions_refuse_it(tiny_world, tmp_path):

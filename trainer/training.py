@@ -149,8 +149,8 @@ def move_into_place(staged: str, final: str) -> None:
 
 
 def remove_unfinished_saves(output_dir: str | os.PathLike) -> None:
-    """Cleans up after saves that a kill cut off: a partial folder (`.checkpoint-N.partial`, `revisions/.chck_*.partial`)
-    is deleted; a finished folder that was renamed aside to be replaced (`.checkpoint-N.replaced`) goes back into
+    """Cleans up after saves that a kill cut off: a partial folder (`.checkpoint-N.partial`,
+    `revisions/.chck_*.partial`) is deleted; a finished folder that was renamed aside to be replaced (`.checkpoint-N.replaced`) goes back into
     place if its replacement never arrived, and is deleted otherwise."""
     output_dir = Path(output_dir)
     for folder in (output_dir, output_dir / "revisions"):

@@ -1,6 +1,6 @@
 """How far each of GPT-2's choices moves GatedGPT2 from the function of the paper's code, alone: random weights in the
-reference's layout (its base size), converted to the `paper_code` preset (= the reference, tests/test_paper_fidelity.py),
-then one departure switched back to GPT-2's choice with the same weights. Max |logit difference| over a batch of 4 x 32
+reference's layout (its base size), converted to the `paper_code` preset (which is the reference's function, as
+tests/test_paper_fidelity.py checks), then one departure switched back to GPT-2's choice with the same weights. Max |logit difference| over a batch of 4 x 32
 tokens with a global image, per seed; the null is the paper_code preset itself (0 up to float32 rounding).
 
     python experiments/paper_departures/run.py   # -> results.json and results.md beside it
@@ -36,7 +36,7 @@ SEEDS = (0, 1, 2)
 def model_with(weights, **departure):
     config = config_for(weights, "base", n_head=8, **departure)
     model = GatedGPT2ForCausalLM(config).eval()
-    converted = convert_state_dict(weights, config_for(weights, "base", n_head=8))
+    converted = convert_state_dict(weights, GatedGPT2ForCausalLM(config_for(weights, "base", n_head=8)))
     if not config.embedding_norm:
         converted = {k: v for k, v in converted.items() if not k.startswith("transformer.ln_embd.")}
     if config.tie_word_embeddings:
