@@ -116,6 +116,9 @@ class GatedGPT2Config(PreTrainedConfig):
             position: causal by construction).
         cross_attn_modulation_condition (`str`): what conditions the modulation of c: `"image"` (the pooled image
             tokens, as the paper's code) or `"text"` (h at each position).
+        modulated_text_queries_image (`bool`): under `modulation_target="text"`, whether the modulated h is also the
+            cross-attention query (the paper's code queries with h and modulates only the gate's input; the two
+            agree for a single image token).
 
     Configurations saved before a field existed load with the value that computes what they computed then (see
     `LEGACY_VALUES`), so old checkpoints keep their function.
@@ -182,6 +185,7 @@ class GatedGPT2Config(PreTrainedConfig):
         modulation: str | None = None,
         modulation_target: str = "text",
         cross_attn_modulation_condition: str = "image",
+        modulated_text_queries_image: bool = False,
         contrastive: str | None = None,
         contrastive_weight: float = 0.1,
         contrastive_dim: int | None = None,
@@ -194,6 +198,10 @@ class GatedGPT2Config(PreTrainedConfig):
         _check_choice("modulation", modulation, MODULATIONS)
         _check_choice("modulation_target", modulation_target, MODULATION_TARGETS)
         _check_choice("cross_attn_modulation_condition", cross_attn_modulation_condition, MODULATION_CONDITIONS)
+        if modulation and modulation_target == "text" and gate == "none" and not modulated_text_queries_image:
+            raise ValueError("modulation_target='text' modulates the gate's text input, and gate='none' has no gate: "
+                             "set modulated_text_queries_image=True (the modulated h queries the image) or choose "
+                             "another modulation_target.")
         if image_encoder_dropout is not None and not 0 <= image_encoder_dropout < 1:
             raise ValueError(f"`image_encoder_dropout` must be in [0, 1) or None, got {image_encoder_dropout!r}.")
         _check_choice("image_encoder", image_encoder, IMAGE_ENCODERS)
@@ -274,6 +282,7 @@ class GatedGPT2Config(PreTrainedConfig):
         self.modulation = modulation
         self.modulation_target = modulation_target
         self.cross_attn_modulation_condition = cross_attn_modulation_condition
+        self.modulated_text_queries_image = modulated_text_queries_image
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
         self.contrastive_dim = contrastive_dim
@@ -346,11 +355,13 @@ PRESETS = {
 
 
 # What a configuration saved before each field existed computed, as a function of the saved values (until the fixes
-# of issue 20 the MLP encoder was a bare Linear-GELU-Linear, and the cross-attention modulation read the text).
+# of issue 20 the MLP encoder was a bare Linear-GELU-Linear, the cross-attention modulation read the text, and the
+# modulated text was the cross-attention query).
 LEGACY_VALUES = {
     "image_encoder_final_norm": lambda saved: saved.get("image_encoder", "transformer") == "transformer",
     "image_encoder_dropout": lambda saved: 0.0 if saved.get("image_encoder") == "mlp" else None,
     "cross_attn_modulation_condition": lambda saved: "text",
+    "modulated_text_queries_image": lambda saved: True,
 }
 
 

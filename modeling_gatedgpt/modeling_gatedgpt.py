@@ -95,6 +95,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             self.modulation = MODULATION_CLASSES[config.modulation](hidden_size, hidden_size) if config.modulation else None
             self.modulation_target = config.modulation_target
             self.modulate_cross_by_image = config.cross_attn_modulation_condition == "image"
+            self.modulated_text_queries_image = config.modulated_text_queries_image
             self.per_token_gate = config.gate_granularity == "token"
             self.image_knockout: ImageKnockout | None = None  # set by `interventions.knockout`, never saved
 
@@ -135,15 +136,16 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             image_rows, image_attention_mask, knocked_values = image_knockout.apply(
                 image_rows, image_attention_mask, image_states.shape[-2]
             )
-        text = self.ln_cross_attn(hidden_states)
+        query = text = self.ln_cross_attn(hidden_states)
         image_kv = image_states
         if self.modulation is not None and self.modulation_target == "text":
             text = self.modulation(text, image_pooled)
+            query = text if self.modulated_text_queries_image else query
         elif self.modulation is not None and self.modulation_target == "image":
             # Image tokens seen from position t are conditioned on h_t alone, which only depends on tokens <= t.
             image_kv = self.modulation(image_states.unsqueeze(1), text.unsqueeze(2))
         cross, cross_weights = self.crossattention(
-            text, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv,
+            query, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv,
             knocked_values=knocked_values,
         )
         if self.modulation is not None and self.modulation_target == "cross_attn":

@@ -85,6 +85,8 @@ def test_too_long_generation(model):
         (dict(fusion="add"), r"`fusion` must be one of \['paper', 'residual'\]"),
         (dict(modulation="adain"), r"`modulation` must be one of \[None, 'film', 'dyintra'\]"),
         (dict(modulation_target="pixels"), r"`modulation_target` must be one of \['text', 'cross_attn', 'image'\]"),
+        (dict(modulation="film", gate="none"), r"modulation_target='text' modulates the gate's text input, and "
+                                                r"gate='none' has no gate: set modulated_text_queries_image=True"),
         (dict(image_encoder="cnn"), r"`image_encoder` must be one of \['transformer', 'mlp', 'linear'\]"),
         (dict(contrastive="triplet"), r"`contrastive` must be one of \[None, 'clip', 'lcg'\]"),
         (dict(vision_feature="patches"), r"`vision_feature` must be one of \['cls', 'cls_patches'\]"),

@@ -28,9 +28,27 @@ def test_a_checkpoint_saved_before_the_fixes_computes_what_it_computed(name):
     torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-6)
     config = model.config
     assert config.image_encoder_has_final_norm == (config.image_encoder == "transformer")
-    assert config.cross_attn_modulation_condition == "text"
+    assert config.cross_attn_modulation_condition == "text" and config.modulated_text_queries_image
     if config.image_encoder == "mlp":
         assert config.image_encoder_dropout_rate == 0.0
+
+
+@pytest.mark.parametrize("kind", ["film", "dyintra"])
+def test_modulation_of_the_text_feeds_the_gate_and_the_image_is_queried_with_h(kind, batch):
+    """As the paper's code: FiLM/DyIntra of h changes the gate's text input, while the cross-attention query stays
+    h = LN(x). With CLS + patch tokens the query matters (one token would make the softmax trivially 1)."""
+    model = tiny_model(modulation=kind, modulation_target="text").eval()
+    normalised, queries, modulated, gate_inputs = [], [], [], []
+    block = model.transformer.h[0]
+    block.ln_cross_attn.register_forward_hook(lambda m, args, out: normalised.append(out))
+    block.crossattention.register_forward_hook(lambda m, args, out: queries.append(args[0]))
+    block.modulation.register_forward_hook(lambda m, args, out: modulated.append(out))
+    block.gate.register_forward_hook(lambda m, args, out: gate_inputs.append(args[0]))
+    with torch.no_grad():
+        model(batch["input_ids"], image_embeds=batch["image_tokens"])
+    torch.testing.assert_close(queries[0], normalised[0], rtol=0, atol=0)
+    torch.testing.assert_close(gate_inputs[0], modulated[0], rtol=0, atol=0)
+    assert not torch.allclose(modulated[0], normalised[0])
 
 
 def test_a_new_configuration_saves_every_field_so_it_is_never_taken_for_a_legacy_one(tmp_path):

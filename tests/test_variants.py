@@ -22,8 +22,16 @@ ENCODERS = [
 ]
 AUX = [dict(contrastive=None), dict(contrastive="clip"), dict(contrastive="lcg")]
 
+
+
+def combined(gate: dict, modulation: dict) -> dict:
+    # Without a gate, a modulation of the text (the gate's input) acts through the cross-attention query.
+    no_gate_input = gate["gate"] == "none" and modulation.get("modulation_target") == "text"
+    return {**gate, **modulation, **({"modulated_text_queries_image": True} if no_gate_input else {})}
+
+
 # gates x modulations in full; encoders and auxiliary losses crossed with a rotating slice of them.
-GRID = [{**g, **m} for g, m in itertools.product(GATES, MODULATIONS)] + [
+GRID = [combined(g, m) for g, m in itertools.product(GATES, MODULATIONS)] + [
     {**GATES[i % len(GATES)], **MODULATIONS[i % len(MODULATIONS)], **e, **a}
     for i, (e, a) in enumerate(itertools.product(ENCODERS, AUX))
 ]
