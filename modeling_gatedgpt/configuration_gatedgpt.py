@@ -10,6 +10,7 @@ from .compat import PreTrainedConfig
 GATES = ("soft", "hard", "none")
 GATE_GRANULARITIES = ("feature", "token")
 FUSIONS = ("paper", "residual")
+TEMPERATURE_SCHEDULES = ("geometric", "linear")
 MODULATIONS = (None, "film", "dyintra")
 MODULATION_TARGETS = ("text", "cross_attn", "image")
 MODULATION_CONDITIONS = ("image", "text")
@@ -103,7 +104,8 @@ class GatedGPT2Config(PreTrainedConfig):
             inference) or `"none"` (x + c).
         gate_granularity (`str`): one gate value per `"feature"` or per `"token"`.
         gate_temperature_start, gate_temperature_end, gate_temperature_steps: the hard gate's Gumbel temperature,
-            annealed geometrically from start to end over that many optimizer steps (see `gate_temperature_at`).
+            annealed from start to end over that many optimizer steps (see `gate_temperature_at`), by
+            `gate_temperature_schedule`: `"geometric"` or `"linear"` (the paper's code).
         gate_straight_through (`bool`): hard gates use the straight-through estimator in training.
         fusion (`str`): `"paper"`: x + LN(g*h + (1-g)*c), as in the paper's code; `"residual"`: x + (1-g)*c, which is
             exactly the text-only block when g = 1.
@@ -180,6 +182,7 @@ class GatedGPT2Config(PreTrainedConfig):
         gate_temperature_start: float = 1.0,
         gate_temperature_end: float = 0.1,
         gate_temperature_steps: int = 10_000,
+        gate_temperature_schedule: str = "geometric",
         gate_straight_through: bool = True,
         fusion: str = "paper",
         modulation: str | None = None,
@@ -195,6 +198,7 @@ class GatedGPT2Config(PreTrainedConfig):
         _check_choice("gate", gate, GATES)
         _check_choice("gate_granularity", gate_granularity, GATE_GRANULARITIES)
         _check_choice("fusion", fusion, FUSIONS)
+        _check_choice("gate_temperature_schedule", gate_temperature_schedule, TEMPERATURE_SCHEDULES)
         _check_choice("modulation", modulation, MODULATIONS)
         _check_choice("modulation_target", modulation_target, MODULATION_TARGETS)
         _check_choice("cross_attn_modulation_condition", cross_attn_modulation_condition, MODULATION_CONDITIONS)
@@ -277,6 +281,7 @@ class GatedGPT2Config(PreTrainedConfig):
         self.gate_temperature_start = gate_temperature_start
         self.gate_temperature_end = gate_temperature_end
         self.gate_temperature_steps = gate_temperature_steps
+        self.gate_temperature_schedule = gate_temperature_schedule
         self.gate_straight_through = gate_straight_through
         self.fusion = fusion
         self.modulation = modulation
@@ -337,11 +342,14 @@ class GatedGPT2Config(PreTrainedConfig):
         return list(range(self.n_layer)) if self.cross_attention_layers is None else list(self.cross_attention_layers)
 
     def gate_temperature_at(self, step: int) -> float:
-        """Gumbel temperature after `step` optimizer steps: geometric from start to end, then constant."""
+        """Gumbel temperature after `step` optimizer steps: from start to end (geometric or linear), then constant."""
         if self.gate_temperature_steps == 0:
             return self.gate_temperature_end
         progress = min(max(step, 0) / self.gate_temperature_steps, 1.0)
-        return self.gate_temperature_start * (self.gate_temperature_end / self.gate_temperature_start) ** progress
+        start, end = self.gate_temperature_start, self.gate_temperature_end
+        if self.gate_temperature_schedule == "linear":
+            return start + (end - start) * progress
+        return start * (end / start) ** progress
 
 
 # "paper_code": the architecture of the paper's code (biancaganescu/looking-to-learn at 15a9c6e), where it departs

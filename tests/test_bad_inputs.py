@@ -93,6 +93,8 @@ def test_too_long_generation(model):
         (dict(cross_attention_layers=[0, 5]), r"cross_attention_layers.*\[0, 2\), got \[0, 5\]"),
         (dict(n_embd=30), r"n_embd.*divisible by `n_head`"),
         (dict(gate_temperature_end=2.0), r"0 < gate_temperature_end <= gate_temperature_start"),
+        (dict(gate_temperature_schedule="cosine"), r"`gate_temperature_schedule` must be one of \['geometric', "
+                                                   r"'linear'\], got 'cosine'"),
         (dict(vision_config=dict(hidden_size=16, num_attention_heads=2)), r"image_embed_dim.*\(24\).*hidden_size \(16\)"),
         (dict(n_layer=-1), r"`n_layer` must be an integer >= 1, got -1"),
         (dict(n_head=0), r"`n_head` must be an integer >= 1, got 0"),

@@ -35,6 +35,8 @@ def test_gate_temperature_schedule_and_setter():
     assert config.gate_temperature_at(0) == 1.0
     assert math.isclose(config.gate_temperature_at(50), math.sqrt(0.1))
     assert math.isclose(config.gate_temperature_at(1000), 0.1)
+    linear = GatedGPT2Config(gate_temperature_steps=100, gate_temperature_schedule="linear")  # the paper's code
+    assert [linear.gate_temperature_at(step) for step in (0, 50, 100, 1000)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
     model = tiny_model(gate="hard")
     model.set_gate_temperature(0.5)
     assert all(float(block.gate.temperature) == 0.5 for block in model.transformer.h)

@@ -135,15 +135,19 @@ def test_accelerate_launch_runs_the_demo_pipeline(tmp_path):
     assert {"function", "colour", "shape"} <= set(report["gate_by_word_class"])
 
 
-def test_hard_gate_temperature_is_annealed_from_the_global_step(tiny_world, tmp_path):
+@pytest.mark.parametrize("schedule, halfway", [("geometric", 0.1 ** 0.5), ("linear", 0.55)])
+def test_hard_gate_temperature_is_annealed_from_the_global_step(tiny_world, tmp_path, schedule, halfway):
+    """Annealed from 1 to 0.1 over 6 steps; after 4 steps the temperature set before the last one is step 3's."""
     from transformers import AutoModelForCausalLM
 
     train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--gate", "hard", "--curriculum", "mixed_uniform",
-                                            "--max_steps", "4", "--gate_temperature_steps", "3")])
+                                            "--max_steps", "4", "--gate_temperature_steps", "6",
+                                            "--gate_temperature_schedule", schedule, "--gate_straight_through",
+                                            "false")])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
-    final = model.config.gate_temperature_at(3)  # the temperature set before the last (4th) step
-    assert final == pytest.approx(0.1)
-    assert [float(b.gate.temperature) for b in model.transformer.h] == pytest.approx([final] * 2)
+    assert model.config.gate_temperature_schedule == schedule and not model.config.gate_straight_through
+    assert model.config.gate_temperature_at(3) == pytest.approx(halfway)
+    assert [float(b.gate.temperature) for b in model.transformer.h] == pytest.approx([halfway] * 2)
 
 
 def test_words_seen_revisions_are_saved_with_babylm_names(tiny_world, tmp_path):

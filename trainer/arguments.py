@@ -42,6 +42,9 @@ class ModelArguments:
     gate_temperature_start: float | None = None
     gate_temperature_end: float | None = None
     gate_temperature_steps: int | None = field(default=None, metadata={"help": "Default: the run's total steps."})
+    gate_temperature_schedule: str | None = field(default=None, metadata={"help": "geometric | linear"})
+    gate_straight_through: bool | None = field(default=None, metadata={
+        "help": "Hard gates sample a hard 0/1 in training (straight-through); false: soft Gumbel, as the paper's code."})
     fusion: str | None = field(default=None, metadata={"help": "paper | residual"})
     modulation: str | None = field(default=None, metadata={"help": "film | dyintra"})
     modulation_target: str | None = field(default=None, metadata={"help": "text | cross_attn | image"})
