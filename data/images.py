@@ -77,6 +77,19 @@ class ImageStore:
         self.row_shape = tuple(shapes[0][1:])
         self.offsets = np.cumsum([0] + [s[0] for s in shapes])
 
+    @classmethod
+    def concatenate(cls, stores: Sequence[ImageStore]) -> ImageStore:
+        """One store over the shards of `stores`, in order, without opening or scanning them again (each was checked
+        when its store was made)."""
+        shapes = {store.row_shape for store in stores}
+        if len(shapes) != 1:
+            raise ValueError(f"image stores with different row shapes {sorted(shapes)} cannot be concatenated")
+        joined = cls.__new__(cls)
+        joined.files = [f for store in stores for f in store.files]
+        joined._shards, joined.row_shape = None, stores[0].row_shape
+        joined.offsets = np.cumsum([0, *(rows for store in stores for rows in np.diff(store.offsets))])  # per shard
+        return joined
+
     @staticmethod
     def _open(path: str) -> np.ndarray:
         return open_embeddings(path)

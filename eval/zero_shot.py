@@ -49,11 +49,12 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     scores = score_candidates(model, tokenizer, sentences, completions, image_table, image_rows, sources, batch_size,
                               desc=task.name if progress else None)
     bounds = np.cumsum([0] + [len(item.sentences) for item in items])
-    chosen = [int(np.argmax(scores[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]  # first maximum, as torch.max
+    per_item = [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    chosen = [int(np.argmax(candidates)) for candidates in per_item]  # first maximum, as torch.max
     # Items whose best score is shared: the pipeline gives them to the first candidate, which is the correct one, so
     # they count as right; how many there are says how much of the accuracy is that rule's (all of it, for a model
     # that scores nothing).
-    ties = sum(int(np.sum(scores[a:b] == scores[a:b].max()) > 1) for a, b in zip(bounds[:-1], bounds[1:]))
+    ties = sum(int(np.sum(candidates == candidates.max()) > 1) for candidates in per_item)
 
     metric = metric or load_accuracy_metric()
     computed = metric.compute(predictions=chosen, references=[item.label for item in items],

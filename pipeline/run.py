@@ -84,7 +84,7 @@ def build_datasets(data_args: DataArguments, tokenizer, image_dim: int | None):
     if data_args.caption_files:
         captions, train_store = load_caption_shards(data_args.caption_files, data_args.embedding_files, image_dim)
         parts.append(caption_dataset(captions, data_args.caption_files, tokenizer, block, cache))
-        store_files = list(train_store.files)
+        stores = [train_store]
         if data_args.eval_caption_files:
             eval_captions, eval_store = load_caption_shards(data_args.eval_caption_files,
                                                             data_args.eval_embedding_files, image_dim)
@@ -93,8 +93,8 @@ def build_datasets(data_args: DataArguments, tokenizer, image_dim: int | None):
                                  f"{train_store.row_shape}")
             evals["captions"] = caption_dataset(eval_captions, data_args.eval_caption_files, tokenizer, block, cache,
                                                 first_image_index=len(train_store))
-            store_files += eval_store.files
-        images = ImageStore(store_files, image_dim)
+            stores.append(eval_store)
+        images = ImageStore.concatenate(stores)  # each store scanned its shards once, when it was made
     if not parts:
         raise ValueError("no training data: give text_dir and/or caption_files (or neither, for the grounded world)")
     if data_args.max_eval_examples is not None:
@@ -208,7 +208,6 @@ def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Ite
             lock.truncate(0)
             lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
             lock.flush()
-        if training_args.process_index == 0:
             remove_unfinished_saves(output_dir)
         earlier = sorted(p for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern))
         if training_args.resume_from_checkpoint in ("True", "true", True):

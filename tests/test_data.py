@@ -176,6 +176,19 @@ def test_a_nan_or_inf_row_in_an_embedding_file_is_refused_at_load_naming_file_an
         ImageEmbeddings.load(bad)
 
 
+def test_concatenated_stores_read_the_rows_of_one_store_over_all_their_files(tmp_path):
+    paths = [tmp_path / f"{i}.npy" for i in range(3)]
+    for i, path in enumerate(paths):
+        np.save(path, np.arange(8 * (i + 1), dtype=np.float32).reshape(-1, 2) + 100 * i)
+    joined = ImageStore.concatenate([ImageStore(paths[:2]), ImageStore(paths[2:])])
+    whole = ImageStore(paths)
+    assert joined.files == whole.files and len(joined) == len(whole) == 24 and joined.row_shape == (2,)
+    np.testing.assert_array_equal(joined.rows([23, 0, 3, 4, 12, 11]), whole.rows([23, 0, 3, 4, 12, 11]))
+    np.save(tmp_path / "wide.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"different row shapes \[\(2,\), \(3,\)\] cannot be concatenated"):
+        ImageStore.concatenate([whole, ImageStore([tmp_path / "wide.npy"])])
+
+
 def test_malformed_caption_files_report_file_and_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[\n"a red circle",\n"a blue square"\n"oops"]')

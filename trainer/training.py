@@ -129,11 +129,15 @@ class RunTotals(TrainerCallback, ExportableState):
                 "resumed_from_step": self.first_step or None}
 
 
+def _hidden_beside(final: str, suffix: str) -> str:
+    parent, name = os.path.split(os.path.normpath(final))
+    return os.path.join(parent, f".{name}.{suffix}")
+
+
 def partial_path(final: str) -> str:
     """Where a folder is written before it becomes `final`: beside it, hidden, so that neither the Trainer's
     checkpoint list nor a resume takes it for a finished save."""
-    parent, name = os.path.split(os.path.normpath(final))
-    return os.path.join(parent, f".{name}.partial")
+    return _hidden_beside(final, "partial")
 
 
 def move_into_place(staged: str, final: str) -> None:
@@ -141,7 +145,7 @@ def move_into_place(staged: str, final: str) -> None:
     earlier `final` or the new one, never half a save (an earlier `final` is first renamed aside, then deleted)."""
     replaced = None
     if os.path.lexists(final):
-        replaced = partial_path(final).removesuffix(".partial") + ".replaced"
+        replaced = _hidden_beside(final, "replaced")
         os.replace(final, replaced)
     os.replace(staged, final)
     if replaced:

@@ -33,10 +33,10 @@ DEPARTURES = {
 SEEDS = (0, 1, 2)
 
 
-def model_with(weights, **departure):
+def model_with(weights, converted, **departure):
+    """The converted weights in a model with `departure` from the paper_code preset."""
     config = config_for(weights, "base", n_head=8, **departure)
     model = GatedGPT2ForCausalLM(config).eval()
-    converted = convert_state_dict(weights, GatedGPT2ForCausalLM(config_for(weights, "base", n_head=8)))
     if not config.embedding_norm:
         converted = {k: v for k, v in converted.items() if not k.startswith("transformer.ln_embd.")}
     if config.tie_word_embeddings:
@@ -53,10 +53,12 @@ def main():
         generator = torch.Generator().manual_seed(100 + seed)
         ids = torch.randint(0, 16000, (4, 32), generator=generator)
         image = torch.randn(4, 768, generator=generator)
+        paper = GatedGPT2ForCausalLM(config_for(weights, "base", n_head=8))
+        converted = convert_state_dict(weights, paper)
         with torch.no_grad():
-            reference = model_with(weights)(ids, image_embeds=image).logits
+            reference = model_with(weights, converted)(ids, image_embeds=image).logits
             for name, departure in DEPARTURES.items():
-                logits = model_with(weights, **departure)(ids, image_embeds=image).logits
+                logits = model_with(weights, converted, **departure)(ids, image_embeds=image).logits
                 results[name].append((logits - reference).abs().max().item())
         print(f"seed {seed} done", flush=True)
     summary = {name: {"per_seed": values, "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))}
