@@ -6,13 +6,14 @@ from .images import ImageEmbeddings, ImageStore
 from .revisions import BABYLM_REVISION_WORDS, parse_revision_words, revision_name
 from .text import (caption_dataset, clean_line, decode_utf8, iter_text_lines, load_caption_shards, read_captions,
                    text_dataset, text_files, tokenize_examples)
-from .tokenizer import BOS, EOS, PAD, PreTrainedTokenizerFast, load_tokenizer, portable_tokenizer, train_tokenizer
+from .tokenizer import (BOS, EOS, PAD, PreTrainedTokenizerFast, gpt2_tokenizer, load_tokenizer, portable_tokenizer,
+                        train_tokenizer)
 from .world import WorldFiles, WorldSpec, write_world
 
 __all__ = [
     "BABYLM_REVISION_WORDS", "BOS", "EOS", "PAD", "GroundedCollator", "ImageEmbeddings", "ImageStore",
     "PreTrainedTokenizerFast", "WorldFiles", "WorldSpec", "caption_dataset", "clean_line", "decode_utf8",
-    "iter_text_lines",
-    "load_caption_shards", "load_tokenizer", "parse_revision_words", "portable_tokenizer", "read_captions",
-    "revision_name", "text_dataset", "text_files", "tokenize_examples", "train_tokenizer", "write_world",
+    "gpt2_tokenizer", "iter_text_lines", "load_caption_shards", "load_tokenizer", "parse_revision_words",
+    "portable_tokenizer", "read_captions", "revision_name", "text_dataset", "text_files", "tokenize_examples",
+    "train_tokenizer", "write_world",
 ]

@@ -1,5 +1,6 @@
 """Configuration of GatedGPT2: a GPT-2 decoder that cross-attends to image embeddings through a learned gate."""
 
+import inspect
 from enum import Enum
 
 from transformers import Dinov2Config
@@ -16,7 +17,12 @@ MODULATION_TARGETS = ("text", "cross_attn", "image")
 MODULATION_CONDITIONS = ("image", "text")
 IMAGE_ENCODERS = ("transformer", "mlp", "linear")
 NORM_POSITIONS = ("pre", "post")
+STYLES = ("gpt2", "paper_code")  # of dropout placement and initialisation
 CONTRASTIVE_LOSSES = (None, "clip", "lcg")
+CONTRASTIVE_SIMILARITIES = ("cosine", "dot")
+CONTRASTIVE_TEXT_SOURCES = ("before_cross_attention", "embeddings")
+LCG_OBJECTIVES = ("token_to_image", "two_way")
+GATE_TEMPERATURE_CLOCKS = ("optimizer_steps", "image_batches")
 
 
 class ImageKind(str, Enum):
@@ -82,6 +88,12 @@ class GatedGPT2Config(PreTrainedConfig):
         embedding_norm (`bool`): a LayerNorm on the embeddings, after their dropout.
         final_norm (`bool`): GPT-2's LayerNorm `ln_f` after the last block.
         lm_head_bias (`bool`): a bias in the output projection (untie it with `tie_word_embeddings=False`).
+        dropout_placement (`str`): `"gpt2"`, or `"paper_code"`, which also drops the fused mix before its LayerNorm
+            and the feed-forward activation, and the decoder's feed-forward output twice (in its FFN and on the
+            residual), as the paper's code; the same function at inference.
+        initialization (`str`): `"gpt2"` (N(0, initializer_range), GPT-2's scaled residual projections) or
+            `"paper_code"` (PyTorch's defaults, as the paper's code: uniform(+-1/sqrt(fan_in)) Linear layers,
+            N(0, 1) embeddings, Xavier-uniform attention in-projections with zero biases).
 
     Image side:
         image_embed_dim (`int`): width of the image embeddings given as `image_embeds`.
@@ -104,8 +116,10 @@ class GatedGPT2Config(PreTrainedConfig):
             inference) or `"none"` (x + c).
         gate_granularity (`str`): one gate value per `"feature"` or per `"token"`.
         gate_temperature_start, gate_temperature_end, gate_temperature_steps: the hard gate's Gumbel temperature,
-            annealed from start to end over that many optimizer steps (see `gate_temperature_at`), by
-            `gate_temperature_schedule`: `"geometric"` or `"linear"` (the paper's code).
+            annealed from start to end over that many steps of `gate_temperature_clock` (see `gate_temperature_at`),
+            by `gate_temperature_schedule`: `"geometric"` or `"linear"` (the paper's code).
+        gate_temperature_clock (`str`): what a step is: `"optimizer_steps"`, or `"image_batches"`, the training
+            batches that carry images (the paper's code counts its caption-phase forward passes).
         gate_straight_through (`bool`): hard gates use the straight-through estimator in training.
         fusion (`str`): `"paper"`: x + LN(g*h + (1-g)*c), as in the paper's code; `"residual"`: x + (1-g)*c, which is
             exactly the text-only block when g = 1.
@@ -129,6 +143,16 @@ class GatedGPT2Config(PreTrainedConfig):
         contrastive (`str`, *optional*): `"clip"` (symmetric InfoNCE, caption vs image) or `"lcg"` (each token
             grounded to its own image, -log p), added to the LM loss with weight `contrastive_weight`;
             `contrastive_dim` is the shared projection width (`n_embd` when `None`).
+        contrastive_text_source (`str`): the text features compared with the image: the text stream as it enters
+            the first cross-attention layer (`"before_cross_attention"`) or the embeddings (`"embeddings"`); the two
+            differ only when layer 0 does not cross-attend.
+        contrastive_projection_bias (`bool`): biases in the two projections.
+        contrastive_similarity (`str`): `"cosine"` of the projections, or their `"dot"` product.
+        contrastive_temperature (`float`): the learnable temperature's initial value; it is clamped to
+            [`contrastive_temperature_min`, `contrastive_temperature_max`] (no upper bound when `None`).
+        lcg_objective (`str`): `"token_to_image"` (-log p(own image | token)) or `"two_way"` (the mean of that, over
+            the images whose captions reach the token's position, and of -log p(token | own image) against the other
+            captions' tokens: the paper's two terms).
     """
 
     model_type = "gated_gpt2"
@@ -166,6 +190,8 @@ class GatedGPT2Config(PreTrainedConfig):
         embedding_norm: bool = False,
         final_norm: bool = True,
         lm_head_bias: bool = False,
+        dropout_placement: str = "gpt2",
+        initialization: str = "gpt2",
         image_embed_dim: int = 768,
         image_encoder: str = "transformer",
         image_encoder_layers: int = 5,
@@ -183,6 +209,7 @@ class GatedGPT2Config(PreTrainedConfig):
         gate_temperature_end: float = 0.1,
         gate_temperature_steps: int = 10_000,
         gate_temperature_schedule: str = "geometric",
+        gate_temperature_clock: str = "optimizer_steps",
         gate_straight_through: bool = True,
         fusion: str = "paper",
         modulation: str | None = None,
@@ -192,6 +219,13 @@ class GatedGPT2Config(PreTrainedConfig):
         contrastive: str | None = None,
         contrastive_weight: float = 0.1,
         contrastive_dim: int | None = None,
+        contrastive_text_source: str = "before_cross_attention",
+        contrastive_projection_bias: bool = False,
+        contrastive_similarity: str = "cosine",
+        contrastive_temperature: float = 0.07,
+        contrastive_temperature_min: float = 0.01,
+        contrastive_temperature_max: float | None = None,
+        lcg_objective: str = "token_to_image",
         output_gates: bool = False,
         **kwargs,
     ):
@@ -199,6 +233,7 @@ class GatedGPT2Config(PreTrainedConfig):
         _check_choice("gate_granularity", gate_granularity, GATE_GRANULARITIES)
         _check_choice("fusion", fusion, FUSIONS)
         _check_choice("gate_temperature_schedule", gate_temperature_schedule, TEMPERATURE_SCHEDULES)
+        _check_choice("gate_temperature_clock", gate_temperature_clock, GATE_TEMPERATURE_CLOCKS)
         _check_choice("modulation", modulation, MODULATIONS)
         _check_choice("modulation_target", modulation_target, MODULATION_TARGETS)
         _check_choice("cross_attn_modulation_condition", cross_attn_modulation_condition, MODULATION_CONDITIONS)
@@ -210,8 +245,20 @@ class GatedGPT2Config(PreTrainedConfig):
             raise ValueError(f"`image_encoder_dropout` must be in [0, 1) or None, got {image_encoder_dropout!r}.")
         _check_choice("image_encoder", image_encoder, IMAGE_ENCODERS)
         _check_choice("image_encoder_norm_position", image_encoder_norm_position, NORM_POSITIONS)
+        _check_choice("dropout_placement", dropout_placement, STYLES)
+        _check_choice("initialization", initialization, STYLES)
         _check_choice("contrastive", contrastive, CONTRASTIVE_LOSSES)
         _check_choice("vision_feature", vision_feature, VISION_FEATURES)
+        _check_choice("contrastive_text_source", contrastive_text_source, CONTRASTIVE_TEXT_SOURCES)
+        _check_choice("contrastive_similarity", contrastive_similarity, CONTRASTIVE_SIMILARITIES)
+        _check_choice("lcg_objective", lcg_objective, LCG_OBJECTIVES)
+        upper = float("inf") if contrastive_temperature_max is None else contrastive_temperature_max
+        if not 0 < contrastive_temperature_min <= contrastive_temperature <= upper:
+            raise ValueError(
+                "Contrastive temperatures must satisfy 0 < contrastive_temperature_min <= contrastive_temperature <= "
+                f"contrastive_temperature_max, got min={contrastive_temperature_min}, "
+                f"initial={contrastive_temperature}, max={contrastive_temperature_max}."
+            )
         sizes = dict(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                      n_inner=n_inner, image_embed_dim=image_embed_dim, contrastive_dim=contrastive_dim,
                      channel_attention_reduction=channel_attention_reduction)
@@ -265,6 +312,8 @@ class GatedGPT2Config(PreTrainedConfig):
         self.embedding_norm = embedding_norm
         self.final_norm = final_norm
         self.lm_head_bias = lm_head_bias
+        self.dropout_placement = dropout_placement
+        self.initialization = initialization
         self.image_embed_dim = image_embed_dim
         self.image_encoder = image_encoder
         self.image_encoder_layers = image_encoder_layers
@@ -282,6 +331,7 @@ class GatedGPT2Config(PreTrainedConfig):
         self.gate_temperature_end = gate_temperature_end
         self.gate_temperature_steps = gate_temperature_steps
         self.gate_temperature_schedule = gate_temperature_schedule
+        self.gate_temperature_clock = gate_temperature_clock
         self.gate_straight_through = gate_straight_through
         self.fusion = fusion
         self.modulation = modulation
@@ -291,6 +341,13 @@ class GatedGPT2Config(PreTrainedConfig):
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
         self.contrastive_dim = contrastive_dim
+        self.contrastive_text_source = contrastive_text_source
+        self.contrastive_projection_bias = contrastive_projection_bias
+        self.contrastive_similarity = contrastive_similarity
+        self.contrastive_temperature = contrastive_temperature
+        self.contrastive_temperature_min = contrastive_temperature_min
+        self.contrastive_temperature_max = contrastive_temperature_max
+        self.lcg_objective = lcg_objective
         self.output_gates = output_gates
         super().__init__(
             bos_token_id=bos_token_id,
@@ -310,12 +367,20 @@ class GatedGPT2Config(PreTrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     @classmethod
-    def from_preset(cls, preset: str, **overrides) -> "GatedGPT2Config":
+    def from_preset(cls, preset: str, variant: str | None = None, **overrides) -> "GatedGPT2Config":
         """A configuration from one of `PRESETS` ("gpt2": this package's defaults; "paper_code": the function of the
-        paper's code), with `overrides` (a variant's fields, sizes) on top."""
+        paper's code), with one of `PAPER_VARIANTS` (the paper's model files) and then `overrides` (sizes, any
+        field) on top."""
         if preset not in PRESETS:
             raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}.")
-        return cls(**{**PRESETS[preset], **overrides})
+        if variant is not None and variant not in PAPER_VARIANTS:
+            raise ValueError(f"`variant` must be one of {sorted(PAPER_VARIANTS)}, got {variant!r}.")
+        fields = {**PRESETS[preset], **PAPER_VARIANTS.get(variant, {}), **overrides}
+        first_cross_attention_layer = fields.pop("first_cross_attention_layer", 0)
+        if first_cross_attention_layer and "cross_attention_layers" not in overrides:
+            n_layer = fields.get("n_layer", inspect.signature(cls.__init__).parameters["n_layer"].default)
+            fields["cross_attention_layers"] = list(range(first_cross_attention_layer, n_layer))
+        return cls(**fields)
 
     @property
     def image_encoder_has_final_norm(self) -> bool:
@@ -342,7 +407,8 @@ class GatedGPT2Config(PreTrainedConfig):
         return list(range(self.n_layer)) if self.cross_attention_layers is None else list(self.cross_attention_layers)
 
     def gate_temperature_at(self, step: int) -> float:
-        """Gumbel temperature after `step` optimizer steps: from start to end (geometric or linear), then constant."""
+        """Gumbel temperature after `step` steps of the clock: from start to end (geometric or linear), then
+        constant."""
         if self.gate_temperature_steps == 0:
             return self.gate_temperature_end
         progress = min(max(step, 0) / self.gate_temperature_steps, 1.0)
@@ -354,11 +420,43 @@ class GatedGPT2Config(PreTrainedConfig):
 
 # "paper_code": the architecture of the paper's code (biancaganescu/looking-to-learn at 15a9c6e), where it departs
 # from GPT-2: scaled and normalised embeddings, no final LayerNorm, an untied output layer with a bias, exact GELU,
-# post-LN image encoder layers without a final LayerNorm. Its defects stay fixed (see README, "Reproducing the paper").
+# post-LN image encoder layers without a final LayerNorm; its dropout placement and PyTorch's default initialisation.
+# Its defects stay fixed (see README, "Reproducing the paper").
 PRESETS = {
     "gpt2": {},
     "paper_code": dict(scale_embedding=True, embedding_norm=True, final_norm=False, tie_word_embeddings=False,
-                       lm_head_bias=True, activation_function="gelu", image_encoder_norm_position="post"),
+                       lm_head_bias=True, activation_function="gelu", image_encoder_norm_position="post",
+                       dropout_placement="paper_code", initialization="paper_code"),
+}
+
+
+# The paper's model files (its `models/model_<name>.py`; `base` is `model.py`) as configuration fields. The hard
+# gates take the paper's recipe: soft Gumbel samples in training, the temperature 1 -> 0.1 linearly over the batches
+# with images. The CLIP and LCG files take its hyper-parameters; LCG reads the embeddings, ties the output layer to
+# them and has no cross-attention in layer 0. The paper's two `*_on_image` files condition the image on the whole
+# caption (a leak of future tokens): here they condition it on each position's own text.
+_PAPER_HARD_GATE = dict(gate="hard", gate_straight_through=False, gate_temperature_schedule="linear",
+                        gate_temperature_clock="image_batches")
+PAPER_VARIANTS = {
+    "base": {},
+    "gate_soft_per_token": dict(gate_granularity="token"),
+    "gate_hard_per_feature": _PAPER_HARD_GATE,
+    "gate_hard_per_token": dict(_PAPER_HARD_GATE, gate_granularity="token"),
+    "gate_none": dict(gate="none"),
+    "no_encoder": dict(image_encoder="linear"),
+    "mlp_encoder": dict(image_encoder="mlp"),
+    "film_on_text": dict(modulation="film", modulation_target="text"),
+    "dyintra_on_text": dict(modulation="dyintra", modulation_target="text"),
+    "film_on_cross_attn": dict(modulation="film", modulation_target="cross_attn"),
+    "dyintra_on_cross_attn": dict(modulation="dyintra", modulation_target="cross_attn"),
+    "film_on_image": dict(modulation="film", modulation_target="image"),
+    "dyintra_on_image": dict(modulation="dyintra", modulation_target="image"),
+    "channel_attention": dict(channel_attention=True, channel_attention_reduction=16),
+    "with_clip": dict(contrastive="clip", contrastive_weight=1.0, contrastive_projection_bias=True,
+                      contrastive_temperature=0.07, contrastive_temperature_min=0.05, contrastive_temperature_max=1.0),
+    "with_lcg": dict(contrastive="lcg", contrastive_weight=0.3, lcg_objective="two_way", contrastive_similarity="dot",
+                     contrastive_temperature=1.0, contrastive_temperature_min=0.05, contrastive_temperature_max=2.0,
+                     contrastive_text_source="embeddings", tie_word_embeddings=True, first_cross_attention_layer=1),
 }
 
 

@@ -15,15 +15,21 @@ from .modulation import masked_mean
 
 
 class ContrastiveHead(nn.Module):
-    """Projections into a shared space and a learnable temperature (initialised to 0.07, as in CLIP)."""
+    """Projections into a shared space and a learnable temperature (`config.contrastive_temperature`, 0.07 as in
+    CLIP by default), held as its log inverse and clamped to the configured range."""
 
     def __init__(self, config):
         super().__init__()
         dim = config.contrastive_dim or config.hidden_size
-        self.kind = config.contrastive
-        self.text_projection = nn.Linear(config.hidden_size, dim, bias=False)
-        self.image_projection = nn.Linear(config.hidden_size, dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.config = config
+        bias = config.contrastive_projection_bias
+        self.text_projection = nn.Linear(config.hidden_size, dim, bias=bias)
+        self.image_projection = nn.Linear(config.hidden_size, dim, bias=bias)
+        self.logit_scale = nn.Parameter(torch.tensor(-math.log(config.contrastive_temperature)))
+
+    def _project(self, projection: nn.Linear, states: torch.Tensor) -> torch.Tensor:
+        projected = projection(states)
+        return nn.functional.normalize(projected, dim=-1) if self.config.contrastive_similarity == "cosine" else projected
 
     def forward(
         self,
@@ -33,15 +39,33 @@ class ContrastiveHead(nn.Module):
         image_token_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Mean loss over the given rows. text_states (B, T, D), text_mask (B, T) bool, image_states (B, N, D)."""
-        image = nn.functional.normalize(self.image_projection(masked_mean(image_states, image_token_mask)), dim=-1)
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        config = self.config
+        image = self._project(self.image_projection, masked_mean(image_states, image_token_mask))
+        highest = config.contrastive_temperature_max
+        scale = self.logit_scale.clamp(min=None if highest is None else -math.log(highest),
+                                       max=-math.log(config.contrastive_temperature_min)).exp()
         targets = torch.arange(image.shape[0], device=image.device)
-        if self.kind == "clip":
-            text = nn.functional.normalize(self.text_projection(masked_mean(text_states, text_mask)), dim=-1)
+        if config.contrastive == "clip":
+            text = self._project(self.text_projection, masked_mean(text_states, text_mask))
             logits = scale * text @ image.T
             return (nn.functional.cross_entropy(logits, targets) + nn.functional.cross_entropy(logits.T, targets)) / 2
-        # LCG: every real token should pick its own row's image: mean over tokens of -log p(image_b | token).
-        tokens = nn.functional.normalize(self.text_projection(text_states), dim=-1)
-        logits = scale * tokens @ image.T  # (B, T, B)
-        token_targets = targets[:, None].expand_as(text_mask)
-        return nn.functional.cross_entropy(logits[text_mask], token_targets[text_mask])
+        logits = scale * self._project(self.text_projection, text_states) @ image.T  # (B, T, B): token vs image
+        if config.lcg_objective == "token_to_image":  # every real token should pick its own row's image
+            token_targets = targets[:, None].expand_as(text_mask)
+            return nn.functional.cross_entropy(logits[text_mask], token_targets[text_mask])
+        return two_way_grounding_loss(logits, text_mask)
+
+
+def two_way_grounding_loss(logits: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """The paper's LCG terms as negative log-likelihoods, averaged over real tokens. logits (B, T, B): token (i, t)
+    vs image k. First: token (i, t) picks image i among the images whose captions reach position t. Second: image i
+    picks token (i, t) against every real token of the other captions."""
+    batch = logits.shape[0]
+    own = torch.eye(batch, dtype=torch.bool, device=logits.device)
+    positive = logits.diagonal(dim1=0, dim2=2).T  # (B, T): token (i, t) vs image i
+    reaching = text_mask.T[None]  # (1, T, K): caption k has a token at t
+    token_to_image = positive - logits.masked_fill(~reaching, float("-inf")).logsumexp(-1)
+    by_image = logits.permute(2, 0, 1)  # (K, B, T): image k vs token (i, t)
+    others = by_image.masked_fill(own[:, :, None] | ~text_mask[None], float("-inf")).flatten(1).logsumexp(-1)
+    image_to_token = positive - torch.logaddexp(positive, others[:, None])
+    return -((token_to_image + image_to_token) / 2)[text_mask].mean()

@@ -21,33 +21,17 @@ from pathlib import Path
 
 import torch
 
-from .configuration_gatedgpt import GatedGPT2Config
+from .configuration_gatedgpt import PAPER_VARIANTS, GatedGPT2Config
 from .modeling_gatedgpt import GatedGPT2ForCausalLM
 
-# Each variant of the reference (its `models/model_<name>.py`) as GatedGPT2 configuration fields.
-VARIANTS = {
-    "base": {},
-    "gate_soft_per_token": dict(gate_granularity="token"),
-    "gate_hard_per_feature": dict(gate="hard"),
-    "gate_hard_per_token": dict(gate="hard", gate_granularity="token"),
-    "gate_none": dict(gate="none"),
-    "no_encoder": dict(image_encoder="linear"),
-    "mlp_encoder": dict(image_encoder="mlp"),
-    "film_on_text": dict(modulation="film", modulation_target="text"),
-    "dyintra_on_text": dict(modulation="dyintra", modulation_target="text"),
-    "film_on_cross_attn": dict(modulation="film", modulation_target="cross_attn"),
-    "dyintra_on_cross_attn": dict(modulation="dyintra", modulation_target="cross_attn"),
-}
-# Variants whose function GatedGPT2 does not reproduce, and why.
+# The reference's variants whose function GatedGPT2 does not reproduce, and why (the others: `PAPER_VARIANTS`).
 NOT_CONVERTIBLE = {
     "film_on_image": "the reference conditions the image tokens on the whole caption's mean, a future-token leak; "
                      "GatedGPT2 conditions them on h_t at each position",
     "dyintra_on_image": "the reference conditions the image tokens on the whole caption's mean, a future-token leak; "
                         "GatedGPT2 conditions them on h_t at each position",
-    "channel_attention": "not mapped yet (torchvision's SqueezeExcitation on the image tokens)",
-    "with_clip": "not mapped yet (the reference's CLIP projections have biases, GatedGPT2's do not)",
-    "with_lcg": "not mapped yet (the reference's LCG head differs from GatedGPT2's)",
 }
+VARIANTS = {name: fields for name, fields in PAPER_VARIANTS.items() if name not in NOT_CONVERTIBLE}
 
 
 def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -80,10 +64,10 @@ def config_for(state: dict, variant: str, n_head: int, **overrides) -> GatedGPT2
     if encoder_layers:
         overrides.setdefault("image_encoder_layers", encoder_layers)
     return GatedGPT2Config.from_preset(
-        "paper_code", vocab_size=vocab, n_embd=width, n_head=n_head,
+        "paper_code", variant, vocab_size=vocab, n_embd=width, n_head=n_head,
         n_positions=state["text_embedding.position_embedding.weight"].shape[0],
         n_inner=state["decoder.layers.0.ff.0.weight"].shape[0], n_layer=_layer_count(state, "decoder.layers"),
-        image_embed_dim=projection.shape[1], bos_token_id=None, eos_token_id=None, **VARIANTS[variant], **overrides,
+        image_embed_dim=projection.shape[1], bos_token_id=None, eos_token_id=None, **overrides,
     )
 
 
@@ -133,6 +117,20 @@ def parameter_map(config: GatedGPT2Config, state: dict) -> list[tuple[str, str |
                   *_norm("transformer.image_encoder.ln_f", "image_embedding.layer_norm")]
     else:
         pairs += _linear("transformer.image_encoder.proj", "image_embedding.projection_layer", conv1d=False)
+    if config.channel_attention:  # torchvision's SqueezeExcitation: 1x1 convolutions, i.e. Linear layers
+        pairs += [(f"transformer.image_encoder.channel_attention.{ours}.weight", f"image_encoder.se.{theirs}.weight",
+                   lambda t: t.flatten(1)) for ours, theirs in (("squeeze", "fc1"), ("excite", "fc2"))]
+        pairs += [(f"transformer.image_encoder.channel_attention.{ours}.bias", f"image_encoder.se.{theirs}.bias", None)
+                  for ours, theirs in (("squeeze", "fc1"), ("excite", "fc2"))]
+    if config.contrastive == "clip":
+        pairs += [*_linear("transformer.contrastive_head.text_projection", "text_projection", conv1d=False),
+                  *_linear("transformer.contrastive_head.image_projection", "image_projection", conv1d=False),
+                  ("transformer.contrastive_head.logit_scale", "log_tau", lambda t: -t)]
+    elif config.contrastive == "lcg":  # LCGLoss: ML (text), MV (image) without bias, a raw temperature clamped in use
+        bounds = (config.contrastive_temperature_min, config.contrastive_temperature_max)
+        pairs += [("transformer.contrastive_head.text_projection.weight", "lcg_loss.ML.weight", None),
+                  ("transformer.contrastive_head.image_projection.weight", "lcg_loss.MV.weight", None),
+                  ("transformer.contrastive_head.logit_scale", "lcg_loss.tau", lambda t: -t.clamp(*bounds).log()[0])]
     for i in range(config.image_encoder_layers if config.image_encoder == "transformer" else 0):
         ours, theirs = f"transformer.image_encoder.layers.{i}", f"image_encoder.encoder.layers.{i}"
         pairs += [*_attention(f"{ours}.self_attn", f"{theirs}.self_attn", width, cross=False),
@@ -142,11 +140,13 @@ def parameter_map(config: GatedGPT2Config, state: dict) -> list[tuple[str, str |
     for i in range(config.n_layer):
         ours, theirs = f"transformer.h.{i}", f"decoder.layers.{i}"
         pairs += [*_attention(f"{ours}.attn", f"{theirs}.self_attn", width, cross=False),
-                  *_attention(f"{ours}.crossattention", f"{theirs}.cross_attn_txt_image", width, cross=True),
-                  *_norm(f"{ours}.ln_1", f"{theirs}.norm1"), *_norm(f"{ours}.ln_cross_attn", f"{theirs}.norm2"),
-                  *_norm(f"{ours}.ln_2", f"{theirs}.norm3"),
+                  *_norm(f"{ours}.ln_1", f"{theirs}.norm1"), *_norm(f"{ours}.ln_2", f"{theirs}.norm3"),
                   *_linear(f"{ours}.mlp.c_fc", f"{theirs}.ff.0", conv1d=True),
                   *_linear(f"{ours}.mlp.c_proj", f"{theirs}.ff.3", conv1d=True)]
+        if i not in config.cross_attention_layer_indices:
+            continue
+        pairs += [*_attention(f"{ours}.crossattention", f"{theirs}.cross_attn_txt_image", width, cross=True),
+                  *_norm(f"{ours}.ln_cross_attn", f"{theirs}.norm2")]
         if config.gate != "none":
             # the base and gate files name the gate's Linear gate_fc, the others gate
             gate = "gate_fc" if f"{theirs}.gate.gate_fc.weight" in state else "gate"
@@ -157,11 +157,26 @@ def parameter_map(config: GatedGPT2Config, state: dict) -> list[tuple[str, str |
     return pairs
 
 
+def unused_parameters(config: GatedGPT2Config, state: dict) -> list[str]:
+    """The reference's parameters that its forward pass never reads: the cross-attention, its LayerNorm and the gate
+    of the layers that do not cross-attend (the LCG file builds them in layer 0 and skips them)."""
+    skipped = [i for i in range(config.n_layer) if i not in config.cross_attention_layer_indices]
+    parts = ("cross_attn_txt_image.", "norm2.", "gate.", "film.", "dyIntra.")
+    return sorted(k for k in state for i in skipped for part in parts if k.startswith(f"decoder.layers.{i}.{part}"))
+
+
 def convert_state_dict(state: dict, model: GatedGPT2ForCausalLM) -> dict[str, torch.Tensor]:
-    """`model`'s weights from the reference's; an unmapped, missing or misshapen parameter is an error naming it."""
-    pairs = parameter_map(model.config, state)
+    """`model`'s weights from the reference's; an unmapped, missing or misshapen parameter is an error naming it.
+    Parameters the reference never reads (`unused_parameters`) are left out."""
+    config = model.config
+    pairs = parameter_map(config, state)
     sources = {name for _, source, _ in pairs for name in (source if isinstance(source, tuple) else (source,))}
-    missing, unmapped = sorted(sources - set(state)), sorted(set(state) - sources)
+    unused = set(unused_parameters(config, state))
+    missing, unmapped = sorted(sources - set(state)), sorted(set(state) - sources - unused)
+    if config.tie_word_embeddings and not missing and not torch.equal(
+            state["output_layer.weight"], state["text_embedding.token_embedding.weight"]):
+        raise ValueError("this variant ties output_layer.weight to text_embedding.token_embedding.weight, but the "
+                         "checkpoint's two differ")
     if missing or unmapped:
         raise ValueError(f"the checkpoint does not match a {model.config.n_layer}-layer model of this variant: "
                          f"missing {missing}, not mapped {unmapped}")
@@ -221,6 +236,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     model = convert(args.checkpoint, args.variant, args.n_head, args.out)
     print(f"Converted {args.checkpoint} ({model.num_parameters() / 1e6:.2f} M parameters) to {args.out}")
+    unused = unused_parameters(model.config, load_reference_state_dict(args.checkpoint))
+    if unused:
+        print(f"Left out {len(unused)} parameters the reference's forward pass never reads: {', '.join(unused)}")
 
 
 if __name__ == "__main__":

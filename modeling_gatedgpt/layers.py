@@ -86,6 +86,10 @@ class GatedGPT2Attention(nn.Module):
         else:
             self.c_attn = Conv1D(3 * self.embed_dim, self.embed_dim)
         self.c_proj = Conv1D(self.embed_dim, self.embed_dim)
+        for projection in (self.c_attn, getattr(self, "q_attn", None)):  # how `initialization` treats each
+            if projection is not None:
+                projection.attention_role = "input"
+        self.c_proj.attention_role = "output"
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -166,12 +170,18 @@ class GatedGPT2Attention(nn.Module):
 
 
 class GatedGPT2MLP(nn.Module):
-    def __init__(self, intermediate_size, config):
+    """GPT-2's feed-forward layer. With `dropout_placement="paper_code"` its hidden activation is dropped too, and the
+    output `output_dropouts` times (the paper's decoder drops it twice: in its FFN and again on the residual)."""
+
+    def __init__(self, intermediate_size, config, output_dropouts: int = 1):
         super().__init__()
         self.c_fc = Conv1D(intermediate_size, config.hidden_size)
         self.c_proj = Conv1D(config.hidden_size, intermediate_size)
         self.act = ACT2FN[config.activation_function]
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        paper = config.dropout_placement == "paper_code"
+        self.act_dropout = nn.Dropout(config.resid_pdrop) if paper else nn.Identity()
+        repeats = output_dropouts if paper else 1
+        self.dropout = nn.Sequential(*(nn.Dropout(config.resid_pdrop) for _ in range(repeats)))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+        return self.dropout(self.c_proj(self.act_dropout(self.act(self.c_fc(hidden_states)))))

@@ -81,7 +81,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         self.ln_1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
         self.attn = GatedGPT2Attention(config, layer_idx=layer_idx)
         self.ln_2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
-        self.mlp = GatedGPT2MLP(inner_dim, config)
+        self.mlp = GatedGPT2MLP(inner_dim, config, output_dropouts=2)
 
         self.has_cross_attention = layer_idx in config.cross_attention_layer_indices
         if self.has_cross_attention:
@@ -92,6 +92,8 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             self.ln_fused = (
                 nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon) if gated and config.fusion == "paper" else None
             )
+            paper_dropout = self.ln_fused is not None and config.dropout_placement == "paper_code"
+            self.fused_dropout = nn.Dropout(config.resid_pdrop) if paper_dropout else nn.Identity()
             self.modulation = MODULATION_CLASSES[config.modulation](hidden_size, hidden_size) if config.modulation else None
             self.modulation_target = config.modulation_target
             self.modulate_cross_by_image = config.cross_attn_modulation_condition == "image"
@@ -155,7 +157,10 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             gate, update = None, cross
         else:
             gate = self.gate(text, cross)
-            update = self.ln_fused(gate * text + (1 - gate) * cross) if self.ln_fused is not None else (1 - gate) * cross
+            if self.ln_fused is not None:
+                update = self.ln_fused(self.fused_dropout(gate * text + (1 - gate) * cross))
+            else:
+                update = (1 - gate) * cross
 
         with_image = image_rows[:, None, None]
         hidden_states = torch.where(with_image, hidden_states + update, hidden_states)
@@ -191,6 +196,36 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        if self.config.initialization == "paper_code":
+            self._init_weights_as_pytorch(module)
+        else:
+            self._init_weights_as_gpt2(module)
+        if isinstance(module, HardGate):
+            init.constant_(module.temperature, self.config.gate_temperature_start)
+        if isinstance(module, ContrastiveHead):
+            init.constant_(module.logit_scale, -math.log(self.config.contrastive_temperature))
+
+    def _init_weights_as_pytorch(self, module):
+        """PyTorch's own initialisation of the modules the paper's code is built from. Its attention layers are
+        `nn.MultiheadAttention`: one Xavier-uniform matrix for the packed query/key/value projection, zero biases.
+        Decided per leaf module (transformers 5 never calls this on custom code's modules without parameters of their
+        own, such as the attention layer holding the projections)."""
+        if isinstance(module, (nn.Linear, Conv1D)):
+            fan_in = module.weight.shape[1] if isinstance(module, nn.Linear) else module.weight.shape[0]
+            role = getattr(module, "attention_role", None)
+            bound = math.sqrt(6 / (4 * fan_in)) if role == "input" else 1 / math.sqrt(fan_in)
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None and role is None:  # nn.Linear.reset_parameters
+                init.uniform_(module.bias, -bound, bound)
+            elif module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    def _init_weights_as_gpt2(self, module):
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, Conv1D)):
             init.normal_(module.weight, mean=0.0, std=std)
@@ -204,10 +239,6 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
         if isinstance(module, (GatedGPT2Attention, GatedGPT2MLP)):
             # GPT-2's scaled init of the projections that write into the residual stream.
             init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
-        if isinstance(module, HardGate):
-            init.constant_(module.temperature, self.config.gate_temperature_start)
-        if isinstance(module, ContrastiveHead):
-            init.constant_(module.logit_scale, math.log(1 / 0.07))
 
     def set_gate_temperature(self, tau: float) -> None:
         """Set the Gumbel temperature of every hard gate (the trainer anneals it with `config.gate_temperature_at`)."""
@@ -449,6 +480,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
 
         all_hidden_states, attentions, cross_attentions, gates = [], [], [], []
         text_features = None  # the text stream before it first reads the image (see contrastive.py)
+        if config.contrastive_text_source == "embeddings":
+            text_features = hidden_states
         for block in self.h:
             if block.has_cross_attention and text_features is None:
                 text_features = hidden_states

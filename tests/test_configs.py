@@ -83,3 +83,28 @@ def test_accelerate_configs_load(name):
     if name != "cpu_ddp":
         assert config.mixed_precision == "bf16"
     assert yaml.safe_load(path.read_text())["distributed_type"] == config.distributed_type.value
+
+
+@pytest.mark.parametrize("name", PAPER_VARIANTS)
+def test_every_paper_config_builds_the_papers_model_file_with_its_recipe(name):
+    """configs/paper/<name>.yaml: the paper_code preset and the variant's fields, none of them overridden by the
+    GPT-2-architecture base config it takes data and optimiser from; the authors' warm-up and batch size."""
+    from modeling_gatedgpt.configuration_gatedgpt import PAPER_VARIANTS as FIELDS, PRESETS
+
+    model_args, data_args, training_args = parse_args([str(CONFIGS / "paper" / f"{name}.yaml")])
+    variant = model_args.variant
+    assert model_args.preset == "paper_code" and variant == (name if name in FIELDS else "base")
+    config = GatedGPT2Config.from_preset(model_args.preset, variant, **model_args.config_overrides())
+    expected = {**PRESETS["paper_code"], **FIELDS[variant]}
+    if expected.pop("first_cross_attention_layer", None):
+        expected["cross_attention_layers"] = list(range(1, 8))
+    assert {field: getattr(config, field) for field in expected} == expected
+    assert (config.n_layer, config.n_embd, config.n_head, config.n_inner, config.image_encoder_layers) == (
+        8, 768, 8, 3072, 5)
+    warmup, batch = {"with_clip": (6000, 128), "with_lcg": (60000, 128), "mixed_uniform": (7000, 64)}.get(
+        name, (12000, 64))
+    assert (training_args.warmup_steps, training_args.per_device_train_batch_size) == (warmup, batch)
+    assert data_args.curriculum == (name if name.startswith("mixed") else "alternating")
+    assert training_args.output_dir == f"outputs/paper/{name}"
+    if config.gate == "hard":
+        assert model_args.gate_temperature_steps == 0.8 and config.gate_temperature_clock == "image_batches"

@@ -84,3 +84,13 @@ def test_words_seen_counts_the_words_of_consumed_batches():
     assert s.words_seen(6, 2) == words.sum()  # 6 optimizer steps of 2 batches cover the epoch (last step has 1)
     assert s.words_seen(12, 1) == words.sum() + words[list(CurriculumBatchSampler(
         TEXT, CAPTIONS, "alternating", 8, seed=1).global_batches(1)[0])].sum()
+
+
+@pytest.mark.parametrize("curriculum", ["alternating", "mixed_non_uniform", "text_only"])
+def test_image_batches_seen_counts_the_consumed_global_batches_that_hold_a_caption(curriculum):
+    s = sampler(curriculum)
+    with_image = [int(max(b) >= TEXT) for b in s.global_batches(0)]
+    assert [s.image_batches_seen(step, 1) for step in range(len(with_image) + 1)] == [0, *np.cumsum(with_image)]
+    assert s.image_batches_seen(2, 3) == sum(with_image[:6])  # 2 optimizer steps of 3 batches
+    if curriculum == "alternating":  # text first, then captions
+        assert with_image == sorted(with_image) and 0 < sum(with_image) < len(with_image)

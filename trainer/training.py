@@ -38,11 +38,24 @@ class Curriculum:
 
 
 class GateTemperatureCallback(TrainerCallback):
-    """Anneals the hard gate's Gumbel temperature from `global_step`, so a resumed run continues the schedule."""
+    """Anneals the hard gate's Gumbel temperature by `config.gate_temperature_clock`: optimizer steps, or the batches
+    with images among them (counted by the curriculum sampler). Both follow from `global_step`, so a resumed run
+    continues the schedule."""
+
+    def __init__(self, trainer: "GatedGPT2Trainer"):
+        self.trainer = trainer
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if model is not None and model.config.gate == "hard":
-            model.set_gate_temperature(model.config.gate_temperature_at(state.global_step))
+        if model is None or model.config.gate != "hard":
+            return
+        clock = state.global_step
+        if model.config.gate_temperature_clock == "image_batches":
+            sampler = self.trainer.curriculum_sampler
+            if sampler is None:
+                raise ValueError("gate_temperature_clock='image_batches' counts the curriculum's batches with "
+                                 "images; this run has no curriculum")
+            clock = sampler.image_batches_seen(state.global_step, args.gradient_accumulation_steps)
+        model.set_gate_temperature(model.config.gate_temperature_at(clock))
 
 
 class _CurriculumEpochCallback(TrainerCallback):
@@ -189,7 +202,7 @@ class GatedGPT2Trainer(Trainer):
         self._metric_sums = self._zero_metrics()
         self._checkpoint_staging: str | None = None
         self.add_callback(RunTotals())
-        self.add_callback(GateTemperatureCallback())
+        self.add_callback(GateTemperatureCallback(self))
         self.add_callback(_CurriculumEpochCallback(self))
         if revision_words:
             if curriculum is None:
