@@ -86,10 +86,10 @@ class GatedGPT2Attention(nn.Module):
         else:
             self.c_attn = Conv1D(3 * self.embed_dim, self.embed_dim)
         self.c_proj = Conv1D(self.embed_dim, self.embed_dim)
-        for projection in (self.c_attn, getattr(self, "q_attn", None)):  # how `initialization` treats each
+        for projection in (self.c_attn, getattr(self, "q_attn", None)):
             if projection is not None:
-                projection.attention_role = "input"
-        self.c_proj.attention_role = "output"
+                projection.init_role = "attention_input"
+        self.c_proj.init_role = "attention_output"
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -177,6 +177,7 @@ class GatedGPT2MLP(nn.Module):
         super().__init__()
         self.c_fc = Conv1D(intermediate_size, config.hidden_size)
         self.c_proj = Conv1D(config.hidden_size, intermediate_size)
+        self.c_proj.init_role = "mlp_output"
         self.act = ACT2FN[config.activation_function]
         paper = config.dropout_placement == "paper_code"
         self.act_dropout = nn.Dropout(config.resid_pdrop) if paper else nn.Identity()

@@ -196,6 +196,9 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        """Per leaf module, by the role its constructor gave it (`init_role` on the attention and feed-forward
+        projections): transformers 5 does not call this on custom code's modules that hold no parameters of their
+        own, such as an attention layer, so a rule placed there would hold under 4.x only."""
         if self.config.initialization == "paper_code":
             self._init_weights_as_pytorch(module)
         else:
@@ -205,29 +208,12 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
         if isinstance(module, ContrastiveHead):
             init.constant_(module.logit_scale, -math.log(self.config.contrastive_temperature))
 
-    def _init_weights_as_pytorch(self, module):
-        """PyTorch's own initialisation of the modules the paper's code is built from. Its attention layers are
-        `nn.MultiheadAttention`: one Xavier-uniform matrix for the packed query/key/value projection, zero biases.
-        Decided per leaf module (transformers 5 never calls this on custom code's modules without parameters of their
-        own, such as the attention layer holding the projections)."""
-        if isinstance(module, (nn.Linear, Conv1D)):
-            fan_in = module.weight.shape[1] if isinstance(module, nn.Linear) else module.weight.shape[0]
-            role = getattr(module, "attention_role", None)
-            bound = math.sqrt(6 / (4 * fan_in)) if role == "input" else 1 / math.sqrt(fan_in)
-            init.uniform_(module.weight, -bound, bound)
-            if module.bias is not None and role is None:  # nn.Linear.reset_parameters
-                init.uniform_(module.bias, -bound, bound)
-            elif module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=1.0)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-
     def _init_weights_as_gpt2(self, module):
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, Conv1D)):
+            if getattr(module, "init_role", None) in ("attention_output", "mlp_output"):
+                # GPT-2's scaled init of the projections that write into the residual stream
+                std = std / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -236,9 +222,24 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        if isinstance(module, (GatedGPT2Attention, GatedGPT2MLP)):
-            # GPT-2's scaled init of the projections that write into the residual stream.
-            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+    def _init_weights_as_pytorch(self, module):
+        """PyTorch's own initialisation of the modules the paper's code is built from. Its attention layers are
+        `nn.MultiheadAttention`: one Xavier-uniform matrix for the packed query/key/value projection, zero biases."""
+        if isinstance(module, (nn.Linear, Conv1D)):
+            fan_in = module.weight.shape[1] if isinstance(module, nn.Linear) else module.weight.shape[0]
+            role = getattr(module, "init_role", None)
+            bound = math.sqrt(6 / (4 * fan_in)) if role == "attention_input" else 1 / math.sqrt(fan_in)
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None and role in ("attention_input", "attention_output"):
+                init.zeros_(module.bias)
+            elif module.bias is not None:  # nn.Linear.reset_parameters
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
     def set_gate_temperature(self, tau: float) -> None:
         """Set the Gumbel temperature of every hard gate (the trainer anneals it with `config.gate_temperature_at`)."""

@@ -94,13 +94,16 @@ def modulate(x, condition, w, prefix, kind):
     return x * (1 + torch.sigmoid(linear(condition, w, f"{prefix}.dyIntra.modulation_gate")))
 
 
-def gate_values(h, c, w, prefix, variant):
+def gate_values(h, c, w, prefix, variant, gumbel_generator=None):
     """g in [0, 1] per feature (B, T, d) or per token (B, T, 1); the hard gate at inference is the argmax of its
-    (text, image) logit pairs, laid out as [text_0, image_0, text_1, image_1, ...]."""
+    (text, image) logit pairs, laid out as [text_0, image_0, text_1, image_1, ...], or with `gumbel_generator` the
+    reference's own inference: a hard Gumbel-softmax sample, the argmax of the pairs plus Gumbel noise."""
     logits = linear(torch.cat([h, c], -1), w, f"{prefix}.gate.{variant.gate_name}")
     if variant.gate == "soft":
         return torch.sigmoid(logits)
     pairs = logits.unflatten(-1, (-1, 2))
+    if gumbel_generator is not None:
+        pairs = pairs - torch.log(-torch.log(torch.rand(pairs.shape, generator=gumbel_generator)))
     return (pairs[..., 0] >= pairs[..., 1]).to(h.dtype)
 
 
@@ -134,7 +137,7 @@ def embed_text(w, input_ids):
 
 
 def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads=8, gates_out=None,
-            variant: Variant = VARIANTS["base"]):
+            variant: Variant = VARIANTS["base"], gumbel_generator=None):
     """Logits (B, T, V). `image` (B, D_img) global embeddings; `image_rows` (B,) bool: which rows read theirs (the
     reference runs a batch with or without images, so a row without one is the reference run without image);
     `padding` (B, T) True at padded positions. Appends each layer's gate to `gates_out`."""
@@ -162,7 +165,7 @@ def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads
             if variant.gate == "none":
                 update = c
             else:
-                g = gate_values(h, c, w, p, variant)
+                g = gate_values(h, c, w, p, variant, gumbel_generator)
                 update = layer_norm(g * h + (1 - g) * c, w, f"{p}.gate.layer_norm")
                 if gates_out is not None:
                     kept = torch.where(rows[:, None, None], g, torch.ones_like(g))

@@ -209,3 +209,51 @@ def test_the_readme_table_lists_exactly_the_tested_releases():
         if version == locked_version("transformers"):
             pinned = [locked_version("tokenizers")]
         assert [tokenizers] == pinned or (not pinned and tokenizers == "newest"), (version, tokenizers)
+
+
+INIT_CLIENT = textwrap.dedent(
+    """
+    import json
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spreads = {}
+    for initialization in ("gpt2", "paper_code"):
+        config = AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True, n_embd=64, n_inner=256,
+                                            initialization=initialization)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+        block = model.transformer.h[0]
+        for name, tensor in [("wte", model.transformer.wte.weight), ("attn.c_attn", block.attn.c_attn.weight),
+                             ("attn.c_proj", block.attn.c_proj.weight), ("mlp.c_fc", block.mlp.c_fc.weight),
+                             ("mlp.c_proj", block.mlp.c_proj.weight), ("mlp.c_fc.bias", block.mlp.c_fc.bias),
+                             ("attn.c_attn.bias", block.attn.c_attn.bias)]:
+            spreads[f"{initialization} {name}"] = float(tensor.detach().std())
+    print("INIT", json.dumps(spreads))
+    """
+)
+
+
+def new_model_spreads(python: Path, hf_home: Path, cwd: Path, allow_package: bool = False) -> dict[str, float]:
+    stdout = run_client_script(python, hf_home, INIT_CLIENT, ["babylm-org/gatedgpt2-plain"], cwd, allow_package)
+    return json.loads(stdout.split("INIT ", 1)[1])
+
+
+def test_a_new_model_is_initialised_alike_under_every_release(saved, tmp_path):
+    """Its code, run by each release, initialises a new model alike (transformers 5 skips custom code's modules
+    without parameters of their own, which once left GPT-2's scaled residual init to 4.x alone): the spread of
+    each kind of weight within 10% of the locked release's, which is GPT-2's, or PyTorch's for `paper_code`."""
+    hf_home, _, _ = saved
+    reference = new_model_spreads(Path(sys.executable), hf_home, tmp_path, allow_package=True)
+    n_layer, width = 2, 64
+    expected = {"gpt2 wte": 0.02, "gpt2 attn.c_attn": 0.02, "gpt2 mlp.c_fc": 0.02,
+                "gpt2 attn.c_proj": 0.02 / (2 * n_layer) ** 0.5, "gpt2 mlp.c_proj": 0.02 / (2 * n_layer) ** 0.5,
+                "gpt2 mlp.c_fc.bias": 0.0, "gpt2 attn.c_attn.bias": 0.0, "paper_code wte": 1.0,
+                "paper_code attn.c_attn": (6 / (4 * width)) ** 0.5 / 3 ** 0.5,  # uniform(-b, b) has sd b / sqrt(3)
+                "paper_code attn.c_proj": 1 / (3 * width) ** 0.5, "paper_code mlp.c_fc": 1 / (3 * width) ** 0.5,
+                "paper_code mlp.c_proj": 1 / (3 * 256) ** 0.5, "paper_code mlp.c_fc.bias": 1 / (3 * width) ** 0.5,
+                "paper_code attn.c_attn.bias": 0.0}
+    assert reference == pytest.approx(expected, rel=0.1, abs=1e-6)
+    for version, extra in MATRIX:
+        client = new_model_spreads(client_python(version, extra), hf_home, tmp_path)
+        assert client == pytest.approx(reference, rel=0.1, abs=1e-6), version
