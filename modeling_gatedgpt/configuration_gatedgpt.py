@@ -17,7 +17,8 @@ MODULATION_TARGETS = ("text", "cross_attn", "image")
 MODULATION_CONDITIONS = ("image", "text")
 IMAGE_ENCODERS = ("transformer", "mlp", "linear")
 NORM_POSITIONS = ("pre", "post")
-STYLES = ("gpt2", "paper_code")  # of dropout placement and initialisation
+DROPOUT_PLACEMENTS = ("gpt2", "paper_code")
+INITIALIZATIONS = ("normal", "gpt2", "paper_code")
 CONTRASTIVE_LOSSES = (None, "clip", "lcg")
 CONTRASTIVE_SIMILARITIES = ("cosine", "dot")
 CONTRASTIVE_TEXT_SOURCES = ("before_cross_attention", "embeddings")
@@ -91,9 +92,11 @@ class GatedGPT2Config(PreTrainedConfig):
         dropout_placement (`str`): `"gpt2"`, or `"paper_code"`, which also drops the fused mix before its LayerNorm
             and the feed-forward activation, and the decoder's feed-forward output twice (in its FFN and on the
             residual), as the paper's code; the same function at inference.
-        initialization (`str`): `"gpt2"` (N(0, initializer_range), GPT-2's scaled residual projections) or
-            `"paper_code"` (PyTorch's defaults, as the paper's code: uniform(+-1/sqrt(fan_in)) Linear layers,
-            N(0, 1) embeddings, Xavier-uniform attention in-projections with zero biases).
+        initialization (`str`): `"normal"` (N(0, initializer_range) for every weight, zero biases: what every
+            model of this package was trained with), `"gpt2"` (the same, with GPT-2's N(0, initializer_range /
+            sqrt(2 n_layer)) for the projections that write into the residual stream) or `"paper_code"` (PyTorch's
+            defaults, as the paper's code: uniform(+-1/sqrt(fan_in)) Linear layers, N(0, 1) embeddings,
+            Xavier-uniform attention in-projections with zero biases).
 
     Image side:
         image_embed_dim (`int`): width of the image embeddings given as `image_embeds`.
@@ -191,7 +194,7 @@ class GatedGPT2Config(PreTrainedConfig):
         final_norm: bool = True,
         lm_head_bias: bool = False,
         dropout_placement: str = "gpt2",
-        initialization: str = "gpt2",
+        initialization: str = "normal",
         image_embed_dim: int = 768,
         image_encoder: str = "transformer",
         image_encoder_layers: int = 5,
@@ -245,8 +248,8 @@ class GatedGPT2Config(PreTrainedConfig):
             raise ValueError(f"`image_encoder_dropout` must be in [0, 1) or None, got {image_encoder_dropout!r}.")
         _check_choice("image_encoder", image_encoder, IMAGE_ENCODERS)
         _check_choice("image_encoder_norm_position", image_encoder_norm_position, NORM_POSITIONS)
-        _check_choice("dropout_placement", dropout_placement, STYLES)
-        _check_choice("initialization", initialization, STYLES)
+        _check_choice("dropout_placement", dropout_placement, DROPOUT_PLACEMENTS)
+        _check_choice("initialization", initialization, INITIALIZATIONS)
         _check_choice("contrastive", contrastive, CONTRASTIVE_LOSSES)
         _check_choice("vision_feature", vision_feature, VISION_FEATURES)
         _check_choice("contrastive_text_source", contrastive_text_source, CONTRASTIVE_TEXT_SOURCES)

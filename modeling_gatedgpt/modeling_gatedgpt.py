@@ -202,16 +202,16 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
         if self.config.initialization == "paper_code":
             self._init_weights_as_pytorch(module)
         else:
-            self._init_weights_as_gpt2(module)
+            self._init_weights_normal(module, scale_residual=self.config.initialization == "gpt2")
         if isinstance(module, HardGate):
             init.constant_(module.temperature, self.config.gate_temperature_start)
         if isinstance(module, ContrastiveHead):
             init.constant_(module.logit_scale, -math.log(self.config.contrastive_temperature))
 
-    def _init_weights_as_gpt2(self, module):
+    def _init_weights_normal(self, module, scale_residual: bool):
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, Conv1D)):
-            if getattr(module, "init_role", None) in ("attention_output", "mlp_output"):
+            if scale_residual and getattr(module, "init_role", None) in ("attention_output", "mlp_output"):
                 # GPT-2's scaled init of the projections that write into the residual stream
                 std = std / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)

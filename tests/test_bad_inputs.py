@@ -109,6 +109,8 @@ def test_too_long_generation(model):
          r"0 < contrastive_temperature_min <= contrastive_temperature <= contrastive_temperature_max, got min=0.01, "
          r"initial=2.0, max=1.0"),
         (dict(contrastive_similarity="l2"), r"`contrastive_similarity` must be one of \['cosine', 'dot'\]"),
+        (dict(initialization="xavier"), r"`initialization` must be one of \['normal', 'gpt2', 'paper_code'\]"),
+        (dict(dropout_placement="everywhere"), r"`dropout_placement` must be one of \['gpt2', 'paper_code'\]"),
         (dict(lcg_objective="f1"), r"`lcg_objective` must be one of \['token_to_image', 'two_way'\], got 'f1'"),
         (dict(contrastive_text_source="last"), r"`contrastive_text_source` must be one of \['before_cross_attention', "
                                                r"'embeddings'\]"),

@@ -264,4 +264,4 @@ def test_the_papers_initialisation_is_pytorchs_default():
         assert not attention.c_attn.bias.any() and not attention.c_proj.bias.any()
         assert float(attention.c_proj.weight.abs().max()) <= 1 / width ** 0.5
     gpt2 = GatedGPT2ForCausalLM(GatedGPT2Config(vocab_size=500, n_embd=64, n_head=4, n_layer=2, image_embed_dim=48))
-    assert 0.018 < float(gpt2.transformer.wte.weight.std()) < 0.022  # GPT-2's N(0, 0.02), unchanged
+    assert 0.018 < float(gpt2.transformer.wte.weight.std()) < 0.022  # the default N(0, 0.02), unchanged

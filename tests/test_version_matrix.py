@@ -218,7 +218,7 @@ INIT_CLIENT = textwrap.dedent(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spreads = {}
-    for initialization in ("gpt2", "paper_code"):
+    for initialization in ("normal", "gpt2", "paper_code"):
         config = AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True, n_embd=64, n_inner=256,
                                             initialization=initialization)
         torch.manual_seed(0)
@@ -242,11 +242,13 @@ def new_model_spreads(python: Path, hf_home: Path, cwd: Path, allow_package: boo
 def test_a_new_model_is_initialised_alike_under_every_release(saved, tmp_path):
     """Its code, run by each release, initialises a new model alike (transformers 5 skips custom code's modules
     without parameters of their own, which once left GPT-2's scaled residual init to 4.x alone): the spread of
-    each kind of weight within 10% of the locked release's, which is GPT-2's, or PyTorch's for `paper_code`."""
+    each kind of weight within 10% of the locked release's, which is N(0, 0.02), GPT-2's, or PyTorch's."""
     hf_home, _, _ = saved
     reference = new_model_spreads(Path(sys.executable), hf_home, tmp_path, allow_package=True)
     n_layer, width = 2, 64
-    expected = {"gpt2 wte": 0.02, "gpt2 attn.c_attn": 0.02, "gpt2 mlp.c_fc": 0.02,
+    normal = {f"normal {name}": 0.02 for name in ("wte", "attn.c_attn", "mlp.c_fc", "attn.c_proj", "mlp.c_proj")}
+    expected = {**normal, "normal mlp.c_fc.bias": 0.0, "normal attn.c_attn.bias": 0.0,
+                "gpt2 wte": 0.02, "gpt2 attn.c_attn": 0.02, "gpt2 mlp.c_fc": 0.02,
                 "gpt2 attn.c_proj": 0.02 / (2 * n_layer) ** 0.5, "gpt2 mlp.c_proj": 0.02 / (2 * n_layer) ** 0.5,
                 "gpt2 mlp.c_fc.bias": 0.0, "gpt2 attn.c_attn.bias": 0.0, "paper_code wte": 1.0,
                 "paper_code attn.c_attn": (6 / (4 * width)) ** 0.5 / 3 ** 0.5,  # uniform(-b, b) has sd b / sqrt(3)

@@ -57,11 +57,6 @@ def sampled_hard_gate(seed: int) -> dict:
             "null_max_logit_difference": float((argmax[0] - argmax[1]).abs().max())}
 
 
-def grounding_log_terms(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """-(log f1 + log f2) / 2 per token, the paper's two terms (GatedGPT2's two_way objective)."""
-    return two_way_grounding_loss(logits, mask)
-
-
 def reference_lcg(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The reference's returned value: the mean of 0.5 (f1 + f2), which its trainer minimises."""
     batch = logits.shape[0]
@@ -91,7 +86,8 @@ def lcg_sign(seed: int) -> dict:
 
     start = [torch.randn(width, width, generator=generator) / math.sqrt(width) for _ in (0, 1)]
     results = {"untrained": own_image_probability(*start), "chance": 1 / batch}
-    for name, objective in (("reference (minimised likelihoods)", reference_lcg), ("-log (GatedGPT2)", grounding_log_terms)):
+    for name, objective in (("reference (minimised likelihoods)", reference_lcg),
+                            ("-log (GatedGPT2)", two_way_grounding_loss)):
         ml, mv = (p.clone().requires_grad_() for p in start)
         optimizer = torch.optim.Adam([ml, mv], lr=1e-3)
         for _ in range(300):
