@@ -62,8 +62,16 @@ def gates_command(args: argparse.Namespace) -> None:
                             frequencies, min_count=args.min_count, batch_size=args.batch_size)
     pooled = summary["by_layer"]["pooled"]["pos"]
     if pooled["kruskal_wallis"]:
-        print(f"Kruskal-Wallis across POS (pooled): H = {pooled['kruskal_wallis']['H']:.2f}, "
-              f"p = {pooled['kruskal_wallis']['p']:.3g}")
+        print(f"Kruskal-Wallis across POS (pooled), per occurrence: H = {pooled['kruskal_wallis']['H']:.2f}, "
+              f"p = {pooled['kruskal_wallis']['p']:.3g}, epsilon^2 = {pooled['kruskal_wallis']['epsilon_squared']:.3f}")
+    by_type = summary["by_layer"]["pooled"]["pos_by_word_type"]["kruskal_wallis"]
+    if by_type:
+        print(f"  per word type: H = {by_type['H']:.2f}, p = {by_type['p']:.3g}, n = {by_type['n']} types, "
+              f"epsilon^2 = {by_type['epsilon_squared']:.3f}")
+    null = summary["by_layer"]["pooled"]["pos_within_word_type_null"]
+    if null:
+        print(f"  against each word's gates shuffled among its occurrences: percentile {null['percentile']:.1f}, "
+              f"p = {null['p']:.3g} ({null['permutations']} permutations)")
     for pos, group in sorted(pooled["groups"].items(), key=lambda kv: kv[1]["mean"]):
         print(f"  {pos:6s} n={group['n']:6d} mean gate {group['mean']:.3f}")
     print(f"Report: {args.out / 'gates.json'}")

@@ -6,10 +6,12 @@ per-feature gate): every piece of a word is mixed with the image by its own gate
 whatever the split. Words and their part of speech (Universal POS) come from spaCy, run on the whole caption, and
 pieces are matched to words by character offsets, never by looking surface strings up.
 
-Statistics (scipy): Kruskal-Wallis H across parts of speech with pairwise Mann-Whitney U tests corrected by
-Benjamini-Hochberg; Spearman's rho of gate with concreteness (Brysbaert) and any other norms, per token occurrence and
-per word type; and an OLS regression of gate on part of speech, concreteness and log frequency together (the
-interaction the paper leaves open). Everything per layer and pooled over layers (the mean gate of a word).
+Statistics (scipy): Kruskal-Wallis H across parts of speech, with its effect size epsilon^2, over occurrences, over
+word types (each word once), and against a null that shuffles each word's gates among its own occurrences; pairwise
+Mann-Whitney U tests corrected by Benjamini-Hochberg; Spearman's rho of gate with concreteness (Brysbaert) and any
+other norms, per token occurrence and per word type; and an OLS regression of gate on part of speech, concreteness
+and log frequency together (the interaction the paper leaves open). Everything per layer and pooled over layers (the
+mean gate of a word).
 """
 
 from __future__ import annotations
@@ -140,24 +142,81 @@ def _spearman(x, y) -> dict:
     return {"rho": float(result.statistic), "p": float(result.pvalue), "n": int(len(x))}
 
 
+def _kruskal(groups: dict) -> tuple[float, float]:
+    # A hard gate is exactly 0 or 1, so whole groups can be one tied value, where the test is undefined (scipy: an
+    # error, or NaN); all tied is no evidence of a difference: H = 0, p = 1.
+    if np.ptp(np.concatenate(list(groups.values()))) == 0:
+        return 0.0, 1.0
+    h, p = stats.kruskal(*groups.values())
+    return float(h), float(p)
+
+
+def _pos_groups(gates: np.ndarray, pos: np.ndarray, min_count: int) -> dict:
+    return {p: gates[pos == p] for p in sorted(set(pos)) if (pos == p).sum() >= min_count}
+
+
 def pos_tests(gates: np.ndarray, pos: np.ndarray, min_count: int) -> dict:
-    """Kruskal-Wallis across POS with >= `min_count` occurrences, then pairwise Mann-Whitney U with BH correction."""
-    groups = {p: gates[pos == p] for p in sorted(set(pos)) if (pos == p).sum() >= min_count}
+    """Kruskal-Wallis across POS with >= `min_count` occurrences, with its effect size epsilon^2 = H / (N - 1) (H
+    grows with N for any fixed difference, however small), then pairwise Mann-Whitney U with BH correction. The
+    occurrences of one word are not independent: see `word_type_test` and `within_word_type_null`."""
+    groups = _pos_groups(gates, pos, min_count)
     if len(groups) < 2:
         return {"kruskal_wallis": None, "groups": {p: len(g) for p, g in groups.items()}, "pairwise": []}
-    # A hard gate is exactly 0 or 1, so whole groups can be one tied value, where the tests are undefined (scipy: an
-    # error, or NaN); all tied is no evidence of a difference: H = 0, p = 1.
-    tied = np.ptp(np.concatenate(list(groups.values()))) == 0
-    h, p_h = (0.0, 1.0) if tied else stats.kruskal(*groups.values())
+    h, p_h = _kruskal(groups)
+    n = sum(len(g) for g in groups.values())
     pairs = list(itertools.combinations(groups, 2))
     p_raw = [float(np.nan_to_num(stats.mannwhitneyu(groups[a], groups[b]).pvalue, nan=1.0)) for a, b in pairs]
     p_adjusted = stats.false_discovery_control(p_raw, method="bh")
     return {
-        "kruskal_wallis": {"H": float(h), "p": float(p_h), "df": len(groups) - 1},
+        "kruskal_wallis": {"H": h, "p": p_h, "df": len(groups) - 1, "n": n, "epsilon_squared": h / (n - 1)},
         "groups": {p: {"n": int(len(g)), "mean": float(g.mean()), "median": float(np.median(g))}
                    for p, g in groups.items()},
         "pairwise": [{"a": a, "b": b, "p": p, "p_bh": float(q)} for (a, b), p, q in zip(pairs, p_raw, p_adjusted)],
     }
+
+
+def word_type_test(gates: np.ndarray, pos: np.ndarray, words: Sequence[str], min_types: int = 3) -> dict:
+    """Kruskal-Wallis across POS with one value per word type (its mean gate, under its most frequent POS), so that
+    the many occurrences of one word count once; POS with fewer than `min_types` word types are left out."""
+    by_type = defaultdict(list)
+    for word, tag, gate in zip(words, pos, gates):
+        by_type[word].append((tag, gate))
+    type_pos = {w: Counter(t for t, _ in v).most_common(1)[0][0] for w, v in by_type.items()}
+    type_gate = {w: float(np.mean([g for _, g in v])) for w, v in by_type.items()}
+    groups = {tag: np.array([type_gate[w] for w in by_type if type_pos[w] == tag])
+              for tag in sorted(set(type_pos.values()))}
+    groups = {tag: g for tag, g in groups.items() if len(g) >= min_types}
+    if len(groups) < 2:
+        return {"kruskal_wallis": None, "types": {tag: len(g) for tag, g in groups.items()}}
+    h, p = _kruskal(groups)
+    n = sum(len(g) for g in groups.values())
+    return {"kruskal_wallis": {"H": h, "p": p, "df": len(groups) - 1, "n": n, "epsilon_squared": h / (n - 1)},
+            "types": {tag: {"n": int(len(g)), "mean": float(g.mean())} for tag, g in groups.items()}}
+
+
+def within_word_type_null(gates: np.ndarray, pos: np.ndarray, words: Sequence[str], min_count: int,
+                          permutations: int = 199, seed: int = 0) -> dict | None:
+    """Does part of speech tell more about the gate than the word itself does? The occurrence-level H against its
+    null with every word's gates shuffled among that word's occurrences (keeping each word's gates, breaking only
+    their link to the POS a word takes in context): the observed H's percentile in the null and the permutation p,
+    (1 + null H >= observed) / (1 + permutations)."""
+    if len(_pos_groups(gates, pos, min_count)) < 2:
+        return None
+    observed, _ = _kruskal(_pos_groups(gates, pos, min_count))
+    generator = np.random.default_rng(seed)
+    positions = defaultdict(list)
+    for index, word in enumerate(words):
+        positions[word].append(index)
+    groups = [np.array(v) for v in positions.values() if len(v) > 1]
+    null = np.empty(permutations)
+    for k in range(permutations):
+        shuffled = gates.copy()
+        for index in groups:
+            shuffled[index] = gates[generator.permutation(index)]
+        null[k] = _kruskal(_pos_groups(shuffled, pos, min_count))[0]
+    return {"H": observed, "null_H_mean": float(null.mean()), "null_H_95th": float(np.quantile(null, 0.95)),
+            "percentile": float(100 * (null < observed).mean()),
+            "p": float((1 + (null >= observed).sum()) / (1 + permutations)), "permutations": permutations}
 
 
 def regression(gates: np.ndarray, pos: np.ndarray, concreteness: np.ndarray, log_frequency: np.ndarray,
@@ -208,7 +267,9 @@ def analyse(rows: list[dict], layers: Sequence[int], norms: Sequence[Norms], fre
     columns = {**{f"layer_{i}": gate_matrix[:, k] for k, i in enumerate(layers)}, POOLED: gate_matrix.mean(1)}
     summary = {"occurrences": len(rows), "words": len(set(words)), "layers": list(layers), "by_layer": {}}
     for name, gates in columns.items():
-        entry = {"mean_gate": float(gates.mean()), "pos": pos_tests(gates, pos, min_count), "norms": {}}
+        entry = {"mean_gate": float(gates.mean()), "pos": pos_tests(gates, pos, min_count),
+                 "pos_by_word_type": word_type_test(gates, pos, words),
+                 "pos_within_word_type_null": within_word_type_null(gates, pos, words, min_count), "norms": {}}
         for norm in norms:
             values = np.array([norm.values.get(w, np.nan) for w in words])
             known = ~np.isnan(values)

@@ -42,6 +42,13 @@ def gate_metrics(model, tokenizer, world: WorldFiles, image_kind: ImageKind | st
     metrics = {"gate_mean": pooled["mean_gate"], **word_class_gates(pooled)}
     if pooled["pos"]["kruskal_wallis"]:
         metrics["gate_pos_kw_h"] = pooled["pos"]["kruskal_wallis"]["H"]
+        metrics["gate_pos_epsilon_squared"] = pooled["pos"]["kruskal_wallis"]["epsilon_squared"]
+    if pooled["pos_by_word_type"]["kruskal_wallis"]:
+        metrics["gate_pos_by_word_type_epsilon_squared"] = pooled["pos_by_word_type"]["kruskal_wallis"][
+            "epsilon_squared"]
+        metrics["gate_pos_by_word_type_p"] = pooled["pos_by_word_type"]["kruskal_wallis"]["p"]
+    if pooled["pos_within_word_type_null"]:
+        metrics["gate_pos_within_word_type_percentile"] = pooled["pos_within_word_type_null"]["percentile"]
     if norms:
         metrics["gate_concreteness_rho"] = pooled["norms"][norms[0].name]["per_occurrence"]["rho"]
         metrics["gate_concreteness_rho_by_type"] = pooled["norms"][norms[0].name]["per_word_type"]["rho"]

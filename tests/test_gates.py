@@ -11,7 +11,7 @@ import torch
 
 from gatedgpt2.data import load_caption_shards, train_tokenizer
 from gatedgpt2.eval.gates import (Norms, collect_word_gates, gate_analysis, load_spacy, pos_tests, regression,
-                                  word_frequencies)
+                                  within_word_type_null, word_frequencies, word_type_test)
 from modeling_gatedgpt import gate_per_token
 from tests.conftest import tiny_model
 
@@ -125,4 +125,63 @@ def test_pos_tests_take_tied_hard_gates_as_no_difference():
     assert pairs[("DET", "NOUN")]["p"] == 1.0 and pairs[("ADJ", "NOUN")]["p"] < 1.0
     assert np.isfinite(result["kruskal_wallis"]["H"]) and result["kruskal_wallis"]["H"] > 0
     everything_tied = pos_tests(np.ones(12), pos[:12], min_count=5)
-    assert everything_tied["kruskal_wallis"] == {"H": 0.0, "p": 1.0, "df": 1}
+    assert everything_tied["kruskal_wallis"] == {"H": 0.0, "p": 1.0, "df": 1, "n": 12, "epsilon_squared": 0.0}
+
+
+def test_epsilon_squared_is_the_effect_size_that_h_is_not():
+    """Planted: one fixed shift between two classes. H grows tenfold with ten times the occurrences; epsilon^2 stays.
+    Null: no shift, epsilon^2 near 0 and p below 0.05 at about the 5% rate."""
+    generator = np.random.default_rng(0)
+
+    def sample(n, shift):
+        pos = np.array(["NOUN", "DET"] * n)
+        return generator.normal(0.5, 0.1, 2 * n) + shift * (pos == "NOUN"), pos
+
+    small, large = (pos_tests(*sample(n, 0.1), min_count=5)["kruskal_wallis"] for n in (300, 3000))
+    assert large["H"] > 5 * small["H"]
+    assert large["epsilon_squared"] == pytest.approx(small["epsilon_squared"], rel=0.3)
+    null = [pos_tests(*sample(100, 0.0), min_count=5)["kruskal_wallis"] for _ in range(300)]
+    assert np.mean([r["p"] < 0.05 for r in null]) <= 0.08 and np.mean([r["epsilon_squared"] for r in null]) < 0.01
+
+
+def _typed_gates(generator, class_shift, types=8, uses=60, noise=0.05):
+    """`types` word types per class (NOUN, DET), `uses` occurrences each; each type has its own mean gate."""
+    words, pos, gates = [], [], []
+    for tag, shift in (("NOUN", class_shift), ("DET", 0.0)):
+        for t in range(types):
+            mean = generator.normal(0.5, 0.1) + shift
+            words += [f"{tag}{t}"] * uses
+            pos += [tag] * uses
+            gates += list(generator.normal(mean, noise, uses))
+    return np.array(gates), np.array(pos), words
+
+
+def test_the_word_type_test_counts_each_word_once():
+    """Null: the classes do not differ, but every word type has its own mean: the occurrence-level test calls that
+    a POS effect nearly always, the word-type test at about its 5% rate. Planted: a class shift it finds."""
+    generator = np.random.default_rng(1)
+    null = [_typed_gates(generator, 0.0) for _ in range(200)]
+    per_occurrence = np.mean([pos_tests(g, p, 5)["kruskal_wallis"]["p"] < 0.05 for g, p, _ in null])
+    per_type = np.mean([word_type_test(g, p, w)["kruskal_wallis"]["p"] < 0.05 for g, p, w in null])
+    assert per_occurrence > 0.5 and per_type <= 0.09
+    planted = word_type_test(*_typed_gates(generator, 0.3))
+    assert planted["kruskal_wallis"]["p"] < 0.01 and planted["types"]["NOUN"]["n"] == 8
+
+
+def test_the_within_word_type_null_asks_what_pos_adds_to_the_word():
+    """Null: gates depend on the word only (one word taking two parts of speech): p below 0.05 at about the 5%
+    rate. Planted: the same word's gate is higher when it is an adjective than when it is a verb."""
+    generator = np.random.default_rng(2)
+
+    def sample(adjective_shift):
+        gates, pos, words = _typed_gates(generator, 0.0, types=4, uses=20)
+        tags = generator.choice(["ADJ", "VERB"], 40)
+        words, pos = [*words, *["left"] * 40], np.concatenate([pos, tags])
+        gates = np.concatenate([gates, generator.normal(0.5, 0.05, 40) + adjective_shift * (tags == "ADJ")])
+        return gates, pos, words
+
+    rejections = [within_word_type_null(*sample(0.0), min_count=5, permutations=99, seed=k)["p"] < 0.05
+                  for k in range(60)]
+    assert np.mean(rejections) <= 0.12
+    planted = within_word_type_null(*sample(0.1), min_count=5, permutations=99)
+    assert planted["p"] <= 0.02 and planted["percentile"] >= 98

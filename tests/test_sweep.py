@@ -55,7 +55,8 @@ def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, ca
     metrics = result["metrics"]
     assert result["seeds"] == [0, 1] and result["overrides"] == patches
     for name in ("minimal_pairs_macro", "winoground_attribute", "winoground_relation", "vqa", "vqa_no_image",
-                 "gate_pos_kw_h", "gate_content", "gate_function", "gate_beta_content_x_concreteness", "train_loss",
+                 "gate_pos_kw_h", "gate_pos_epsilon_squared", "gate_pos_within_word_type_percentile", "gate_content",
+                 "gate_function", "gate_beta_content_x_concreteness", "train_loss",
                  "vqa_knockout_none", "vqa_knockout_cls", "vqa_knockout_patches", "vqa_knockout_random_1",
                  "vqa_knockout_renormalised_cls", "vqa_knockout_renormalised_patches", "cls_attention_share"):
         assert metrics[name]["n"] == 2, name
