@@ -200,18 +200,19 @@ def within_word_type_null(gates: np.ndarray, pos: np.ndarray, words: Sequence[st
     null with every word's gates shuffled among that word's occurrences (keeping each word's gates, breaking only
     their link to the POS a word takes in context): the observed H's percentile in the null and the permutation p,
     (1 + null H >= observed) / (1 + permutations)."""
-    if len(_pos_groups(gates, pos, min_count)) < 2:
+    groups = _pos_groups(gates, pos, min_count)
+    if len(groups) < 2:
         return None
-    observed, _ = _kruskal(_pos_groups(gates, pos, min_count))
+    observed, _ = _kruskal(groups)
     generator = np.random.default_rng(seed)
     positions = defaultdict(list)
     for index, word in enumerate(words):
         positions[word].append(index)
-    groups = [np.array(v) for v in positions.values() if len(v) > 1]
+    repeated_words = [np.array(v) for v in positions.values() if len(v) > 1]
     null = np.empty(permutations)
     for k in range(permutations):
         shuffled = gates.copy()
-        for index in groups:
+        for index in repeated_words:
             shuffled[index] = gates[generator.permutation(index)]
         null[k] = _kruskal(_pos_groups(shuffled, pos, min_count))[0]
     return {"H": observed, "null_H_mean": float(null.mean()), "null_H_95th": float(np.quantile(null, 0.95)),
