@@ -5,7 +5,7 @@ from .collator import GroundedCollator
 from .images import ImageEmbeddings, ImageStore
 from .revisions import BABYLM_REVISION_WORDS, parse_revision_words, revision_name
 from .text import (caption_dataset, clean_line, decode_utf8, iter_text_lines, load_caption_shards, read_captions,
-                   text_dataset, text_files, tokenize_examples)
+                   text_dataset, text_files, tokenize_examples, with_shuffled_images)
 from .tokenizer import (BOS, EOS, PAD, PreTrainedTokenizerFast, gpt2_tokenizer, load_tokenizer, portable_tokenizer,
                         train_tokenizer)
 from .world import WorldFiles, WorldSpec, write_world
@@ -15,5 +15,5 @@ __all__ = [
     "PreTrainedTokenizerFast", "WorldFiles", "WorldSpec", "caption_dataset", "clean_line", "decode_utf8",
     "gpt2_tokenizer", "iter_text_lines", "load_caption_shards", "load_tokenizer", "parse_revision_words",
     "portable_tokenizer", "read_captions", "revision_name", "text_dataset", "text_files", "tokenize_examples",
-    "train_tokenizer", "write_world",
+    "train_tokenizer", "with_shuffled_images", "write_world",
 ]

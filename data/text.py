@@ -224,3 +224,13 @@ def caption_dataset(captions: list[str], caption_files: Sequence[str], tokenizer
     return _cached(key, cache_dir, build)
 
 
+def with_shuffled_images(captions: datasets.Dataset, num_images: int, seed: int) -> datasets.Dataset:
+    """The captions each paired with another caption's image: a random cycle through all rows, so that no caption
+    keeps its own and every image is still used once."""
+    if num_images < 2:
+        raise ValueError(f"image_pairing shuffled needs at least 2 captions to exchange images, got {num_images}")
+    order = np.random.default_rng(seed).permutation(num_images)
+    other = np.empty(num_images, dtype=np.int64)
+    other[order] = np.roll(order, -1)
+    return captions.map(lambda batch: {"image_index": [int(other[i]) for i in batch["image_index"]]}, batched=True,
+                        desc="pairing captions with other images", load_from_cache_file=False)

@@ -40,9 +40,16 @@ CANVAS = 48
 CELL = CANVAS // GRID
 PATCH_GRID = 4
 
+
+def plural(noun: str, version: int = 3) -> str:
+    """Version 2 of the world (the committed grounded-world and BabyLM runs) wrote every plural with "s": "crosss"."""
+    return noun + "es" if version >= 3 and noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
+
+
 # Word classes for the gate-per-class report. Everything else in the grammar is a function word.
 WORD_CLASSES = {
-    **{w: "colour" for w in COLOURS}, **{w: "shape" for w in SHAPES}, **{w + "s": "shape" for w in SHAPES},
+    **{w: "colour" for w in COLOURS}, **{w: "shape" for w in SHAPES},
+    **{plural(w, v): "shape" for w in SHAPES for v in (2, 3)},
     **{w: "size" for w in SIZES}, **{w: "count" for w in COUNTS},
     "left": "relation", "right": "relation", "above": "relation", "below": "relation",
 }
@@ -173,8 +180,8 @@ def relation(a: SceneObject, b: SceneObject) -> str:
     return "above" if a.row < b.row else "below"
 
 
-def describe(scene: Scene, rng: random.Random) -> str:
-    """One caption for a scene, from a template chosen at random."""
+def describe(scene: Scene, rng: random.Random, version: int = 3) -> str:
+    """One caption for a scene, from a template chosen at random, in the world's grammar `version`."""
     a = scene[0]
     if len(scene) == 1:
         templates = (
@@ -194,7 +201,7 @@ def describe(scene: Scene, rng: random.Random) -> str:
             (1, lambda: f"there are {COUNTS[len(scene)]} objects ."),
             (2, lambda: f"what shape is the {a.colour} object ? {a.shape} ." if same_colour == 1
              else f"there are {COUNTS[len(scene)]} objects ."),
-            (1, lambda: f"there are {COUNTS[same_shape]} {a.shape}s ." if same_shape > 1
+            (1, lambda: f"there are {COUNTS[same_shape]} {plural(a.shape, version)} ." if same_shape > 1
              else f"how many objects are there ? {COUNTS[len(scene)]} ."),
         )
     weights, makers = zip(*templates)
@@ -204,14 +211,14 @@ def describe(scene: Scene, rng: random.Random) -> str:
 # --------------------------------------------------------------------------------------------------- evaluation sets
 
 
-def minimal_pairs(rng: random.Random, per_uid: int) -> list[dict]:
+def minimal_pairs(rng: random.Random, per_uid: int, version: int = 3) -> list[dict]:
     """BLiMP-format minimal pairs over the world's grammar; the first sentence is the grammatical one."""
     makers = {
         "determiner_a_an": lambda s: (
             f"there is {noun_phrase(s[0], rng, with_size=False)} .",
             f"there is {'a' if s[0].colour[0] in 'aeiou' else 'an'} {s[0].colour} {s[0].shape} ."),
         "count_noun_agreement": lambda s: (
-            f"there are two {s[0].shape}s .", f"there are two {s[0].shape} ."),
+            f"there are two {plural(s[0].shape, version)} .", f"there are two {s[0].shape} ."),
         "existential_there_agreement": lambda s: (
             f"there are {COUNTS[len(s)]} objects .", f"there is {COUNTS[len(s)]} objects ."),
         "adjective_order": lambda s: (
@@ -291,11 +298,15 @@ def vqa_items(rng: random.Random, num_items: int) -> list[tuple[Scene, str, str,
 # --------------------------------------------------------------------------------------------------- writing
 
 
-WORLD_VERSION = 2  # bump when the generator changes, so cached worlds are regenerated
+WORLD_VERSIONS = (2, 3)  # 3 spells the plural of "cross" "crosses"; 2 reproduces the runs committed before it
+WORLD_DESIGNS = ("original", "factorial")
 
 
 @dataclass
 class WorldSpec:
+    """`design`: "original" (this module) or "factorial" (`factorial_world`: word class, depiction and concreteness
+    crossed; only the text, captions and sizes below apply)."""
+
     seed: int = 0
     train_captions: int = 6000
     train_sentences: int = 6000
@@ -305,6 +316,14 @@ class WorldSpec:
     winoground_items: int = 200
     vqa_items: int = 300
     embed_dim: int = 128
+    version: int = WORLD_VERSIONS[-1]
+    design: str = "original"
+
+    def __post_init__(self):
+        if self.version not in WORLD_VERSIONS:
+            raise ValueError(f"world version must be one of {WORLD_VERSIONS}, got {self.version!r}")
+        if self.design not in WORLD_DESIGNS:
+            raise ValueError(f"world design must be one of {WORLD_DESIGNS}, got {self.design!r}")
 
 
 @dataclass(frozen=True)
@@ -331,6 +350,10 @@ class WorldFiles:
 
     def captions(self, split: str) -> Path:
         return self.root / "captions" / f"{split}_captions.json"
+
+    def caption_cells(self, split: str) -> Path:
+        """The factorial world's label of every word of every caption (`factorial_world.cell_name`)."""
+        return self.root / "captions" / f"{split}_cells.json"
 
     def caption_images(self, split: str, kind: ImageKind | str) -> Path:
         """The captions' image embeddings, row-aligned: (N, D) global, (N, 1 + P, D) CLS + patches."""
@@ -368,25 +391,31 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     """Generate the world into `out_dir` (skipped if a world with the same spec is already there)."""
     files = WorldFiles(out_dir)
-    manifest = {"version": WORLD_VERSION, **asdict(spec)}
+    manifest = asdict(spec)
     if files.manifest.exists() and json.loads(files.manifest.read_text()) == manifest:
+        return files.root
+    if spec.design == "factorial":
+        from .factorial_world import write_factorial_world
+
+        write_factorial_world(spec, files)
+        _write_json(files.manifest, manifest)
         return files.root
     rng = random.Random(spec.seed)
     encoder = SceneEncoder(spec.embed_dim, seed=spec.seed)
 
     for split, num_sentences in (("train", spec.train_sentences), ("dev", spec.dev_sentences)):
-        lines = [describe(random_scene(rng), rng) for _ in range(num_sentences)]
+        lines = [describe(random_scene(rng), rng, spec.version) for _ in range(num_sentences)]
         files.text_dir(split).mkdir(parents=True, exist_ok=True)
         (files.text_dir(split) / f"world.{split}").write_text("\n".join(lines) + "\n")
 
     for split, num_captions in (("train", spec.train_captions), ("dev", spec.dev_captions)):
         scenes = [random_scene(rng) for _ in range(num_captions)]
-        _write_json(files.captions(split), [describe(s, rng) for s in scenes])
+        _write_json(files.captions(split), [describe(s, rng, spec.version) for s in scenes])
         global_embeds, tokens = encode_scenes(scenes, encoder, seed=rng.randrange(2**31))
         np.save(files.caption_images(split, ImageKind.GLOBAL), global_embeds)
         np.save(files.caption_images(split, ImageKind.CLS_PATCHES), tokens.astype(np.float16))
 
-    records = minimal_pairs(rng, spec.minimal_pairs_per_uid)
+    records = minimal_pairs(rng, spec.minimal_pairs_per_uid, spec.version)
     for uid in dict.fromkeys(r["UID"] for r in records):
         _write_jsonl(files.eval_dir / "blimp" / f"{uid}.jsonl", [r for r in records if r["UID"] == uid])
 

@@ -13,16 +13,25 @@ from .checkpoint import load_checkpoint
 from .tasks import EWOK_PASSWORD, TASKS
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (a batch size, a count of seeds, pairs, epochs...). Zero or a negative
-    value would score nothing and report it as a result."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a batch size, a count of seeds, pairs, epochs...). Zero or a negative
+    value would score nothing and report it as a result."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (0 turns something off)."""
+    return _int_at_least(text, 0)
 
 
 def positive_int_list(text: str) -> list[int]:
@@ -75,6 +84,62 @@ def gates_command(args: argparse.Namespace) -> None:
     for pos, group in sorted(pooled["groups"].items(), key=lambda kv: kv[1]["mean"]):
         print(f"  {pos:6s} n={group['n']:6d} mean gate {group['mean']:.3f}")
     print(f"Report: {args.out / 'gates.json'}")
+    if args.untrained_draws:
+        controls(model, tokenizer, captions, store, world, args)
+
+
+def controls(model, tokenizer, captions, store, world: WorldFiles | None, args: argparse.Namespace) -> None:
+    """The gate next to the image's benefit to the next word, against an untrained gate and a within-word shuffle:
+    by word class and cell with a factorial world's labels, else by content / function word (each word type's most
+    frequent spaCy POS in gates.csv, punctuation stripped)."""
+    import csv
+    import string
+    from collections import Counter, defaultdict
+
+    from gatedgpt2.data.factorial_world import cell, cell_name
+
+    from .gate_controls import gate_controls, write_report
+    from .gates import CONTENT_POS, FUNCTION_POS
+
+    def depicted(word: str) -> bool:
+        return bool(cell(word) and cell(word)[1])
+
+    dependent = None
+    if world and world.caption_cells("dev").is_file():
+        groupings, dependent = {"class": lambda w: (cell(w) or (None,))[0], "cell": cell_name}, depicted
+    else:
+        tags = defaultdict(Counter)
+        with open(args.out / "gates.csv", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                tags[row["word"]][row["pos"]] += 1
+        majority = {word: counts.most_common(1)[0][0] for word, counts in tags.items()}
+
+        def word_class(word: str) -> str | None:
+            tag = majority.get(word.strip(string.punctuation))
+            return "content" if tag in CONTENT_POS else "function" if tag in FUNCTION_POS else None
+        groupings = {"class": word_class}
+    reports = gate_controls(model, tokenizer, captions, store, groupings, dependent, args.untrained_draws,
+                            batch_size=args.batch_size)
+    for grouping, report in reports.items():
+        path = write_report(report, args.out / "controls" / grouping)
+        effect = report["class_effect"]
+        if effect["epsilon_squared"] is not None:
+            print(f"Gate by {grouping}: epsilon^2 = {effect['epsilon_squared']:.3f}, percentile "
+                  f"{effect['untrained']['percentile']:.0f} among {args.untrained_draws} untrained gates")
+        for name, entry in report["classes"].items():
+            rho = entry["next_word_rho"]
+            line = f"  {name}: n={entry['n']}"
+            if rho["rho"] is not None:
+                line += (f", rho(1 - gate, next word's image benefit) = {rho['rho']:.3f} "
+                         f"[{rho['ci95'][0]:.3f}, {rho['ci95'][1]:.3f}]")
+            gap = entry.get("within_word_gap")
+            if gap and gap["gap"] is not None:
+                line += (f", within-word gap (before depicted - not) = {gap['gap']:+.3f} "
+                         f"[{gap['ci95'][0]:+.3f}, {gap['ci95'][1]:+.3f}], percentile "
+                         f"{gap['untrained']['percentile']:.0f} (untrained) / "
+                         f"{gap['shuffled_within_words']['percentile']:.0f} (shuffled)")
+            print(line)
+        print(f"Report: {path}")
 
 
 def narrow_gate_command(args: argparse.Namespace) -> None:
@@ -176,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training text (a folder of *.train, a text file or a captions file) for word frequencies; "
                             "repeatable (default with a world folder: its training text and captions)")
     gates.add_argument("--min-count", type=positive_int, default=5, help="occurrences a POS needs to enter the tests")
+    gates.add_argument("--untrained-draws", type=non_negative_int, default=20,
+                       help="fresh gates drawn for the untrained null of the next-word analysis (controls/); 0 skips it")
 
     gate = command("narrow-gate", "attention profile, modality gap, knockout and activation patching",
                    narrow_gate_command)

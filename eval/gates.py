@@ -142,7 +142,7 @@ def _spearman(x, y) -> dict:
     return {"rho": float(result.statistic), "p": float(result.pvalue), "n": int(len(x))}
 
 
-def _kruskal(groups: dict) -> tuple[float, float]:
+def kruskal_groups(groups: dict) -> tuple[float, float]:
     # A hard gate is exactly 0 or 1, so whole groups can be one tied value, where the test is undefined (scipy: an
     # error, or NaN); all tied is no evidence of a difference: H = 0, p = 1.
     if np.ptp(np.concatenate(list(groups.values()))) == 0:
@@ -162,7 +162,7 @@ def pos_tests(gates: np.ndarray, pos: np.ndarray, min_count: int) -> dict:
     groups = _pos_groups(gates, pos, min_count)
     if len(groups) < 2:
         return {"kruskal_wallis": None, "groups": {p: len(g) for p, g in groups.items()}, "pairwise": []}
-    h, p_h = _kruskal(groups)
+    h, p_h = kruskal_groups(groups)
     n = sum(len(g) for g in groups.values())
     pairs = list(itertools.combinations(groups, 2))
     p_raw = [float(np.nan_to_num(stats.mannwhitneyu(groups[a], groups[b]).pvalue, nan=1.0)) for a, b in pairs]
@@ -188,10 +188,29 @@ def word_type_test(gates: np.ndarray, pos: np.ndarray, words: Sequence[str], min
     groups = {tag: g for tag, g in groups.items() if len(g) >= min_types}
     if len(groups) < 2:
         return {"kruskal_wallis": None, "types": {tag: len(g) for tag, g in groups.items()}}
-    h, p = _kruskal(groups)
+    h, p = kruskal_groups(groups)
     n = sum(len(g) for g in groups.values())
     return {"kruskal_wallis": {"H": h, "p": p, "df": len(groups) - 1, "n": n, "epsilon_squared": h / (n - 1)},
             "types": {tag: {"n": int(len(g)), "mean": float(g.mean())} for tag, g in groups.items()}}
+
+
+def percentile_in(observed: float, null: Sequence[float]) -> dict:
+    """The observed value's percentile in a null sample and the one-sided p, (1 + #null >= observed) / (1 + n)."""
+    null = np.asarray(null, float)
+    return {"percentile": float(100 * (null < observed).mean()),
+            "p": float((1 + (null >= observed).sum()) / (1 + len(null))),
+            "null_mean": float(null.mean()), "null_95th": float(np.quantile(null, 0.95)), "n": int(len(null))}
+
+
+def shuffled_within_words(values: np.ndarray, words: Sequence[str], generator: np.random.Generator) -> np.ndarray:
+    """`values` with each word's entries permuted among that word's occurrences."""
+    shuffled = values.copy()
+    words = np.asarray(words)
+    for word in np.unique(words):
+        where = np.flatnonzero(words == word)
+        if len(where) > 1:
+            shuffled[where] = values[generator.permutation(where)]
+    return shuffled
 
 
 def within_word_type_null(gates: np.ndarray, pos: np.ndarray, words: Sequence[str], min_count: int,
@@ -203,21 +222,11 @@ def within_word_type_null(gates: np.ndarray, pos: np.ndarray, words: Sequence[st
     groups = _pos_groups(gates, pos, min_count)
     if len(groups) < 2:
         return None
-    observed, _ = _kruskal(groups)
+    observed, _ = kruskal_groups(groups)
     generator = np.random.default_rng(seed)
-    positions = defaultdict(list)
-    for index, word in enumerate(words):
-        positions[word].append(index)
-    repeated_words = [np.array(v) for v in positions.values() if len(v) > 1]
-    null = np.empty(permutations)
-    for k in range(permutations):
-        shuffled = gates.copy()
-        for index in repeated_words:
-            shuffled[index] = gates[generator.permutation(index)]
-        null[k] = _kruskal(_pos_groups(shuffled, pos, min_count))[0]
-    return {"H": observed, "null_H_mean": float(null.mean()), "null_H_95th": float(np.quantile(null, 0.95)),
-            "percentile": float(100 * (null < observed).mean()),
-            "p": float((1 + (null >= observed).sum()) / (1 + permutations)), "permutations": permutations}
+    null = np.array([kruskal_groups(_pos_groups(shuffled_within_words(gates, words, generator), pos, min_count))[0]
+                     for _ in range(permutations)])
+    return {"H": observed, **percentile_in(observed, null), "permutations": permutations}
 
 
 def regression(gates: np.ndarray, pos: np.ndarray, concreteness: np.ndarray, log_frequency: np.ndarray,

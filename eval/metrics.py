@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gatedgpt2.data import (ImageEmbeddings, WorldFiles, iter_text_lines, load_caption_shards, parse_revision_words,
                             read_captions, text_files)
+from gatedgpt2.data.factorial_world import cell, cell_name
 from modeling_gatedgpt import ImageKind
 
 from .checkpoint import load_checkpoint
+from .gate_controls import gate_controls, write_report
 from .gates import CONTENT_POS, FUNCTION_POS, Norms, gate_analysis, word_frequencies
 from .narrow_gate import attention_profile, knockout_table
 from .zero_shot import zero_shot
@@ -61,6 +64,61 @@ def gate_metrics(model, tokenizer, world: WorldFiles, image_kind: ImageKind | st
                     metrics[f"gate_beta_{terms[term]}"] = values["beta"]
                     metrics[f"gate_beta_{terms[term]}_p"] = values["p"]
     return metrics
+
+
+def factorial_metrics(model, tokenizer, world: WorldFiles, image_kind: ImageKind | str, out_dir: Path,
+                      **options) -> dict:
+    """The factorial world's dev captions through `gate_controls`, by word class (content/function) and by cell
+    (class x depicted x concreteness), the next word's being decided by the scene as the dependence: the class effect,
+    the within-word gap and the next-word correlation, with CIs and null percentiles (gate_controls.json, twice).
+    `options` go to `gate_controls` (untrained_draws, permutations, resamples)."""
+    captions, store = load_caption_shards([world.captions("dev")], [world.caption_images("dev", image_kind)])
+
+    def depicted(word: str) -> bool:
+        return bool(cell(word) and cell(word)[1])
+
+    reports = gate_controls(model, tokenizer, captions, store,
+                            {"class": lambda w: (cell(w) or (None,))[0], "cell": cell_name}, depicted, **options)
+    for grouping, report in reports.items():
+        write_report(report, out_dir / grouping)
+    by_cell = reports["cell"]
+    metrics = {"gate_mean": by_cell["mean_gate"],
+               "gate_cell_epsilon_squared": by_cell["class_effect"]["epsilon_squared"],
+               "gate_cell_epsilon_squared_untrained_percentile": by_cell["class_effect"]["untrained"]["percentile"]}
+    for name, entry in reports["class"]["classes"].items():
+        gap, rho = entry["within_word_gap"], entry["next_word_rho"]
+        metrics.update({f"gate_{name}": entry["mean_gate"], f"gap_{name}": gap["gap"]})
+        if gap["gap"] is not None:
+            metrics.update({f"gap_{name}_ci_low": gap["ci95"][0], f"gap_{name}_ci_high": gap["ci95"][1],
+                            f"gap_{name}_untrained_percentile": gap["untrained"]["percentile"],
+                            f"gap_{name}_shuffled_percentile": gap["shuffled_within_words"]["percentile"]})
+        metrics[f"next_word_rho_{name}"] = rho["rho"]
+        metrics[f"gate_{name}_before_depicted"] = entry["mean_gate_before"]["dependent"]
+        metrics[f"gate_{name}_before_not_depicted"] = entry["mean_gate_before"]["independent"]
+        metrics[f"next_benefit_{name}_before_depicted"] = entry["next_benefit"]["before_dependent"]
+        metrics[f"next_benefit_{name}_before_not_depicted"] = entry["next_benefit"]["before_independent"]
+    return metrics
+
+
+@torch.no_grad()
+def loss_per_token(model, examples, collator, batch_size: int = 32, max_examples: int | None = None) -> dict:
+    """The mean next-token loss over every predicted token of `examples` (rows with `input_ids` and `image_index`,
+    batched by `collator`), not the mean of batch means; `max_examples` takes that many spread evenly over the set,
+    so every source of a concatenated dev set is represented."""
+    model.eval()
+    chosen = np.arange(len(examples))
+    if max_examples is not None and max_examples < len(examples):
+        chosen = np.unique(np.linspace(0, len(examples) - 1, max_examples).round().astype(int))
+    total, tokens = 0.0, 0
+    for start in range(0, len(chosen), batch_size):
+        batch = collator([examples[int(i)] for i in chosen[start : start + batch_size]])
+        labels = batch.pop("labels")
+        logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits[:, :-1].float()
+        targets = labels[:, 1:].to(model.device)
+        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                                         reduction="sum"))
+        tokens += int((targets != -100).sum())
+    return {"loss": total / tokens, "tokens": tokens, "examples": int(len(chosen))}
 
 
 def knockout_metrics(model, tokenizer, world: WorldFiles) -> dict:

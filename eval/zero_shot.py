@@ -78,6 +78,7 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
         "exact_ties": ties,
         "accuracies": breakdown,
         "predictions": {uid: {"predictions": p} for uid, p in predictions.items()},
+        "correct": [int(choice == item.label) for item, choice in zip(items, chosen)],  # in item order
     }
 
 
@@ -123,8 +124,9 @@ def results_table(results: dict) -> str:
 
 
 def write_results(results: dict, out_dir: str | Path) -> None:
-    """`<task>/predictions.json` (the pipeline's format) and `<task>/accuracies.json` per task; `results.json` (without
-    the predictions) and `results.md` for all."""
+    """`<task>/predictions.json` (the pipeline's format), `<task>/accuracies.json` and `<task>/correct.json` (1 or 0
+    per item, in the task's order: two models' items pair up) per task; `results.json` (without the predictions)
+    and `results.md` for all."""
     out_dir = Path(out_dir)
     summary = {**results, "tasks": {}}
     for name, task in results["tasks"].items():
@@ -132,6 +134,7 @@ def write_results(results: dict, out_dir: str | Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "predictions.json").write_text(json.dumps(task["predictions"]))
         (folder / "accuracies.json").write_text(json.dumps(task["accuracies"], indent=2))
-        summary["tasks"][name] = {k: v for k, v in task.items() if k != "predictions"}
+        (folder / "correct.json").write_text(json.dumps(task["correct"]))
+        summary["tasks"][name] = {k: v for k, v in task.items() if k not in ("predictions", "correct")}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "results.md").write_text(results_table(results))

@@ -22,7 +22,7 @@ from transformers import TrainingArguments, set_seed
 
 from gatedgpt2.data import (GroundedCollator, ImageEmbeddings, ImageStore, WorldFiles, WorldSpec, caption_dataset,
                             gpt2_tokenizer, iter_text_lines, load_caption_shards, load_tokenizer, parse_revision_words,
-                            read_captions, text_dataset, text_files, train_tokenizer, write_world)
+                            read_captions, text_dataset, text_files, train_tokenizer, with_shuffled_images, write_world)
 from gatedgpt2.eval.narrow_gate import knockout_table
 from gatedgpt2.eval.world import evaluate_world
 from gatedgpt2.hub_cards.card import write_card
@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 def resolve_world(data_args: DataArguments) -> None:
     """Point the data arguments at the embedded world, generating it if needed."""
     spec = WorldSpec(seed=data_args.world_seed, train_captions=data_args.world_captions,
-                     train_sentences=data_args.world_sentences)
+                     train_sentences=data_args.world_sentences, version=data_args.world_version,
+                     design=data_args.world_design)
     world = WorldFiles(write_world(data_args.world_dir, spec))
     kind = data_args.image_kind
     data_args.text_dir, data_args.text_pattern = str(world.text_dir("train")), world.text_pattern("train")
@@ -89,7 +90,10 @@ def build_datasets(data_args: DataArguments, tokenizer, image_dim: int | None):
     images = None
     if data_args.caption_files:
         captions, train_store = load_caption_shards(data_args.caption_files, data_args.embedding_files, image_dim)
-        parts.append(caption_dataset(captions, data_args.caption_files, tokenizer, block, cache))
+        train_captions = caption_dataset(captions, data_args.caption_files, tokenizer, block, cache)
+        if data_args.image_pairing == "shuffled":
+            train_captions = with_shuffled_images(train_captions, len(train_store), data_args.image_pairing_seed)
+        parts.append(train_captions)
         stores = [train_store]
         if data_args.eval_caption_files:
             eval_captions, eval_store = load_caption_shards(data_args.eval_caption_files,
@@ -165,7 +169,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
         push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
         # before the world is resolved, which points the data arguments at its files
-        evaluates_world = data_args.eval_world or (data_args.uses_world and data_args.eval_world is None)
+        evaluates_world = data_args.evaluates_world
         with training_args.main_process_first(desc="grounded world, tokenizer and datasets"):
             tokenizer, train, num_text, evals, images = prepare_data(model_args, data_args)
         set_seed(training_args.seed)

@@ -7,10 +7,15 @@ evaluations, and the runs as train.py keys that make each one a variant:
     config: ../demo.yaml              # relative to the sweep file
     common: {num_train_epochs: 4}     # the shared budget
     seeds: [0, 1, 2]
-    evaluate: [world, gates, knockout] # and/or zero_shot (with a `zero_shot:` mapping of its arguments)
+    evaluate: [world, gates, knockout] # and/or zero_shot (with a `zero_shot:` mapping of its arguments), dev_loss
+                                       # (per-token loss on held-out text and captions), factorial (gate controls)
     metrics: [vqa, gate_content]      # the main table's columns (default: every metric)
     tables:                           # optional: more tables, one per question
       global vs patches: {runs: [base, patches], metrics: [winoground_relation]}
+    comparisons:                      # optional: each run - the first, paired by seed, with CIs and Holm-adjusted p
+      gates: {runs: [base, gate_none, fusion_residual], metrics: [vqa]}
+    shared_tokenizer: true            # optional: one tokenizer for every run, trained once on the first run's data
+    factorial: {untrained_draws: 20}  # optional: the factorial evaluation's nulls (eval.gate_controls)
     work_dir: outputs/sweeps/world    # checkpoints (large, git-ignored)
     results: experiments/grounded_world  # per-run JSON, results.{json,md}, plots (small, committed)
     runs:
@@ -25,8 +30,10 @@ training again any whose checkpoint exists, so an interrupted sweep resumes wher
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,15 +45,15 @@ import yaml
 from gatedgpt2.data import WorldFiles
 from gatedgpt2.eval.checkpoint import load_checkpoint
 from gatedgpt2.eval.gates import Norms
-from gatedgpt2.eval.metrics import gate_metrics, knockout_metrics, zero_shot_metrics
-from gatedgpt2.trainer.arguments import DataArguments, load_yaml
+from gatedgpt2.eval.metrics import factorial_metrics, gate_metrics, knockout_metrics, zero_shot_metrics
+from gatedgpt2.trainer.arguments import DataArguments, ModelArguments, load_yaml
 from modeling_gatedgpt import ImageKind
 
-from .run import resolve_world
+from .run import build_datasets, build_tokenizer, resolve_world
 from .sweep_tables import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-EVALUATIONS = ("world", "gates", "knockout", "zero_shot")
+EVALUATIONS = ("world", "gates", "knockout", "zero_shot", "factorial", "dev_loss")
 CONCRETENESS = ROOT.parent / "shared" / "data" / "norms" / "brysbaert_concreteness.tsv"
 
 
@@ -54,7 +61,8 @@ class Sweep:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         spec = yaml.safe_load(self.path.read_text()) or {}
-        known = {"config", "common", "seeds", "evaluate", "work_dir", "results", "runs", "zero_shot", "metrics", "tables"}
+        known = {"config", "common", "seeds", "evaluate", "work_dir", "results", "runs", "zero_shot", "metrics", "tables",
+                 "comparisons", "shared_tokenizer", "factorial"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ValueError(f"{self.path}: unknown keys {unknown}; expected some of {sorted(known)}")
@@ -71,18 +79,35 @@ class Sweep:
         if bad:
             raise ValueError(f"{self.path}: unknown evaluations {bad}; expected some of {list(EVALUATIONS)}")
         self.zero_shot = spec.get("zero_shot") or {}
+        self.factorial = spec.get("factorial") or {}  # gate_controls' options
+        unknown = sorted(set(self.factorial) - {"untrained_draws", "permutations", "resamples", "min_count"})
+        if unknown:
+            raise ValueError(f"{self.path}: unknown `factorial` options {unknown}; expected some of untrained_draws, "
+                             f"permutations, resamples, min_count")
         if "zero_shot" in self.evaluate and "data" not in self.zero_shot:
             raise ValueError(f"{self.path}: evaluate lists zero_shot, so a `zero_shot:` mapping with `data:` is needed")
         self.work_dir, self.results = Path(spec["work_dir"]), Path(spec["results"])
         self.runs = {str(name): (overrides or {}) for name, overrides in spec["runs"].items()}
         self.metrics = spec.get("metrics")  # the table's columns; default: all
         self.tables = spec.get("tables") or {}  # {title: {runs: [...], metrics: [...]}}: one table per question
+        # {title: {runs: [reference, run, ...], metrics: [...]}}: each run - the reference, paired by seed
+        self.comparisons = spec.get("comparisons") or {}
+        # one tokenizer for every run, trained once on the first run's data (else each run trains its own)
+        self.shared_tokenizer = bool(spec.get("shared_tokenizer", False))
         for title, table in self.tables.items():
             if not isinstance(table, dict) or set(table) != {"runs", "metrics"}:
                 raise ValueError(f"{self.path}: table {title!r} must be a mapping with `runs` and `metrics` lists")
             unknown_runs = sorted(set(table["runs"]) - set(self.runs))
             if unknown_runs:
                 raise ValueError(f"{self.path}: table {title!r} names runs not in `runs`: {unknown_runs}")
+        for title, comparison in self.comparisons.items():
+            if (not isinstance(comparison, dict) or set(comparison) != {"runs", "metrics"}
+                    or len(comparison["runs"]) < 2):
+                raise ValueError(f"{self.path}: comparison {title!r} must be a mapping with `runs` (a reference, then "
+                                 f"the runs compared with it) and `metrics`")
+            unknown_runs = sorted(set(comparison["runs"]) - set(self.runs))
+            if unknown_runs:
+                raise ValueError(f"{self.path}: comparison {title!r} names runs not in `runs`: {unknown_runs}")
         for run in self.runs:
             self.ancestry(run)  # a run that starts from a missing run is an error now, not hours into the sweep
 
@@ -92,6 +117,8 @@ class Sweep:
         overrides = {key: value.format(seed=seed, work_dir=self.work_dir) if isinstance(value, str) else value
                      for key, value in self.runs[run].items()}
         values = {**load_yaml(self.config), **self.common, **overrides}
+        if self.shared_tokenizer:
+            values["tokenizer_name"] = str(self.tokenizer_dir)
         # a run without results is trained again from the start: replace what an interrupted attempt left
         values.update(seed=seed, output_dir=str(self.work_dir / run / f"seed{seed}"), report=True,
                       overwrite_output_dir=True)
@@ -118,6 +145,10 @@ class Sweep:
             chain.append(parent)
         return chain
 
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.work_dir / "tokenizer"
+
     def result_path(self, run: str, seed: int) -> Path:
         return self.results / "runs" / run / f"seed{seed}.json"
 
@@ -125,7 +156,8 @@ class Sweep:
 def prepare_world(config: dict) -> None:
     """Generate the grounded world a run reads, before its training process starts: a run may name the world's files
     as ordinary data files (e.g. captions next to BabyLM text), and parallel lanes must not write it at once."""
-    keys = ("world_dir", "world_seed", "world_captions", "world_sentences", "text_dir", "caption_files")
+    keys = ("world_dir", "world_seed", "world_captions", "world_sentences", "world_version", "world_design", "text_dir",
+            "caption_files")
     data_args = DataArguments(**{k: config[k] for k in keys if k in config})
     if config.get("model_name_or_path"):
         return
@@ -133,6 +165,41 @@ def prepare_world(config: dict) -> None:
     # there may have been written with another spec, which only its own files describe.
     if data_args.uses_world or ("world_dir" in config and not WorldFiles(data_args.world_dir).manifest.is_file()):
         resolve_world(data_args)
+
+
+def data_arguments(config: dict) -> DataArguments:
+    names = {f.name for f in dataclasses.fields(DataArguments)}
+    return DataArguments(**{k: v for k, v in config.items() if k in names})
+
+
+def prepare_shared_tokenizer(sweep: Sweep) -> None:
+    """Train the sweep's one tokenizer on its first run's training data (text and captions), once."""
+    if not sweep.shared_tokenizer or (sweep.tokenizer_dir / "tokenizer.json").is_file():
+        return
+    config = sweep.train_config(next(iter(sweep.runs)), sweep.seeds[0])
+    prepare_world(config)
+    data_args = data_arguments({k: v for k, v in config.items() if k != "tokenizer_name"})
+    if data_args.uses_world:
+        resolve_world(data_args)
+    tokenizer = build_tokenizer(data_args, ModelArguments())
+    partial = sweep.tokenizer_dir.with_name(sweep.tokenizer_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save_pretrained(partial)
+    partial.rename(sweep.tokenizer_dir)  # whole or absent: a killed save leaves only the .partial folder
+
+
+def dev_losses(model, tokenizer, config: dict, max_examples: int | None) -> dict:
+    """Per-token loss on the run's held-out text and held-out captions (with their own images), separately."""
+    from gatedgpt2.data import GroundedCollator
+    from gatedgpt2.eval.metrics import loss_per_token
+
+    data_args = data_arguments({**config, "max_eval_examples": None})
+    if data_args.uses_world:
+        resolve_world(data_args)
+    _, _, evals, images = build_datasets(data_args, tokenizer, model.config.image_embed_dim)
+    collator = GroundedCollator(tokenizer.pad_token_id, images)
+    return {f"dev_{name}_loss_per_token": loss_per_token(model, examples, collator, max_examples=max_examples)["loss"]
+            for name, examples in evals.items()}
 
 
 def train(config: dict) -> None:
@@ -166,6 +233,10 @@ def evaluate(sweep: Sweep, config: dict) -> dict:
     if "gates" in sweep.evaluate and model.config.gate != "none":
         norms = [Norms.load(str(CONCRETENESS))] if CONCRETENESS.is_file() else []
         metrics.update(gate_metrics(model, tokenizer, world, image_kind, out / "gates", norms))
+    if "dev_loss" in sweep.evaluate:
+        metrics.update(dev_losses(model, tokenizer, config, config.get("max_eval_examples")))
+    if "factorial" in sweep.evaluate and model.config.gate != "none":
+        metrics.update(factorial_metrics(model, tokenizer, world, image_kind, out / "gate_controls", **sweep.factorial))
     if "knockout" in sweep.evaluate and image_kind is ImageKind.CLS_PATCHES:
         metrics.update({k: v for k, v in knockout_metrics(model, tokenizer, world).items() if k not in metrics})
     if "zero_shot" in sweep.evaluate:
@@ -203,6 +274,8 @@ def plan(sweep: Sweep, only: list[str] | None = None, jobs: int = 1) -> list[lis
 def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: int | None = None) -> dict | None:
     """Train and evaluate what is left, in `jobs` processes side by side (each with its share of the CPU threads),
     then write the table. `lane` is one such process's share: it writes its results, not the table."""
+    if lane is None:
+        prepare_shared_tokenizer(sweep)
     lanes = plan(sweep, only, jobs)
     if lane is None:
         print(f"{sweep.path}: {len(only or sweep.runs) * len(sweep.seeds)} runs, {sum(map(len, lanes))} to do",

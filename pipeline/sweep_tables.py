@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import stats
 
 if TYPE_CHECKING:
     from .sweep import Sweep
@@ -26,6 +27,127 @@ def aggregate(records: list[dict]) -> dict:
     return summary
 
 
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """b - a over the seeds both runs have (a seed is the same initialisation and data order in both): the mean
+    difference, its std, the 95% t interval, the paired t-test's p, the effect size d_z = mean / std, and Welch's p
+    for the two samples taken as unpaired."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    first, second = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
+    difference = second - first
+    mean, std = float(difference.mean()), float(difference.std(ddof=1))
+    half_width = float(stats.t.ppf(0.975, len(seeds) - 1) * std / math.sqrt(len(seeds)))
+    if std > 0:
+        p = float(stats.ttest_rel(second, first).pvalue)
+    else:  # every seed moved by the same amount: certain if it moved, no evidence if it did not
+        p = 0.0 if mean != 0 else 1.0
+    unpaired = stats.ttest_ind(second, first, equal_var=False).pvalue if np.ptp(np.r_[first, second]) > 0 else 1.0
+    return {"seeds": seeds, "a_mean": float(first.mean()), "b_mean": float(second.mean()), "mean": mean, "std": std,
+            "ci95": [mean - half_width, mean + half_width], "half_width": half_width, "p_paired_t": p,
+            "d_z": mean / std if std > 0 else None, "p_welch": float(np.nan_to_num(unpaired, nan=1.0)),
+            "differences": difference.tolist()}
+
+
+def mcnemar(correct_a: list[int], correct_b: list[int]) -> dict:
+    """Item-by-item comparison of two models on the same items: the items only one gets right, and the exact
+    two-sided binomial p of that split (McNemar's exact test)."""
+    if len(correct_a) != len(correct_b):
+        raise ValueError(f"the two runs scored different item lists ({len(correct_a)} and {len(correct_b)} items)")
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    p = float(stats.binomtest(only_b, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    return {"items": int(len(a)), "only_a": only_a, "only_b": only_b, "p": p}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (for comparisons of several runs with one reference)."""
+    order = np.argsort(p_values)
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def pooled_variance(entries: dict, samples: list[dict[int, float]]) -> None:
+    """Adds to each paired-difference entry the test with the seed variance pooled over every run of the family
+    (one-way ANOVA's residual variance, df = N - k): the runs' seeds vary alike, and a pooled estimate over many runs
+    is far steadier than one from 3 seeds. The difference of means, its 95% CI and p (t with df = N - k)."""
+    samples = [np.array(list(s.values())) for s in samples if len(s) > 0]
+    dof = sum(len(s) for s in samples) - len(samples)
+    if dof < 1:
+        return
+    variance = sum(float(((s - s.mean()) ** 2).sum()) for s in samples) / dof
+    critical = float(stats.t.ppf(0.975, dof))
+    for e in entries.values():
+        n = len(e["seeds"])
+        difference = e["b_mean"] - e["a_mean"]
+        se = math.sqrt(variance * 2 / n)
+        e.update(pooled_std=math.sqrt(variance), pooled_dof=dof,
+                 ci95_pooled=[difference - critical * se, difference + critical * se],
+                 p_pooled=float(2 * stats.t.sf(abs(difference) / se, dof)) if se > 0 else float(difference == 0))
+
+
+def comparisons(sweep: Sweep, records: dict) -> dict:
+    """Each of the sweep's `comparisons` (`runs`: a reference, then the runs compared with it): per metric and run,
+    the paired difference run - reference, Holm-adjusted over the family of runs; and for a zero-shot task the
+    item-by-item test per seed (from each run's `zero_shot/<task>/correct.json`)."""
+    tables = {}
+    for title, comparison in sweep.comparisons.items():
+        reference, *others = comparison["runs"]
+        table = {}
+        for metric in comparison["metrics"]:
+            def values(run):
+                return {r["seed"]: float(r["metrics"][metric]) for r in records.get(run, [])
+                        if isinstance(r["metrics"].get(metric), (int, float))}
+
+            entries = {run: paired_difference(values(reference), values(run)) for run in others}
+            entries = {run: e for run, e in entries.items() if e is not None}
+            pooled_variance(entries, [values(run) for run in comparison["runs"]])
+            for key in ("p_paired_t", "p_welch", "p_pooled"):
+                for e, adjusted in zip(entries.values(), holm([e[key] for e in entries.values()])):
+                    e[f"{key}_holm"] = adjusted
+            for run, e in entries.items():
+                items = {}
+                for seed in e["seeds"]:
+                    paths = [sweep.work_dir / r / f"seed{seed}" / "zero_shot" / metric / "correct.json"
+                             for r in (reference, run)]
+                    if all(p.is_file() for p in paths):
+                        items[seed] = mcnemar(*(json.loads(p.read_text()) for p in paths))
+                if items:
+                    e["items_by_seed"] = items
+            if entries:
+                table[metric] = entries
+        tables[title] = {"reference": reference, "metrics": table}
+    return tables
+
+
+def _comparison_table(title: str, comparison: dict) -> list[str]:
+    reference = comparison["reference"]
+    lines = [f"### {title}", "", f"Each run - `{reference}`, paired by seed; 95% CI from the t distribution over the "
+             "seeds' differences; d_z = mean / std of the differences; p from the paired t-test, from Welch's test "
+             "(the seeds taken as unpaired) and from a t-test with the seed variance pooled over every run of the "
+             "family (with its 95% CI), each Holm-adjusted over the runs compared with the reference; items: those "
+             "only the reference / only the run gets right, with McNemar's exact p, per seed.", "",
+             f"| metric | run | {reference} | run | difference (mean ± std) | 95% CI | paired t p (Holm) | d_z | "
+             "Welch p (Holm) | pooled 95% CI | pooled p (Holm) | seeds | items per seed |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for metric, entries in comparison["metrics"].items():
+        for run, e in entries.items():
+            digits = 2 if abs(e["a_mean"]) >= 10 else 4
+            items = "; ".join(f"{seed}: {i['only_a']}/{i['only_b']}, p {i['p']:.2g}"
+                              for seed, i in e.get("items_by_seed", {}).items()) or "-"
+            d_z = f"{e['d_z']:.2f}" if e["d_z"] is not None else "-"
+            lines.append(
+                f"| {metric} | {run} | {e['a_mean']:.{digits}f} | {e['b_mean']:.{digits}f} | {e['mean']:+.{digits}f} ± "
+                f"{e['std']:.{digits}f} | [{e['ci95'][0]:+.{digits}f}, {e['ci95'][1]:+.{digits}f}] | "
+                f"{e['p_paired_t']:.2g} ({e['p_paired_t_holm']:.2g}) | {d_z} | {e['p_welch']:.2g} "
+                f"({e['p_welch_holm']:.2g}) | [{e['ci95_pooled'][0]:+.{digits}f}, {e['ci95_pooled'][1]:+.{digits}f}] | "
+                f"{e['p_pooled']:.2g} ({e['p_pooled_holm']:.2g}) | {len(e['seeds'])} | {items} |")
+    return lines
+
+
 def write_results(sweep: Sweep) -> dict:
     records = {run: [json.loads(sweep.result_path(run, s).read_text()) for s in sweep.seeds
                      if sweep.result_path(run, s).is_file()] for run in sweep.runs}
@@ -37,9 +159,11 @@ def write_results(sweep: Sweep) -> dict:
     curves = {run: [r["metrics"]["curve"] for r in records[run] if "curve" in r["metrics"]] for run in results}
     if any(curves.values()):
         payload["curves"] = curves
+    if sweep.comparisons:
+        payload["comparisons"] = comparisons(sweep, records)
     sweep.results.mkdir(parents=True, exist_ok=True)
     (sweep.results / "results.json").write_text(json.dumps(payload, indent=2))
-    (sweep.results / "results.md").write_text(results_markdown(sweep, results, curves))
+    (sweep.results / "results.md").write_text(results_markdown(sweep, results, curves, payload.get("comparisons")))
     plot(sweep, results)
     if "curves" in payload:
         plot_curves(sweep, curves)
@@ -94,14 +218,16 @@ def _curve_table(curves: dict) -> list[str]:
     return lines
 
 
-def results_markdown(sweep: Sweep, results: dict, curves: dict | None = None) -> str:
-    """The main table (every finished run, the sweep's `metrics`), then the sweep's `tables`, each a question, then
-    the zero-shot learning curves if the runs have them."""
+def results_markdown(sweep: Sweep, results: dict, curves: dict | None = None, paired: dict | None = None) -> str:
+    """The main table (every finished run, the sweep's `metrics`), then the sweep's `tables`, each a question, its
+    `comparisons`, then the zero-shot learning curves if the runs have them."""
     spread = "one seed, so no std" if len(sweep.seeds) == 1 else f"mean ± std over seeds {sweep.seeds}"
     lines = [f"Generated by `python -m gatedgpt2.pipeline.sweep {sweep.path}` ({spread}).", "",
              *_table(sweep, results, list(results), _columns(sweep, results))]
     for title, table in sweep.tables.items():
         lines += ["", f"### {title}", "", *_table(sweep, results, table["runs"], table["metrics"])]
+    for title, comparison in (paired or {}).items():
+        lines += ["", *_comparison_table(title, comparison)]
     if curves and any(curves.values()):
         lines += ["", "### Learning curves: zero-shot accuracy by words seen", "", *_curve_table(curves)]
     return "\n".join(lines) + "\n"

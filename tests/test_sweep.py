@@ -191,3 +191,98 @@ def test_a_failing_run_is_reported_after_the_others_ran(tiny_world, tmp_path, ca
     with pytest.raises(RuntimeError, match=r"2 run\(s\) failed .*: bad_a seed 0, bad_b seed 0; rerun to retry them"):
         main([str(path)])
     assert "unknown keys ['no_such_key']" in capfd.readouterr().err  # train.py's own error, from its process
+
+
+def test_matched_and_shuffled_images_share_one_tokenizer_and_are_compared_seed_by_seed(tiny_world, tmp_path):
+    """The BabyLM pairing experiment in miniature: one tokenizer trained once for both arms, the held-out text and
+    captions scored per token, BLiMP item by item, and the arms' paired differences tabulated."""
+    data = tmp_path / "evaluation_data" / "fast_eval" / "blimp_fast"
+    data.mkdir(parents=True)
+    lines = (EVAL_DATA / "fast_eval" / "blimp_fast" / "adjunct_island.jsonl").read_text().splitlines()[:8]
+    (data / "adjunct_island.jsonl").write_text("\n".join(lines) + "\n")
+    path = write_sweep(tmp_path, tiny_world, {"matched": {}, "shuffled": {"image_pairing": "shuffled"}})
+    spec = yaml.safe_load(path.read_text())
+    spec.update(shared_tokenizer=True, evaluate=["dev_loss", "zero_shot"],
+                zero_shot={"data": str(tmp_path / "evaluation_data"), "tasks": "blimp"},
+                comparisons={"pairing": {"runs": ["shuffled", "matched"],
+                                         "metrics": ["dev_text_loss_per_token", "dev_captions_loss_per_token",
+                                                     "blimp"]}})
+    spec["common"]["block_size"] = 256  # the tiny world's BPE spells BabyLM sentences out in up to ~110 tokens
+    path.write_text(yaml.safe_dump(spec))
+    main([str(path)])
+    work = tmp_path / "work"
+    tokenizer = (work / "tokenizer" / "tokenizer.json").read_text()
+    for run in ("matched", "shuffled"):
+        for seed in (0, 1):
+            assert (work / run / f"seed{seed}" / "tokenizer.json").read_text() == tokenizer
+            config = yaml.safe_load((work / run / f"seed{seed}" / "sweep_config.yaml").read_text())
+            assert config["tokenizer_name"] == str(work / "tokenizer")
+    payload = json.loads((tmp_path / "results" / "results.json").read_text())
+    losses = {run: payload["runs"][run]["metrics"]["dev_captions_loss_per_token"]["values"] for run in payload["runs"]}
+    assert all(0 < value < 10 for values in losses.values() for value in values)
+    comparison = payload["comparisons"]["pairing"]
+    assert comparison["reference"] == "shuffled"
+    entry = comparison["metrics"]["dev_captions_loss_per_token"]["matched"]
+    assert entry["seeds"] == [0, 1]
+    assert entry["differences"] == pytest.approx([m - s for m, s in zip(losses["matched"], losses["shuffled"])])
+    assert entry["p_paired_t_holm"] == entry["p_paired_t"]  # a family of one
+    blimp = comparison["metrics"]["blimp"]["matched"]["items_by_seed"]
+    assert set(blimp) == {"0", "1"} or set(blimp) == {0, 1}
+    assert all(i["items"] == 8 for i in blimp.values())
+    table = (tmp_path / "results" / "results.md").read_text()
+    assert "### pairing" in table and "| dev_captions_loss_per_token | matched |" in table
+
+
+def test_shuffled_pairing_gives_every_caption_another_caption_s_image():
+    import datasets
+
+    from gatedgpt2.data import with_shuffled_images
+
+    captions = datasets.Dataset.from_dict({"input_ids": [[1]] * 50, "image_index": list(range(50))})
+    paired = with_shuffled_images(captions, 50, seed=0)["image_index"]
+    assert sorted(paired) == list(range(50)) and all(p != i for i, p in enumerate(paired))
+    assert paired == with_shuffled_images(captions, 50, seed=0)["image_index"]
+    assert paired != with_shuffled_images(captions, 50, seed=1)["image_index"]
+    with pytest.raises(ValueError, match="at least 2 captions"):
+        with_shuffled_images(captions.select([0]), 1, seed=0)
+
+
+def test_the_factorial_evaluation_reports_the_gate_against_its_nulls(tmp_path):
+    """What a sweep's `factorial` evaluation records, on a tiny untrained model (the nulls' options as a sweep passes
+    them); a sweep that names an unknown option fails when read."""
+    from gatedgpt2.data import WorldFiles, WorldSpec, train_tokenizer, write_world
+    from gatedgpt2.eval.metrics import factorial_metrics
+    from gatedgpt2.trainer.arguments import DataArguments
+    from tests.conftest import tiny_model
+
+    world = WorldFiles(write_world(tmp_path / "factorial", WorldSpec(seed=2, train_captions=60, train_sentences=30,
+                                                                     dev_captions=60, dev_sentences=5, embed_dim=32,
+                                                                     design="factorial")))
+    tokenizer = train_tokenizer(json.loads(world.captions("train").read_text()), 150, 64)
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=64, image_embed_dim=32, initializer_range=0.3)
+    metrics = factorial_metrics(model, tokenizer, world, "global", tmp_path / "controls", untrained_draws=3,
+                                permutations=20, resamples=50, min_count=2)
+    for name in ("gate_cell_epsilon_squared", "gate_cell_epsilon_squared_untrained_percentile", "gap_function",
+                 "gap_function_ci_low", "gap_function_ci_high", "gap_function_untrained_percentile",
+                 "gap_function_shuffled_percentile", "next_word_rho_content", "gate_function_before_depicted"):
+        assert isinstance(metrics[name], float), name
+    assert metrics["gap_function_ci_low"] <= metrics["gap_function_ci_high"]
+    report = json.loads((tmp_path / "controls" / "cell" / "gate_controls.json").read_text())
+    assert len(report["classes"]) == 8
+    with pytest.raises(ValueError, match="the factorial world has no held-out sets"):
+        DataArguments(world_design="factorial", eval_world=True)
+    assert not DataArguments(world_design="factorial").evaluates_world and DataArguments().evaluates_world
+
+    path = write_sweep(tmp_path, tmp_path / "world", {"base": {}})
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "factorial": {"untrained_draw": 3}}))
+    with pytest.raises(ValueError, match=r"unknown `factorial` options \['untrained_draw'\]"):
+        Sweep(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs" / "sweeps")
+                                        .glob("*.yaml")))
+def test_every_committed_sweep_file_is_valid(name):
+    sweep = Sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / name)
+    for run in sweep.runs:
+        sweep.train_config(run, sweep.seeds[0])  # every run's full config resolves

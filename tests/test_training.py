@@ -169,6 +169,13 @@ def test_the_papers_hard_gate_recipe_anneals_over_the_batches_with_images(tiny_w
     assert [float(b.gate.temperature) for b in model.transformer.h] == pytest.approx([temperature] * 2)
 
 
+def test_train_py_sets_the_initialisation_and_dropout_placement(tiny_world, tmp_path):
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--initialization", "gpt2", "--dropout_placement",
+                                            "paper_code", "--max_steps", "1")])
+    config = GatedGPT2Config.from_pretrained(tmp_path / "run")
+    assert (config.initialization, config.dropout_placement) == ("gpt2", "paper_code")
+
+
 def test_a_fractional_gate_temperature_steps_is_that_share_of_the_runs_batches_with_images(tiny_world, tmp_path):
     """0.8 (the paper's share) of the 3 caption batches of a 5-step alternating run with 2 text batches: 3."""
     train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--variant", "gate_hard_per_feature",

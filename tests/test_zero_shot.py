@@ -280,10 +280,13 @@ def test_image_embeddings_from_a_datasets_folder(tmp_path):
     (["zero-shot", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
     (["narrow-gate", "--seeds", "two"], "argument --seeds: expected an integer >= 1, got 'two'"),
     (["fewshot", "--shots", "4,0"], "argument --shots: expected an integer >= 1, got 0"),
+    (["gates", "--untrained-draws", "-1"], "argument --untrained-draws: expected an integer >= 0, got -1"),
 ])
 def test_numeric_arguments_below_one_are_refused_before_anything_runs(argv, message, tmp_path, capsys):
     """A batch size of -1 used to score nothing and report 100% (the first candidate wins every tie)."""
     common = ["--out", str(tmp_path / "out")] + ([] if argv[0] == "fewshot" else
+                                                 ["--model", "nowhere", "--captions", str(tmp_path)]
+                                                 if argv[0] == "gates" else
                                                  ["--model", "nowhere", "--data", str(tmp_path)])
     with pytest.raises(SystemExit):
         eval_main([*argv, *common])

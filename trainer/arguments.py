@@ -41,6 +41,9 @@ class ModelArguments:
     n_head: int | None = None
     n_inner: int | None = None
     dropout: float | None = field(default=None, metadata={"help": "Sets resid/embd/attn dropout together."})
+    dropout_placement: str | None = field(default=None, metadata={"help": "gpt2 | paper_code"})
+    initialization: str | None = field(default=None, metadata={
+        "help": "normal (default: N(0, 0.02)) | gpt2 (with GPT-2's scaled residual projections) | paper_code"})
     gate: str | None = field(default=None, metadata={"help": "soft | hard | none"})
     gate_granularity: str | None = field(default=None, metadata={"help": "feature | token"})
     gate_temperature_start: float | None = None
@@ -105,12 +108,22 @@ class DataArguments:
     world_seed: int = 0
     world_captions: int = 6000
     world_sentences: int = 6000
+    world_version: int = field(default=3, metadata={"help": "The world's grammar: 3, or 2 (the runs committed before "
+                                                            "3 fixed the plural 'crosss')."})
+    world_design: str = field(default="original", metadata={
+        "help": "original | factorial (word class x depicted x concreteness; no held-out sets)", "choices":
+            ["original", "factorial"]})
     text_dir: str | None = field(default=None, metadata={"help": "BabyLM text: a directory of *.train files."})
     text_pattern: str = "*.train"
     eval_text_dir: str | None = field(default=None, metadata={"help": "Validation text (e.g. the *.dev files)."})
     eval_text_pattern: str = "*.dev"
     caption_files: list[str] = field(default_factory=list, metadata={"help": "Caption JSON lists, in order."})
     embedding_files: list[str] = field(default_factory=list, metadata={"help": ".npy shards aligned with captions."})
+    image_pairing: str = field(default="matched", metadata={
+        "help": "matched: each training caption with its own image | shuffled: with another caption's image (one "
+                "random cycle through all captions, so none keeps its own; a control with the same images and text)",
+        "choices": ["matched", "shuffled"]})
+    image_pairing_seed: int = 0
     eval_caption_files: list[str] = field(default_factory=list)
     eval_embedding_files: list[str] = field(default_factory=list)
     image_tokens: str = field(default=ImageKind.GLOBAL.value, metadata={
@@ -140,10 +153,23 @@ class DataArguments:
 
     def __post_init__(self):
         ImageKind.parse(self.image_tokens, "image_tokens")  # a YAML value skips argparse's choices
+        if self.image_pairing not in ("matched", "shuffled"):
+            raise ValueError(f"image_pairing must be 'matched' or 'shuffled', got {self.image_pairing!r}")
+        if self.eval_world and self.world_design == "factorial":
+            raise ValueError("eval_world: the factorial world has no held-out sets to score (its dev captions are "
+                             "read by `python -m gatedgpt2.eval gates --cells`); set eval_world false")
 
     @property
     def uses_world(self) -> bool:
         return not self.text_dir and not self.caption_files
+
+    @property
+    def evaluates_world(self) -> bool:
+        """Score the world's held-out sets after training: when asked, or by default when training on a world that
+        has them."""
+        if self.eval_world is not None:
+            return self.eval_world
+        return self.uses_world and self.world_design == "original"
 
     @property
     def image_kind(self) -> ImageKind:
