@@ -151,16 +151,17 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 
 @contextlib.contextmanager
 def untrained_gates(model, seed: int) -> Iterator[None]:
-    """The model with every gate replaced by a fresh one, initialised as the model initialises gates (seeded); the
-    trained gates come back on exit."""
+    """The model with every gate replaced by a fresh one, initialised as the model initialises gates (seeded, without
+    touching the caller's random state); the trained gates come back on exit."""
     blocks = [block for block in model.transformer.h if getattr(block, "gate", None) is not None]
     trained = [block.gate for block in blocks]
-    torch.manual_seed(seed)
     try:
-        for block in blocks:
-            fresh = GATE_CLASSES[model.config.gate](model.config).to(device=model.device, dtype=model.dtype)
-            fresh.apply(model._init_weights)
-            block.gate = fresh.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for block in blocks:
+                fresh = GATE_CLASSES[model.config.gate](model.config).to(device=model.device, dtype=model.dtype)
+                fresh.apply(model._init_weights)
+                block.gate = fresh.eval()
         yield
     finally:
         for block, gate in zip(blocks, trained):

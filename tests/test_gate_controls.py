@@ -224,10 +224,14 @@ def test_word_gates_are_read_at_the_last_piece_and_benefits_are_the_image_s_loss
 
 def test_untrained_gates_are_fresh_seeded_draws_and_the_trained_ones_come_back(gated_model):
     trained = {k: v.clone() for k, v in gated_model.state_dict().items()}
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
     draws = []
     for seed in (0, 0, 1):
         with untrained_gates(gated_model, seed):
             draws.append(torch.cat([b.gate.proj.weight.flatten() for b in gated_model.transformer.h]))
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is left where it was
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
     assert float(draws[0].std()) == pytest.approx(gated_model.config.initializer_range, rel=0.1)
     assert all(torch.equal(v, gated_model.state_dict()[k]) for k, v in trained.items())
