@@ -185,3 +185,42 @@ def test_the_within_word_type_null_asks_what_pos_adds_to_the_word():
     assert np.mean(rejections) <= 0.12
     planted = within_word_type_null(*sample(0.1), min_count=5, permutations=99)
     assert planted["p"] <= 0.02 and planted["percentile"] >= 98
+
+
+def _norm_rows(rng, types: int, per_type: int, link: float) -> tuple[list[dict], Norms]:
+    """Word types with a concreteness each; every occurrence's gate = the type's own level (shared by its occurrences)
+    + link x concreteness + noise. Occurrences of one word are not independent."""
+    concreteness = {f"w{k}": float(rng.uniform(1, 5)) for k in range(types)}
+    level = {w: rng.normal(0, 0.5) for w in concreteness}
+    rows = [{"word": w, "pos": "NOUN", "gates": np.array([0.5 + link * c + level[w] + rng.normal(0, 0.05)])}
+            for w, c in concreteness.items() for _ in range(per_type)]
+    return rows, Norms("concreteness", concreteness)
+
+
+def test_the_concreteness_correlation_per_word_type_finds_a_planted_link_and_holds_its_rate_where_occurrences_do_not():
+    from gatedgpt2.eval.gates import analyse
+
+    rows, norms = _norm_rows(np.random.default_rng(0), 40, 30, link=0.3)
+    planted = analyse(rows, [0], [norms], None)["by_layer"]["pooled"]["norms"]["concreteness"]
+    assert planted["per_word_type"]["rho"] > 0.5 and planted["per_word_type"]["p"] < 1e-3
+    type_level = occurrence_level = 0
+    for repeat in range(60):
+        rows, norms = _norm_rows(np.random.default_rng(100 + repeat), 30, 30, link=0.0)
+        result = analyse(rows, [0], [norms], None)["by_layer"]["pooled"]["norms"]["concreteness"]
+        type_level += result["per_word_type"]["p"] < 0.05
+        occurrence_level += result["per_occurrence"]["p"] < 0.05
+    assert type_level <= 9  # the word-type correlation holds its 5% rate (9 of 60: beyond the binomial 99th percentile)
+    assert occurrence_level >= 30  # counting 30 occurrences of a word as 30 observations does not
+
+
+def test_pairwise_tests_find_a_planted_pos_difference_and_hold_their_rate_after_correction():
+    rng = np.random.default_rng(1)
+    pos = np.repeat(["NOUN", "DET", "ADJ", "VERB"], 200)
+    gates = rng.normal(0.5, 0.1, 800) + 0.05 * (pos == "DET")
+    pairs = {(p["a"], p["b"]): p for p in pos_tests(gates, pos, 5)["pairwise"]}
+    assert all(p["p_bh"] < 0.01 for (a, b), p in pairs.items() if "DET" in (a, b))
+    rejected = 0
+    for repeat in range(60):
+        gates = np.random.default_rng(200 + repeat).normal(0.5, 0.1, 800)
+        rejected += any(p["p_bh"] < 0.05 for p in pos_tests(gates, pos, 5)["pairwise"])
+    assert rejected <= 9  # BH over 6 pairs: any false rejection in at most ~5% of null datasets
