@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from modeling_gatedgpt import gate_per_token
 from modeling_gatedgpt.gating import GATE_CLASSES
 
-from .gates import kruskal_groups, percentile_in, shuffled_within_words
+from .gates import kruskal_groups, percentile_in, shuffled_within_words, spearman
 
 
 @torch.no_grad()
@@ -140,12 +139,6 @@ def epsilon_squared(gates: np.ndarray, labels: np.ndarray) -> float | None:
     return h / (len(gates) - 1)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(stats.spearmanr(x, y).statistic)
-
-
 # ------------------------------------------------------------------------------------------------ untrained null
 
 
@@ -215,7 +208,7 @@ def _grouped_report(pairs: dict, labels: np.ndarray, next_dependent: np.ndarray 
 
         def rho(gates, subset=slice(None)):
             chosen = mine[subset]
-            return spearman(1 - gates[chosen], pairs["next_benefit"][chosen])
+            return spearman(1 - gates[chosen], pairs["next_benefit"][chosen])["rho"]
 
         observed = rho(pairs["gate"])
         entry["next_word_rho"] = {

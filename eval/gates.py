@@ -134,7 +134,8 @@ def collect_word_gates(model, tokenizer, captions: Sequence[str], images, nlp, b
     return rows
 
 
-def _spearman(x, y) -> dict:
+def spearman(x, y) -> dict:
+    """Spearman's rho with its p and n; rho and p are None where it is undefined (under 3 values, or one constant)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"rho": None, "p": None, "n": int(len(x))}
@@ -288,8 +289,8 @@ def analyse(rows: list[dict], layers: Sequence[int], norms: Sequence[Norms], fre
                 if k:
                     by_type[w].append(g)
             entry["norms"][norm.name] = {
-                "per_occurrence": _spearman(gates[known], values[known]),
-                "per_word_type": _spearman([np.mean(v) for v in by_type.values()],
+                "per_occurrence": spearman(gates[known], values[known]),
+                "per_word_type": spearman([np.mean(v) for v in by_type.values()],
                                            [norm.values[w] for w in by_type]),
                 "coverage": float(known.mean()),
             }

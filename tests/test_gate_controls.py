@@ -303,7 +303,7 @@ def test_the_pooled_variance_test_finds_a_planted_run_and_holds_its_rate_under_t
 
 
 def test_the_next_word_correlation_finds_a_planted_link_and_its_ci_holds_its_rate_under_the_null():
-    from gatedgpt2.eval.gate_controls import spearman
+    from gatedgpt2.eval.gates import spearman
 
     def sample(rng, link):
         """80 captions of 6 words; gates and benefits each shift by caption (independently), so occurrences are
@@ -314,11 +314,11 @@ def test_the_next_word_correlation_finds_a_planted_link_and_its_ci_holds_its_rat
         return caption, gates, benefit
 
     caption, gates, benefit = sample(np.random.default_rng(5), link=0.5)
-    low, high = caption_bootstrap(caption, lambda s: spearman(1 - gates[s], benefit[s]), 300)
-    assert low > 0.2 and low < spearman(1 - gates, benefit) < high
+    low, high = caption_bootstrap(caption, lambda s: spearman(1 - gates[s], benefit[s])["rho"], 300)
+    assert low > 0.2 and low < spearman(1 - gates, benefit)["rho"] < high
     excluded = 0
     for repeat in range(NULL_REPEATS):
         caption, gates, benefit = sample(np.random.default_rng(4000 + repeat), link=0.0)
-        low, high = caption_bootstrap(caption, lambda s: spearman(1 - gates[s], benefit[s]), 100, seed=repeat)
+        low, high = caption_bootstrap(caption, lambda s: spearman(1 - gates[s], benefit[s])["rho"], 100, seed=repeat)
         excluded += not low <= 0 <= high
     assert excluded <= MAX_FALSE_POSITIVES
