@@ -10,7 +10,7 @@ from gatedgpt2.data import ImageEmbeddings, WorldFiles, iter_text_lines, load_ca
 from modeling_gatedgpt import ImageKind
 
 from .checkpoint import load_checkpoint
-from .tasks import EWOK_PASSWORD, TASKS
+from .tasks import ALL_TASKS, EWOK_PASSWORD, SUITES
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -40,14 +40,21 @@ def positive_int_list(text: str) -> list[int]:
 
 
 def zero_shot_command(args: argparse.Namespace) -> None:
-    from .zero_shot import results_table, zero_shot
+    from .zero_shot import results_table, write_pipeline_tree, zero_shot
 
     model, tokenizer = load_checkpoint(args.model, args.revision, args.device, args.trust_remote_code)
+    if args.tasks.strip() in ("fast", "full") and args.fast != (args.tasks.strip() == "fast"):
+        if args.tasks.strip() == "full":
+            raise ValueError("--tasks full is the full suite; it takes no --fast.")
+        args.fast = True  # the fast suite is scored on the fast sets
     results = zero_shot(model, tokenizer, args.data, args.tasks, fast=args.fast, images=args.images,
                         no_image=args.no_image, batch_size=args.batch_size, out_dir=args.out,
                         ewok_password=args.ewok_password, model_name=args.model)
     print(results_table(results), end="")
     print(f"Results: {Path(args.out) / 'results.json'}")
+    if args.results_dir:
+        write_pipeline_tree(results, args.results_dir, args.model, args.revision_name or args.revision)
+        print(f"Pipeline results tree: {args.results_dir / Path(args.model).stem / (args.revision_name or args.revision or 'main')}")
 
 
 def gates_command(args: argparse.Namespace) -> None:
@@ -222,8 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the official evaluation_data/ folder, or a flat folder with one sub-folder per task "
                          "(the grounded world's eval/)")
     zs.add_argument("--tasks", default="blimp,supplement,ewok",
-                    help=f"comma-separated subset of {','.join(TASKS)} (default: the text tasks)")
-    zs.add_argument("--fast", action="store_true", help="the fast_eval sets (BLiMP, supplement, EWoK)")
+                    help=f"comma-separated subset of {','.join(ALL_TASKS)}, or fast / full: the pipeline's fast "
+                         f"suite ({','.join(SUITES['fast'])}) or full one ({','.join(SUITES['full'])}) (default: "
+                         f"blimp,supplement,ewok)")
+    zs.add_argument("--fast", action="store_true", help="the fast_eval sets (BLiMP, supplement, EWoK, entity tracking)")
+    zs.add_argument("--results-dir", type=Path,
+                    help="also write the predictions in the pipeline's results tree under this folder "
+                         "(<model>/<revision>/zero_shot/causal/<task>/<dataset>/predictions.json), for its "
+                         "collate_preds.sh")
+    zs.add_argument("--revision-name",
+                    help="the revision's folder in --results-dir (default: --revision, else main)")
     zs.add_argument("--no-image", action="store_true", help="score Winoground / VQA without images")
     zs.add_argument("--images", type=Path, help="image embeddings: an .npy with image_ids.json, or a datasets folder")
     zs.add_argument("--ewok-password", default=EWOK_PASSWORD, help="password of the distributed EWoK zip")

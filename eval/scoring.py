@@ -33,7 +33,6 @@ def encode_candidates(tokenizer, sentences: Sequence[str], completions: Sequence
     return encoded["input_ids"], masks
 
 
-@torch.no_grad()
 def score_candidates(model, tokenizer, sentences: Sequence[str], completions: Sequence[str] | None = None,
                      images: np.ndarray | None = None, image_rows: Sequence[int] | None = None,
                      sources: Sequence[str] | None = None, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
@@ -45,16 +44,28 @@ def score_candidates(model, tokenizer, sentences: Sequence[str], completions: Se
     completions = list(sentences) if completions is None else completions
     input_ids, masks = encode_candidates(tokenizer, sentences, completions)
     sources = sources if sources is not None else [f"candidate {i}" for i in range(len(input_ids))]
+    sources = [f"{source}: {sentence!r}" for source, sentence in zip(sources, sentences)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return score_token_sequences(model, input_ids, masks, pad, images, image_rows, sources, batch_size, desc)
+
+
+@torch.no_grad()
+def score_token_sequences(model, input_ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad: int,
+                          images: np.ndarray | None = None, image_rows: Sequence[int] | None = None,
+                          sources: Sequence[str] | None = None, batch_size: int = 64,
+                          desc: str | None = None) -> np.ndarray:
+    """Sum of log p(token t | tokens < t) over the tokens t a sequence's mask marks (float64, one per sequence);
+    the first token is never predicted. `pad` fills batches on the right and is never read."""
+    sources = sources if sources is not None else [f"sequence {i}" for i in range(len(input_ids))]
     context = model.config.max_position_embeddings
-    for ids, sentence, source in zip(input_ids, sentences, sources):
+    for ids, source in zip(input_ids, sources):
         if len(ids) - 1 > context:  # the last token is only predicted
-            raise ValueError(f"{source}: {sentence!r} is {len(ids)} tokens; the model reads {len(ids) - 1} of them, "
-                             f"more than its context of {context} (config.max_position_embeddings).")
+            raise ValueError(f"{source} is {len(ids)} tokens; the model reads {len(ids) - 1} of them, more than its "
+                             f"context of {context} (config.max_position_embeddings).")
     if (images is None) != (image_rows is None):
         raise ValueError("Pass both `images` and `image_rows`, or neither.")
     if image_rows is not None and len(image_rows) != len(input_ids):
         raise ValueError(f"{len(image_rows)} image rows for {len(input_ids)} candidates.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     device = model.device
     order = np.argsort([-len(ids) for ids in input_ids], kind="stable")

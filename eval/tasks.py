@@ -1,8 +1,9 @@
 """The BabyLM zero-shot tasks, read as the 2025 pipeline reads them.
 
 Every record becomes an `Item`: candidate sentences, the completion of each that is scored (the whole sentence for
-BLiMP / supplement / Winoground, " " + target for EWoK, " " + answer for VQA), the candidate that is correct (always
-the first), its UID and the metadata the pipeline breaks accuracy down by. Two layouts are understood: the official
+BLiMP / supplement / Winoground / WUG, " " + target for EWoK, " " + answer for VQA, the option after the prefix for
+entity tracking, the property phrase for COMPS), the candidate that is correct (always the first), its UID, the
+metadata the pipeline breaks accuracy down by and, for the WUG tasks, the human ratio. Two layouts are understood: the official
 `evaluation_data/` folder (`full_eval/blimp_filtered`, `fast_eval/blimp_fast`, ..., EWoK as a folder or as the
 distributed password-protected zip) and a flat folder with one sub-folder per task (the grounded world's `eval/`)."""
 
@@ -13,20 +14,35 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from gatedgpt2.data import decode_utf8
 
 
-TASKS = ("blimp", "supplement", "ewok", "winoground", "vqa")
+TASKS = ("blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "winoground", "vqa")
 MULTIMODAL_TASKS = ("winoground", "vqa")
+WUG_TASKS = ("wug_adj", "wug_past")  # scored by Spearman's rho against human ratios, not accuracy
+ALL_TASKS = (*TASKS, "reading")  # reading is scored by eval/reading.py
+# the pipeline's eval_zero_shot_fast.sh (every words-seen revision) and eval_zero_shot.sh (the final model)
+SUITES = {"fast": ("blimp", "supplement", "ewok", "wug_adj", "wug_past", "entity_tracking", "reading"),
+          "full": ("blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "reading")}
+# the folder `sentence_zero_shot.run --task` is given for each (the supplement is its `blimp` task)
+PIPELINE_TASK = {"supplement": "blimp"}
+ENTITY_TRACKING_SPLITS = ("regular", "ambiref", "move_contents")
 EWOK_PASSWORD = "BabyLM2025"  # published with the evaluation data
 
-# task -> (full folder, fast folder); Winoground and VQA have no fast version
+# task -> (full folder, fast folder), as the pipeline's eval_zero_shot*.sh name them; COMPS, Winoground and VQA have
+# no fast version
 OFFICIAL_FOLDERS = {
     "blimp": ("full_eval/blimp_filtered", "fast_eval/blimp_fast"),
     "supplement": ("full_eval/supplement_filtered", "fast_eval/supplement_fast"),
     "ewok": ("full_eval/ewok_filtered", "fast_eval/ewok_fast"),
+    "entity_tracking": ("full_eval/entity_tracking", "fast_eval/entity_tracking_fast"),
+    "wug_adj": ("full_eval/wug_adj_nominalization", "fast_eval/wug_adj_nominalization"),
+    "wug_past": ("full_eval/wug_past_tense", "fast_eval/wug_past_tense"),
+    "comps": ("full_eval/comps", "full_eval/comps"),
+    "reading": ("full_eval/reading", "fast_eval/reading"),  # reading_data.csv, scored by eval/reading.py
     "winoground": ("full_eval/winoground_filtered", "full_eval/winoground_filtered"),
     "vqa": ("full_eval/vqa_filtered", "full_eval/vqa_filtered"),
 }
@@ -41,6 +57,7 @@ class Item:
     metadata: dict[str, str] = field(default_factory=dict)
     image_id: str | None = None
     label: int = 0
+    ratio: float | None = None  # WUG: the human ratio the model's probability of the first candidate is ranked against
 
 
 @dataclass(frozen=True)
@@ -141,8 +158,54 @@ def _decode_vqa(record: dict, stem: str, where: str) -> Item:
     )
 
 
+def _string_list(record: dict, name: str, where: str) -> list[str]:
+    _require(record, (name,), where)
+    values = record[name]
+    if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{where}: field {name!r} must be a list of at least 2 strings, got {values!r:.80}.")
+    return values
+
+
+def _decode_entity_tracking(record: dict, stem: str, where: str) -> Item:
+    (prefix,) = _texts(record, ("input_prefix",), where)
+    options = _string_list(record, "options", where)
+    _require(record, ("numops",), where)
+    if isinstance(record["numops"], bool) or not isinstance(record["numops"], int):
+        raise ValueError(f"{where}: field 'numops' must be an integer, got {record['numops']!r:.40}.")
+    return Item(uid=f"{stem}_{record['numops']}_ops", sentences=tuple(prefix + o for o in options),
+                completions=tuple(options), source=where)
+
+
+def _decode_wug(record: dict, stem: str, where: str, task: str) -> Item:
+    (joined,) = _texts(record, ("sentences",), where)
+    _require(record, ("ratio",), where)
+    sentences = tuple(joined.split("\t"))
+    if len(sentences) < 2:
+        raise ValueError(f"{where}: field 'sentences' must hold the candidate forms separated by a tab, got "
+                         f"{joined!r:.80}.")
+    try:
+        ratio = float(record["ratio"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: field 'ratio' must be a number, got {record['ratio']!r:.40}.") from None
+    return Item(uid=task, sentences=sentences, completions=sentences, source=where, ratio=ratio)  # the pipeline's UID
+
+
+# COMPS files -> the pipeline's subset names (any other file is the last subset, as the pipeline reads it)
+COMPS_SUBSETS = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-before": "wugs_dist_before"}
+
+
+def _decode_comps(record: dict, stem: str, where: str) -> Item:
+    acceptable, unacceptable, phrase = _texts(record, ("prefix_acceptable", "prefix_unacceptable", "property_phrase"),
+                                              where)
+    return Item(uid=COMPS_SUBSETS.get(stem, "wugs_dist_in_between"),
+                sentences=(f"{acceptable} {phrase}", f"{unacceptable} {phrase}"), completions=(phrase, phrase),
+                source=where)
+
+
 DECODERS = {"blimp": _decode_minimal_pair, "supplement": _decode_minimal_pair, "ewok": _decode_ewok,
-            "winoground": _decode_winoground, "vqa": _decode_vqa}
+            "entity_tracking": _decode_entity_tracking, "wug_adj": partial(_decode_wug, task="wug_adj"),
+            "wug_past": partial(_decode_wug, task="wug_past"),
+            "comps": _decode_comps, "winoground": _decode_winoground, "vqa": _decode_vqa}
 
 
 def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str]]]:
@@ -171,15 +234,16 @@ def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str
 def task_folder(data_dir: str | Path, task: str, fast: bool = False) -> Path:
     """Where a task's files are: the official layout's folder, or `data_dir/<task>` in a flat layout (the world's
     `blimp/` also serves as its minimal-pair set). A zip archive stands in for a missing folder."""
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose from {', '.join(TASKS)}.")
+    if task not in OFFICIAL_FOLDERS:
+        raise ValueError(f"Unknown task {task!r}; choose from {', '.join(OFFICIAL_FOLDERS)}.")
     data_dir = Path(data_dir)
     official = (data_dir / "full_eval").is_dir() or (data_dir / "fast_eval").is_dir()
     folder = data_dir / OFFICIAL_FOLDERS[task][int(fast)] if official else data_dir / task
     if folder.is_dir() or folder.with_suffix(".zip").is_file():
         return folder
     raise FileNotFoundError(
-        f"No data for task {task!r} in {data_dir}: looked for {folder} (a folder of *.jsonl files"
+        f"No data for task {task!r} in {data_dir}: looked for {folder} ("
+        f"{'holding reading_data.csv' if task == 'reading' else 'a folder of *.jsonl files'}"
         f"{' or a .zip of them' if task == 'ewok' else ''})."
     )
 

@@ -9,15 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
+from scipy.stats import spearmanr
 
 from gatedgpt2.data import ImageEmbeddings, WorldFiles
 from modeling_gatedgpt import ImageKind
 
+from .reading import evaluate_reading, write_reading
 from .scoring import score_candidates
-from .tasks import EWOK_PASSWORD, MULTIMODAL_TASKS, TASKS, TaskData, read_task
+from .tasks import (ALL_TASKS, ENTITY_TRACKING_SPLITS, EWOK_PASSWORD, MULTIMODAL_TASKS, PIPELINE_TASK, SUITES,
+                    WUG_TASKS, TaskData, read_task, task_folder)
 
 
 ACCURACY_METRIC = Path(__file__).with_name("babylm_accuracy.py")
+
 
 
 def load_accuracy_metric():
@@ -27,16 +32,34 @@ def load_accuracy_metric():
 
 
 def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
+    """A comma list (or a list) of task names; "fast" and "full" stand for the pipeline's suites."""
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    unknown = [t for t in names if t not in TASKS]
+    names = list(dict.fromkeys(n for name in names for n in SUITES.get(name, (name,))))
+    unknown = [t for t in names if t not in ALL_TASKS]
     if unknown or not names:
-        raise ValueError(f"--tasks: unknown task(s) {unknown}; choose from {', '.join(TASKS)}.")
+        raise ValueError(f"--tasks: unknown task(s) {unknown}; choose from {', '.join(ALL_TASKS)}, or fast / full "
+                         f"(the pipeline's suites: {', '.join(SUITES['fast'])} / {', '.join(SUITES['full'])}).")
     return names
+
+
+def task_score(task: TaskData, chosen: list[int], probabilities: list[np.ndarray], accuracy: dict) -> tuple[str, float]:
+    """The task's headline number as the pipeline's `sentence_zero_shot.run` reports it: the mean over UIDs of their
+    accuracies; for entity tracking the mean over its splits (regular, ambiref, move_contents) of the mean over each
+    split's UIDs (0-5 operations); for the WUG tasks Spearman's rho between the probability of the first form and the
+    human ratio."""
+    if task.name in WUG_TASKS:
+        rho = spearmanr([p[0] for p in probabilities], [item.ratio for item in task.items])[0]
+        return "spearman", float(rho)
+    per_uid = accuracy["per_group"]
+    if task.name == "entity_tracking":
+        splits = [[value for uid, value in per_uid.items() if uid.startswith(split)] for split in ENTITY_TRACKING_SPLITS]
+        return "accuracy (mean over splits)", float(np.mean([np.mean(s) for s in splits if s]))
+    return "accuracy", accuracy["accuracy"]
 
 
 def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | None = None, batch_size: int = 64,
                   metric=None, progress: bool = True) -> dict:
-    """Accuracy (mean over UIDs), per-UID and per-metadata accuracies and the pipeline's predictions for one task.
+    """The task's score (see `task_score`), per-UID and per-metadata accuracies and the pipeline's predictions.
     `images`: score each candidate with its record's image embedding; None scores the text alone."""
     items = task.items
     sentences = [s for item in items for s in item.sentences]
@@ -55,6 +78,7 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     # they count as right; how many there are says how much of the accuracy is that rule's (all of it, for a model
     # that scores nothing).
     ties = sum(int(np.sum(candidates == candidates.max()) > 1) for candidates in per_item)
+    probabilities = [softmax(candidates) for candidates in per_item]
 
     metric = metric or load_accuracy_metric()
     computed = metric.compute(predictions=chosen, references=[item.label for item in items],
@@ -65,14 +89,22 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
         for item, choice in zip(items, chosen):
             hits[item.metadata[key]].append(choice == item.label)
         breakdown[key] = {value: 100.0 * float(np.mean(h)) for value, h in hits.items()}
+    metric_name, score = task_score(task, chosen, probabilities, computed)
 
     predictions = defaultdict(list)
-    for item, choice in zip(items, chosen):
-        predictions[item.uid].append({"id": f"{item.uid}_{len(predictions[item.uid])}",
-                                      "pred": item.completions[choice]})
+    for item, choice, probability in zip(items, chosen, probabilities):
+        # what the pipeline writes as the prediction: the chosen completion (COMPS: the chosen sentence), and for
+        # the WUG tasks the probability of the first form, from which the leaderboard computes rho
+        prediction = {"id": f"{item.uid}_{len(predictions[item.uid])}",
+                      "pred": (item.sentences if task.name == "comps" else item.completions)[choice]}
+        if task.name in WUG_TASKS:
+            prediction["prob"] = float(probability[0])
+        predictions[item.uid].append(prediction)
     return {
         "dataset": task.dataset,
-        "accuracy": computed["accuracy"],
+        "metric": metric_name,
+        "score": score,
+        **({} if task.name in WUG_TASKS else {"accuracy": score}),
         "micro_accuracy": computed["micro_accuracy"],
         "items": len(items),
         "exact_ties": ties,
@@ -82,7 +114,7 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     }
 
 
-def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str] = TASKS, fast: bool = False,
+def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str] = ("blimp", "supplement", "ewok"), fast: bool = False,
               images: str | Path | ImageEmbeddings | None = None, no_image: bool = False, batch_size: int = 64,
               out_dir: str | Path | None = None, ewok_password: str = EWOK_PASSWORD, progress: bool = True,
               model_name: str | None = None) -> dict:
@@ -106,6 +138,10 @@ def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str]
     metric = load_accuracy_metric()
     results = {"model": model_name, "data": str(data_dir), "fast": fast, "vision": not no_image, "tasks": {}}
     for name in tasks:
+        if name == "reading":
+            csv = task_folder(data_dir, name, fast) / "reading_data.csv"
+            results["tasks"][name] = evaluate_reading(model, tokenizer, csv, batch_size, progress)
+            continue
         task = read_task(data_dir, name, fast, ewok_password)
         task_images = images if name in MULTIMODAL_TASKS and not no_image else None
         results["tasks"][name] = evaluate_task(model, tokenizer, task, task_images, batch_size, metric, progress)
@@ -116,10 +152,13 @@ def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str]
 
 def results_table(results: dict) -> str:
     vision = "" if results["vision"] else " (no vision)"
-    lines = ["| task | data | items | accuracy | exact ties (counted right, as the pipeline does) |",
-             "| --- | --- | ---: | ---: | ---: |"]
-    lines += [f"| {name}{vision if name in MULTIMODAL_TASKS else ''} | {r['dataset']} | {r['items']} | "
-              f"{r['accuracy']:.2f} | {r['exact_ties']} |" for name, r in results["tasks"].items()]
+    lines = ["| task | data | items | score | metric | exact ties (counted right, as the pipeline does) |",
+             "| --- | --- | ---: | ---: | --- | ---: |"]
+    for name, r in results["tasks"].items():
+        score = (f"{r['eye_tracking']:.2f} / {r['self_paced_reading']:.2f}" if name == "reading"
+                 else f"{r['score']:.{3 if name in WUG_TASKS else 2}f}")
+        lines.append(f"| {name}{vision if name in MULTIMODAL_TASKS else ''} | {r['dataset']} | {r['items']} | {score} | "
+                     f"{r['metric']} | {r.get('exact_ties', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,10 +170,47 @@ def write_results(results: dict, out_dir: str | Path) -> None:
     summary = {**results, "tasks": {}}
     for name, task in results["tasks"].items():
         folder = out_dir / name
+        summary["tasks"][name] = {k: v for k, v in task.items() if k not in ("predictions", "correct")}
+        if name == "reading":
+            write_reading(task, folder)
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "predictions.json").write_text(json.dumps(task["predictions"]))
         (folder / "accuracies.json").write_text(json.dumps(task["accuracies"], indent=2))
         (folder / "correct.json").write_text(json.dumps(task["correct"]))
-        summary["tasks"][name] = {k: v for k, v in task.items() if k not in ("predictions", "correct")}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "results.md").write_text(results_table(results))
+
+
+def pipeline_folder(results_dir: str | Path, model: str, revision: str | None, task: str, dataset: str) -> Path:
+    """Where the pipeline puts a task's predictions: `<results>/<model>/<revision>/zero_shot/causal/<task>/<dataset>`
+    (reading has no dataset level). `model` is named by its path's stem, as the pipeline and its collate_preds.py
+    name it."""
+    folder = Path(results_dir) / Path(model).stem / (revision or "main") / "zero_shot" / "causal"
+    return folder / "reading" if task == "reading" else folder / PIPELINE_TASK.get(task, task) / dataset
+
+
+def pipeline_report(name: str, result: dict) -> str:
+    """The pipeline's best_temperature_report.txt: the metadata breakdowns and the task's score at temperature 1."""
+    metric = "SPEARMAN'S RHO" if name in WUG_TASKS else "ACCURACY"
+    breakdowns = {"UID": {"avg": result["score"]}} if name in WUG_TASKS else result["accuracies"]
+    lines = ["TEMPERATURE: 1.00", ""]
+    for domain, values in breakdowns.items():
+        lines += [f"### {domain.upper()} {metric}", *(f"{key}: {value:.2f}" for key, value in values.items()), ""]
+    return "\n".join([*lines, f"### AVERAGE {metric}", f"{result['score']:.2f}", "", ""])
+
+
+def write_pipeline_tree(results: dict, results_dir: str | Path, model: str, revision: str | None = None) -> list[Path]:
+    """Every task's predictions (and report) where the pipeline's eval scripts write them, so that its
+    collate_preds.sh builds the leaderboard file from them; returns the folders written."""
+    folders = []
+    for name, task in results["tasks"].items():
+        folder = pipeline_folder(results_dir, model, revision, name, task["dataset"])
+        if name == "reading":
+            write_reading(task, folder)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "predictions.json").write_text(json.dumps(task["predictions"]))
+            (folder / "best_temperature_report.txt").write_text(pipeline_report(name, task))
+        folders.append(folder)
+    return folders

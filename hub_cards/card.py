@@ -102,12 +102,13 @@ def eval_results(results: list[dict]) -> list[EvalResult]:
     for run in results:
         for task, result in run["tasks"].items():
             dataset_type, dataset_name = dataset_id(task, result["dataset"])
+            rho = result.get("metric") == "spearman"  # the WUG tasks
             entries.append(EvalResult(
                 task_type="zero-shot-classification", task_name="BabyLM zero-shot",
                 dataset_type=dataset_type, dataset_name=dataset_name,
                 dataset_config=None if run.get("vision", True) else "no vision",
-                metric_type="accuracy", metric_name="accuracy (macro over UIDs)",
-                metric_value=round(result["accuracy"], 2),
+                metric_type="spearmanr" if rho else "accuracy", metric_name=result.get("metric", "accuracy"),
+                metric_value=round(result.get("score", result.get("accuracy")), 3 if rho else 2),
             ))
     return entries
 
@@ -115,12 +116,13 @@ def eval_results(results: list[dict]) -> list[EvalResult]:
 def eval_table(results: list[dict]) -> str:
     if not results:
         return ""
-    lines = ["| task | data | vision | items | accuracy |", "| --- | --- | --- | ---: | ---: |"]
+    lines = ["| task | data | vision | items | score | metric |", "| --- | --- | --- | ---: | ---: | --- |"]
     for run in results:
         for task, result in run["tasks"].items():
             vision = "yes" if run.get("vision", True) or task not in ("winoground", "vqa") else "no vision"
             lines.append(f"| {dataset_id(task, result['dataset'])[1]} | {result['dataset']} | {vision} | "
-                         f"{result['items']} | {result['accuracy']:.2f} |")
+                         f"{result['items']} | {result.get('score', result.get('accuracy')):.2f} | "
+                         f"{result.get('metric', 'accuracy')} |")
     return "\n".join(lines)
 
 

@@ -20,8 +20,10 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 
 from gatedgpt2.data import iter_text_lines, text_files, train_tokenizer
+from gatedgpt2.eval.reading import EYE_TRACKING
 from gatedgpt2.eval.tasks import EWOK_PASSWORD
 from modeling_gatedgpt import GatedGPT2Processor
+from tests.babylm_fixtures import write_evaluation_data
 from tests.client_envs import client_env, torch_requirement
 from tests.conftest import offline_hub_env, tiny_model
 from tests.test_vision_tower import VISION
@@ -164,3 +166,132 @@ def test_winoground_images_through_the_tower_predict_what_our_embeddings_predict
     our_predictions = json.loads((ours / "winoground" / "predictions.json").read_text())
     assert set(theirs) == {"winoground"}  # the pipeline's UID spelling, so our files go into its collate_preds.sh
     assert assert_same_predictions(theirs, our_predictions, "winoground") == len(records)
+
+
+@pytest.fixture(scope="module")
+def fixture_data(tmp_path_factory):
+    """Entity tracking, WUG, COMPS and reading files in the pipeline's formats (tests/babylm_fixtures.py)."""
+    return write_evaluation_data(tmp_path_factory.mktemp("fixtures") / "evaluation_data")
+
+
+def assert_close_predictions(theirs: dict, ours: dict, task: str, field: str, tolerance: float) -> int:
+    """Predictions that are numbers (a surprisal, a probability) agree to `tolerance` (relative): the pipeline runs
+    one unpadded query per forward pass and we run padded batches, so the float32 sums differ in the last bits."""
+    assert set(theirs) == set(ours), f"{task}: UIDs differ"
+    count = 0
+    for uid in theirs:
+        their = {p["id"]: p[field] for p in theirs[uid]["predictions"]}
+        our = {p["id"]: p[field] for p in ours[uid]["predictions"]}
+        assert their.keys() == our.keys(), f"{task}/{uid}: prediction ids differ"
+        a = np.array([their[i] for i in their], dtype=float)
+        b = np.array([our[i] for i in their], dtype=float)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), f"{task}/{uid}: missing values differ"
+        np.testing.assert_allclose(b[~np.isnan(b)], a[~np.isnan(a)], rtol=tolerance, err_msg=f"{task}/{uid}/{field}")
+        count += len(their)
+    return count
+
+
+def report_number(report: Path, label: str) -> float:
+    lines = report.read_text().splitlines()
+    if label.startswith("###"):  # best_temperature_report.txt: the value is on the line after the heading
+        return float(lines[lines.index(label) + 1])
+    return float(next(line for line in lines if line.startswith(label)).split(":")[1])
+
+
+def run_pipeline_modules(invocations: list[tuple[str, list[str]]], hf_home: Path) -> None:
+    """Several of the pipeline's `python -m evaluation_pipeline.<module> ARGS` runs in one process, one after the
+    other (each through runpy, as `-m` runs it), so that its heavy imports are paid once."""
+    script = ("import runpy, sys, json\n"
+              "for module, argv in json.loads(sys.argv[1]):\n"
+              "    sys.argv = [module, *argv]\n"
+              "    runpy.run_module(module, run_name='__main__', alter_sys=True)\n")
+    env = offline_hub_env(hf_home, HF_DATASETS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
+                          TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    result = subprocess.run([str(pipeline_python()), "-c", script, json.dumps(invocations)], cwd=PIPELINE, env=env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+# task, its folder in evaluation_data, fast set or not
+NEW_RANKING_TASKS = [("entity_tracking", "full_eval/entity_tracking", False),
+                     ("entity_tracking", "fast_eval/entity_tracking_fast", True),
+                     ("wug_adj", "full_eval/wug_adj_nominalization", False),
+                     ("wug_past", "full_eval/wug_past_tense", False),
+                     ("comps", "full_eval/comps", False)]
+
+
+@pytest.fixture(scope="module")
+def new_task_runs(checkpoint, fixture_data, tmp_path_factory):
+    """Our CLI (the full suite's new tasks, then the fast entity tracking) and the pipeline's scripts, as its
+    eval_zero_shot*.sh call them, on the fixture files; returns (our out folders, our results tree, theirs)."""
+    root = tmp_path_factory.mktemp("new_tasks")
+    results = root / "results"
+    run_ours(checkpoint, fixture_data, "entity_tracking,wug_adj,wug_past,comps,reading", root / "ours_full",
+             "--results-dir", str(results))
+    run_ours(checkpoint, fixture_data, "entity_tracking", root / "ours_fast", "--fast", "--results-dir",
+             str(root / "results_fast"))
+    common = ["--model_path_or_name", str(checkpoint), "--backend", "causal", "--output_dir", str(root / "pipeline")]
+    invocations = [("evaluation_pipeline.sentence_zero_shot.run",
+                    ["--task", task, "--data_path", str(fixture_data / folder), "--save_predictions", *common])
+                   for task, folder, _ in NEW_RANKING_TASKS]
+    invocations.append(("evaluation_pipeline.reading.run",
+                        ["--data_path", str(fixture_data / "full_eval" / "reading" / "reading_data.csv"), *common]))
+    run_pipeline_modules(invocations, root / "hf_home")
+    return root
+
+
+def tree(results: Path, model: Path, task: str, dataset: str | None = None) -> Path:
+    folder = results / model.stem / "main" / "zero_shot" / "causal" / task
+    return folder / dataset if dataset else folder
+
+
+@pytest.mark.parametrize("task, folder, fast", NEW_RANKING_TASKS)
+def test_new_ranking_tasks_predict_and_score_what_the_pipeline_does(checkpoint, fixture_data, new_task_runs, task,
+                                                                    folder, fast):
+    """Entity tracking (per split, then across), the WUG correlations and COMPS (whose prediction is the sentence):
+    the same prediction for every item, the same probabilities, the same aggregate score, and our results tree
+    holds the files where the pipeline writes them."""
+    data = fixture_data / folder
+    ours_folder = tree(new_task_runs / ("results_fast" if fast else "results"), checkpoint, task, data.name)
+    theirs_folder = tree(new_task_runs / "pipeline", checkpoint, task, data.name)
+    theirs = json.loads((theirs_folder / "predictions.json").read_text())
+    ours = json.loads((ours_folder / "predictions.json").read_text())
+    assert assert_same_predictions(theirs, ours, task) == sum(1 for f in data.glob("*.jsonl")
+                                                              for line in f.read_text().splitlines() if line)
+    heading = "### AVERAGE SPEARMAN'S RHO" if task.startswith("wug") else "### AVERAGE ACCURACY"
+    assert report_number(ours_folder / "best_temperature_report.txt", heading) == report_number(
+        theirs_folder / "best_temperature_report.txt", heading)
+    summary = json.loads((new_task_runs / f"ours_{'fast' if fast else 'full'}" / "results.json").read_text())
+    summary = summary["tasks"][task]
+    if task.startswith("wug"):
+        # the probability of the first form: softmax of float32 sums in the pipeline, of float64 sums here
+        assert_close_predictions(theirs, ours, task, "prob", 1e-4)
+        assert 0 < abs(summary["score"]) <= 1  # a correlation, and not a degenerate one
+    else:
+        assert summary["exact_ties"] < summary["items"]  # the model tells candidates apart
+
+
+def test_reading_surprisals_and_scores_are_the_pipelines(checkpoint, fixture_data, new_task_runs):
+    """Every word's surprisal (and the previous word's) agrees with the pipeline's one-query-at-a-time get_p2, and
+    the eye-tracking and self-paced reading scores (its statsmodels OLS, our least squares) agree."""
+    data = fixture_data / "full_eval" / "reading" / "reading_data.csv"
+    theirs_folder = tree(new_task_runs / "pipeline", checkpoint, "reading")
+    ours_folder = tree(new_task_runs / "results", checkpoint, "reading")
+    theirs = json.loads((theirs_folder / "predictions.json").read_text())
+    ours = json.loads((ours_folder / "predictions.json").read_text())
+    assert assert_close_predictions(theirs, ours, "reading", "pred", 1e-5) == len(data.read_text().splitlines()) - 1
+    assert_close_predictions(theirs, ours, "reading", "prev_pred", 1e-5)
+    for label in ("EYE TRACKING SCORE", "SELF-PACED READING SCORE"):
+        their_score = report_number(theirs_folder / "report.txt", label)
+        assert report_number(ours_folder / "report.txt", label) == pytest.approx(their_score, abs=0.006), label
+
+    def gains(name: str) -> dict[str, float]:  # the pipeline's full-precision R^2 (gain) per measure
+        fits = [json.loads(line) for line in (theirs_folder / name).read_text().splitlines()]
+        return {f["Predicted variable"]: 100 * f["Change in R2 from baseline"]
+                / (1 - f["R2"] + f["Change in R2 from baseline"]) for f in fits}
+    summary = json.loads((new_task_runs / "ours_full" / "results.json").read_text())["tasks"]["reading"]
+    eye_tracking = np.mean([gains("predictive_power.jsonl")[dv] for dv in EYE_TRACKING])
+    assert summary["eye_tracking"] == pytest.approx(eye_tracking, rel=1e-4, abs=1e-6)
+    self_paced = gains("predictive_power_spillover.jsonl")["self_paced_reading_time"]
+    assert summary["self_paced_reading"] == pytest.approx(self_paced, rel=1e-4, abs=1e-6)
+    assert abs(eye_tracking) > 1e-3 and abs(self_paced) > 1e-3  # surprisal explains something: not a vacuous match

@@ -340,4 +340,4 @@ def test_exact_ties_are_counted_and_shown(babylm_tokenizer, tmp_path):
     results = zero_shot(blind, babylm_tokenizer, tmp_path, "blimp", progress=False, out_dir=tmp_path / "out")
     assert results["tasks"]["blimp"]["exact_ties"] == 1 and results["tasks"]["blimp"]["accuracy"] == 50.0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["tasks"]["blimp"]["exact_ties"] == 1
-    assert "| blimp | blimp | 2 | 50.00 | 1 |" in (tmp_path / "out" / "results.md").read_text()
+    assert "| blimp | blimp | 2 | 50.00 | accuracy | 1 |" in (tmp_path / "out" / "results.md").read_text()
