@@ -57,6 +57,15 @@ def zero_shot_command(args: argparse.Namespace) -> None:
         print(f"Pipeline results tree: {args.results_dir / Path(args.model).stem / (args.revision_name or args.revision or 'main')}")
 
 
+def babylm_command(args: argparse.Namespace) -> None:
+    from .babylm import score_run
+
+    score_run(args.run, args.data, args.results_dir, args.model_name, args.cdi_words, args.cdi_table, args.batch_size)
+    model_dir = args.results_dir / Path(args.model_name or args.run.resolve().name).stem
+    print((model_dir / "summary.md").read_text(), end="")
+    print(f"Results tree: {model_dir}; learning curves: {model_dir / 'learning_curves.png'}")
+
+
 def gates_command(args: argparse.Namespace) -> None:
     from .gates import Norms, gate_analysis, word_frequencies
 
@@ -221,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         if batch_size is not None:
             sub.add_argument("--batch-size", type=positive_int, default=batch_size)
             sub.add_argument("--device", help="default: cuda when available, else cpu")
-        sub.set_defaults(run=run)
+        sub.set_defaults(handler=run)
         return sub
 
     zs = command("zero-shot", "BabyLM zero-shot tasks, scored as the 2025 pipeline scores them", zero_shot_command)
@@ -242,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--no-image", action="store_true", help="score Winoground / VQA without images")
     zs.add_argument("--images", type=Path, help="image embeddings: an .npy with image_ids.json, or a datasets folder")
     zs.add_argument("--ewok-password", default=EWOK_PASSWORD, help="password of the distributed EWoK zip")
+
+    babylm = commands.add_parser("babylm", help="a BabyLM 2025 submission's zero-shot scoring of a training run: "
+                                 "every revisions/chck_* on the fast suite, the final model on the full one, AoA "
+                                 "surprisals; skips what is already scored")
+    babylm.set_defaults(handler=babylm_command)
+    babylm.add_argument("--batch-size", type=positive_int, default=64)
+    babylm.add_argument("--run", required=True, type=Path, help="the training run's output folder")
+    babylm.add_argument("--data", required=True, type=Path, help="the official evaluation_data/ folder")
+    babylm.add_argument("--results-dir", required=True, type=Path, help="the pipeline's results/ folder")
+    babylm.add_argument("--model-name", help="the model's folder in the results tree (default: the run's name)")
+    babylm.add_argument("--cdi-words", type=Path,
+                        help="the AoA word file (full_eval/aoa/cdi_childes.json): score every revision on it")
+    babylm.add_argument("--cdi-table", type=Path,
+                        help="the children's CDI proportions (a CSV with word and months 16-30): report the AoA "
+                             "curve fitness")
 
     gates = command("gates", "gate values by part of speech, concreteness and frequency", gates_command, 32)
     gates.add_argument("--captions", required=True, type=Path,
@@ -284,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     few.add_argument("--epochs", type=positive_int, default=20)
     few.add_argument("--per-class", type=positive_int, default=40, help="world images per class")
     few.add_argument("--out", required=True, type=Path)
-    few.set_defaults(run=fewshot_command)
+    few.set_defaults(handler=fewshot_command)
 
     tower = command("attach-vision-tower", "save a copy of a checkpoint with its DINOv2 tower, so that it takes "
                     "pixel_values", attach_vision_tower_command, batch_size=None)
@@ -298,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.run(args)
+    args.handler(args)
 
 
 if __name__ == "__main__":

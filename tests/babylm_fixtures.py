@@ -111,12 +111,30 @@ def reading_rows(rng: random.Random, sentences: int) -> list[dict]:
     return rows
 
 
-def write_reading(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def cdi_words(rng: random.Random, contexts: int) -> dict[str, list[dict]]:
+    """The AoA word file: each CDI word with sentences it follows (a one-letter word, which the pipeline skips, too)."""
+    words = {thing: [{"context": f"{rng.choice(CONTEXTS)} {rng.choice(VERBS)} and the"} for _ in range(contexts)]
+             for thing in THINGS}
+    words["a"] = [{"context": "this is"}]
+    return words
+
+
+def cdi_table(rng: random.Random) -> list[dict]:
+    """Children's CDI proportions per month (16-30): a logistic rise with a word-specific midpoint."""
+    rows = []
+    for thing in THINGS:
+        middle = rng.uniform(18, 28)
+        rows.append({"word": thing, **{str(m): round(1 / (1 + 2.718 ** (-(m - middle) / 1.5)), 3)
+                                       for m in range(16, 31)}})
+    return rows
 
 
 def write_evaluation_data(root: Path, scale: int = 1, seed: int = 0) -> Path:
@@ -135,5 +153,32 @@ def write_evaluation_data(root: Path, scale: int = 1, seed: int = 0) -> Path:
         _jsonl(full / "comps" / f"{stem}.jsonl", comps(rng, 10 * scale, distractor))
     rows = reading_rows(rng, 12 * scale)
     for folder in (full, fast):
-        write_reading(folder / "reading" / "reading_data.csv", rows)
+        write_csv(folder / "reading" / "reading_data.csv", rows)
+    (full / "aoa").mkdir(parents=True, exist_ok=True)
+    (full / "aoa" / "cdi_childes.json").write_text(json.dumps(cdi_words(rng, 3 * scale)))
+    write_csv(root / "cdi_proportions.csv", cdi_table(rng))  # the leaderboard's, not distributed with the data
+    return root
+
+
+def add_text_task_subsets(root: Path, official: Path, files: int = 3, lines: int = 10,
+                          password: str = "BabyLM2025") -> Path:
+    """BLiMP, supplement and EWoK beside the fixtures, cut from the real evaluation data (`official`): the first
+    `lines` records of the first `files` files of each set, so that a whole suite runs in seconds. The real data
+    has no full EWoK; its fast records stand in for it."""
+    import zipfile
+
+    for folder in ("full_eval/blimp_filtered", "fast_eval/blimp_fast", "full_eval/supplement_filtered",
+                   "fast_eval/supplement_fast"):
+        for source in sorted((official / folder).glob("*.jsonl"))[:files]:
+            target = root / folder / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("".join(source.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]))
+    with zipfile.ZipFile(official / "fast_eval" / "ewok_fast.zip") as archive:
+        members = sorted(m for m in archive.namelist() if m.endswith(".jsonl"))[:files]
+        for folder in ("full_eval/ewok_filtered", "fast_eval/ewok_fast"):
+            for member in members:
+                text = archive.read(member, pwd=password.encode()).decode("utf-8")
+                target = root / folder / Path(member).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text("".join(text.splitlines(keepends=True)[:lines]))
     return root

@@ -63,11 +63,12 @@ REMOTE_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
 )
 
 
-def make_offline_hub_cache(checkpoint_dir, hf_home, repo_id, commit="0123456789abcdef0123456789abcdef01234567"):
-    """Lay a folder out as the Hub cache would after a download: models--org--name/{refs/main, snapshots/<sha>}."""
+def make_offline_hub_cache(checkpoint_dir, hf_home, repo_id, commit="0123456789abcdef0123456789abcdef01234567",
+                           ref="main"):
+    """Lay a folder out as the Hub cache would after a download: models--org--name/{refs/<ref>, snapshots/<sha>}."""
     repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(commit)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / ref).write_text(commit)
     shutil.copytree(checkpoint_dir, repo_dir / "snapshots" / commit)
 
 

@@ -9,6 +9,7 @@ installed here (2.13.0) instead of its 2.7.0. It loads our checkpoint through th
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,7 +24,7 @@ from gatedgpt2.data import iter_text_lines, text_files, train_tokenizer
 from gatedgpt2.eval.reading import EYE_TRACKING
 from gatedgpt2.eval.tasks import EWOK_PASSWORD
 from modeling_gatedgpt import GatedGPT2Processor
-from tests.babylm_fixtures import write_evaluation_data
+from tests.babylm_fixtures import add_text_task_subsets, write_evaluation_data
 from tests.client_envs import client_env, torch_requirement
 from tests.conftest import offline_hub_env, tiny_model
 from tests.test_vision_tower import VISION
@@ -295,3 +296,131 @@ def test_reading_surprisals_and_scores_are_the_pipelines(checkpoint, fixture_dat
     self_paced = gains("predictive_power_spillover.jsonl")["self_paced_reading_time"]
     assert summary["self_paced_reading"] == pytest.approx(self_paced, rel=1e-4, abs=1e-6)
     assert abs(eye_tracking) > 1e-3 and abs(self_paced) > 1e-3  # surprisal explains something: not a vacuous match
+
+
+REVISIONS = {"chck_1M": 1, "chck_2M": 2, "chck_3M": 3, "chck_5M": 5}  # name -> seed of its (random) weights
+
+
+@pytest.fixture(scope="module")
+def babylm_run(checkpoint, tmp_path_factory):
+    """A training run's output as train.py leaves it: the final model, `revisions/chck_*` (here each with its own
+    random weights, so that surprisals differ between revisions) and trainer_state.json's words seen; plus the same
+    revisions as branches of a Hub repository in an offline cache, which is how the pipeline's AoA script loads
+    them (`revision=chck_1M`)."""
+    from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
+    from tests.test_auto_and_remote_code import make_offline_hub_cache
+
+    root = tmp_path_factory.mktemp("babylm_run")
+    run = root / "gatedgpt2-run"
+    shutil.copytree(checkpoint, run)
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": [{"words_seen": 6_000_000}]}))
+    config = GatedGPT2Config.from_pretrained(checkpoint)
+    hf_home = root / "hf_home"
+    for number, (name, seed) in enumerate(REVISIONS.items()):
+        torch.manual_seed(seed)
+        folder = run / "revisions" / name
+        GatedGPT2ForCausalLM(config).save_pretrained(folder)
+        for file in checkpoint.glob("*token*"):
+            shutil.copy(file, folder)
+        commit = f"{number:040d}"
+        make_offline_hub_cache(folder, hf_home, "babylm-test/gatedgpt2-run", commit, ref=name)
+    return run, hf_home
+
+
+@pytest.fixture(scope="module")
+def submission_data(fixture_data):
+    return add_text_task_subsets(fixture_data, EVALUATION_DATA)
+
+
+def test_aoa_surprisals_are_the_pipelines_at_every_revision(babylm_run, submission_data, tmp_path):
+    """Our `babylm` command's AoA_word/surprisal.json against the pipeline's AoA script reading the same revisions
+    from Hub branches: the same rows (revision, word, context), the same surprisals; the one-letter word is skipped
+    by both. Revisions the track lists but the run lacks (chck_4M ...) the pipeline skips; so do we, by scoring the
+    revisions the run has."""
+    run, hf_home = babylm_run
+    words = submission_data / "full_eval" / "aoa" / "cdi_childes.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "gatedgpt2.eval", "babylm", "--run", str(run), "--data", str(submission_data),
+         "--results-dir", str(tmp_path / "ours"), "--cdi-words", str(words), "--cdi-table",
+         str(submission_data / "cdi_proportions.csv")], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_pipeline_modules([("evaluation_pipeline.AoA_word.run",
+                           ["--model_name", "babylm-test/gatedgpt2-run", "--backend", "causal", "--track_name",
+                            "strict-small", "--word_path", str(words), "--output_dir", str(tmp_path / "pipeline")])],
+                         hf_home)
+    relative = Path(run.name) / "main" / "zero_shot" / "causal" / "AoA_word" / "surprisal.json"
+    theirs = json.loads((tmp_path / "pipeline" / relative).read_text())["results"]
+    ours = json.loads((tmp_path / "ours" / relative).read_text())["results"]
+    key = lambda row: (row["step"], row["target_word"], row["context_id"])  # noqa: E731
+    assert sorted(map(key, theirs)) == sorted(map(key, ours))
+    assert {row["step"] for row in ours} == set(REVISIONS) and "a" not in {row["target_word"] for row in ours}
+    mine = {key(row): row for row in ours}
+    for row in theirs:
+        assert mine[key(row)]["context"] == row["context"] and mine[key(row)]["word_count"] == row["word_count"]
+        assert mine[key(row)]["surprisal"] == pytest.approx(row["surprisal"], rel=1e-5)
+
+
+def test_aoa_curve_fitness_is_the_leaderboards(fixture_data, tmp_path):
+    """The leaderboard's AoA score (the pipeline's utils.AoAEvaluator: a sigmoid per word over log words seen, a
+    sigmoid per word over the children's months, Pearson r) from our `curve_fitness`, on surprisal curves whose
+    acquisition points are planted to follow the children's order."""
+    import pandas as pd
+
+    from gatedgpt2.eval.aoa import curve_fitness
+
+    table = pd.read_csv(fixture_data / "cdi_proportions.csv")
+    generator = np.random.default_rng(0)
+    steps = {f"chck_{m}M": m * 10**6 for m in (*range(1, 10), *range(10, 101, 10))}
+    rows = []
+    for _, entry in table.iterrows():
+        middle = 6.0 + (np.argmax(entry[[str(m) for m in range(16, 31)]].to_numpy() > 0.5) / 15) * 1.5
+        for step, words in steps.items():
+            surprisal = 16 - 12 / (1 + np.exp(-4 * (np.log10(words + 1) - middle))) + generator.normal(0, 0.3)
+            rows.append({"step": step, "word_count": words, "target_word": entry["word"], "context_id": 0,
+                         "context": "x", "surprisal": float(surprisal)})
+    (tmp_path / "surprisal.json").write_text(json.dumps({"results": rows}))
+    script = ("import json, sys\n"
+              "from evaluation_pipeline.utils import AoAEvaluator\n"
+              "r = AoAEvaluator(sys.argv[1]).compute_curve_fitness(json.load(open(sys.argv[2])))\n"
+              "print(json.dumps({k: r[k] for k in ('curve_fitness', 'n_words', 'valid_words')}))\n")
+    result = subprocess.run([str(pipeline_python()), "-c", script, str(fixture_data / "cdi_proportions.csv"),
+                             str(tmp_path / "surprisal.json")], cwd=PIPELINE, capture_output=True, text=True,
+                            timeout=600, env=offline_hub_env(tmp_path / "hf_home"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    theirs = json.loads(result.stdout.strip().splitlines()[-1])
+    ours = curve_fitness(rows, table)
+    assert ours["words"] == theirs["valid_words"] and ours["n_words"] == theirs["n_words"] >= 10
+    assert ours["curve_fitness"] == pytest.approx(theirs["curve_fitness"], abs=1e-9)
+    assert ours["curve_fitness"] > 0.5  # the planted order is found
+
+
+def test_babylm_command_scores_each_revision_once_and_summarises(babylm_run, submission_data, tmp_path):
+    """Every revision gets the fast suite and the final model the full one, in the pipeline's tree; a second run
+    scores nothing again; a revision whose scores.json is gone (a run killed mid-revision) is scored again, alone;
+    the summary has a row per checkpoint and a learning-curve PNG."""
+    from gatedgpt2.eval.babylm import score_run
+
+    run, _ = babylm_run
+    summary = score_run(run, submission_data, tmp_path, progress=False)
+    model_dir = tmp_path / run.name
+    assert list(summary) == [*REVISIONS, "main"]
+    for revision in REVISIONS:
+        causal = model_dir / revision / "zero_shot" / "causal"
+        assert (causal / "entity_tracking" / "entity_tracking_fast" / "predictions.json").is_file()
+        assert (causal / "blimp" / "supplement_fast" / "predictions.json").is_file()
+        assert not (causal / "comps").exists()  # not in the fast suite
+    main = model_dir / "main" / "zero_shot" / "causal"
+    assert (main / "comps" / "comps" / "predictions.json").is_file() and (main / "reading" / "predictions.json").is_file()
+    assert set(summary["main"]["tasks"]) == {"blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past",
+                                             "comps", "reading"}
+    table = (model_dir / "summary.md").read_text()
+    assert all(f"| {name} |" in table for name in [*REVISIONS, "main"]) and "ties)" in table
+    assert (model_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    stamps = {r: (model_dir / r / "scores.json").stat().st_mtime_ns for r in [*REVISIONS, "main"]}
+    assert score_run(run, submission_data, tmp_path, progress=False) == summary
+    assert {r: (model_dir / r / "scores.json").stat().st_mtime_ns for r in stamps} == stamps
+    (model_dir / "chck_2M" / "scores.json").unlink()
+    assert score_run(run, submission_data, tmp_path, progress=False) == summary
+    changed = {r for r in stamps if (model_dir / r / "scores.json").stat().st_mtime_ns != stamps[r]}
+    assert changed == {"chck_2M"}
