@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from transformers import Dinov2Model, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
+from transformers.modeling_outputs import (BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions,
+                                           SequenceClassifierOutputWithPast)
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import can_return_tuple
 
@@ -464,6 +465,11 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                     f"n_positions={config.n_positions}; split or truncate the input explicitly."
                 )
             position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device).unsqueeze(0)
+            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+                # Padding on the left shifts every token's position by the padding's length: count positions over
+                # the real tokens only, so that a sequence means the same left-padded, right-padded or alone.
+                counted = attention_mask.to(device=inputs_embeds.device, dtype=torch.long).cumsum(-1) - 1
+                position_ids = counted.clamp(min=0)[:, -seq_len:]
         elif int(position_ids.max()) >= config.n_positions:
             raise ValueError(f"`position_ids` reach {int(position_ids.max())} but n_positions={config.n_positions}.")
 
@@ -697,6 +703,69 @@ _IMAGE_PATH_PARTS = (".ln_cross_attn.", ".crossattention.", ".gate.", ".ln_fused
 _IMAGE_PATH_PREFIXES = ("transformer.image_encoder.", "transformer.vision_tower.", "transformer.contrastive_head.")
 
 
+class GatedGPT2ForSequenceClassification(GatedGPT2PreTrainedModel):
+    """GatedGPT2 with a linear head on the last real token's state (it has read the whole input), as
+    `GPT2ForSequenceClassification`. The last real token is the last one `attention_mask` keeps, else the last one
+    that is not `config.pad_token_id`; left and right padding give the same logits (positions count real tokens)."""
+
+    def __init__(self, config: GatedGPT2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = GatedGPT2Model(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        image_attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,  # consumed by @can_return_tuple
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        r"""
+        See [`GatedGPT2Model.forward`] for the image arguments. `labels` (batch,): class indices (a float per row
+        when `num_labels == 1`, regression), as in transformers' sequence classification heads.
+        """
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        outputs: GatedGPT2ModelOutput = self.transformer(
+            input_ids, attention_mask=attention_mask, image_embeds=image_embeds, image_mask=image_mask,
+            image_attention_mask=image_attention_mask, pixel_values=pixel_values, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, use_cache=False, **{k: v for k, v in flags.items() if v is not None},
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)
+        batch_size, length = logits.shape[:2]
+        positions = torch.arange(length, device=logits.device)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            last = (positions * attention_mask.to(logits.device, torch.long)).argmax(-1)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            last = (positions * (input_ids != self.config.pad_token_id).to(logits.device, torch.long)).argmax(-1)
+        elif batch_size == 1:
+            last = torch.full((1,), length - 1, device=logits.device)
+        else:
+            raise ValueError("A batch of several sequences needs `attention_mask` or `config.pad_token_id` to find "
+                             "each sequence's last token.")
+        pooled = logits[torch.arange(batch_size, device=logits.device), last]
+
+        loss = None
+        if labels is not None:
+            _check_tensors(labels=labels)
+            loss = self.loss_function(logits=logits, labels=labels.to(logits.device), pooled_logits=pooled,
+                                      config=self.config)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, hidden_states=outputs.hidden_states,
+                                                attentions=outputs.attentions)
+
+
 def _is_image_path_parameter(name: str) -> bool:
     return name.startswith(_IMAGE_PATH_PREFIXES) or any(part in name for part in _IMAGE_PATH_PARTS)
 
@@ -709,8 +778,9 @@ def _check_tensors(**arguments) -> None:
 
 
 def checkpoint_auto_map() -> dict[str, str]:
-    """The `auto_map` of a saved checkpoint: the Auto class -> `<code file>.<class>` for the config and both models."""
-    classes = {"AutoConfig": GatedGPT2Config, "AutoModel": GatedGPT2Model, "AutoModelForCausalLM": GatedGPT2ForCausalLM}
+    """The `auto_map` of a saved checkpoint: the Auto class -> `<code file>.<class>` for the config and the models."""
+    classes = {"AutoConfig": GatedGPT2Config, "AutoModel": GatedGPT2Model, "AutoModelForCausalLM": GatedGPT2ForCausalLM,
+               "AutoModelForSequenceClassification": GatedGPT2ForSequenceClassification}
     return {auto: f"{cls.__module__.split('.')[-1]}.{cls.__name__}" for auto, cls in classes.items()}
 
 
@@ -718,4 +788,4 @@ def checkpoint_auto_map() -> dict[str, str]:
 _CACHED_IMAGE = "gatedgpt2_image"
 
 
-__all__ = ["GatedGPT2PreTrainedModel", "GatedGPT2Model", "GatedGPT2ForCausalLM"]
+__all__ = ["GatedGPT2PreTrainedModel", "GatedGPT2Model", "GatedGPT2ForCausalLM", "GatedGPT2ForSequenceClassification"]

@@ -137,6 +137,29 @@ def cdi_table(rng: random.Random) -> list[dict]:
     return rows
 
 
+# (Super)GLUE task -> its fields, as the pipeline's finetune/dataset.py reads them, and its number of labels
+GLUE_FIELDS = {"boolq": (("question", "passage"), 2), "mnli": (("premise", "hypothesis"), 3),
+               "mrpc": (("sentence1", "sentence2"), 2), "multirc": (("question", "answer", "paragraph"), 2),
+               "qqp": (("question1", "question2"), 2), "rte": (("sentence1", "sentence2"), 2),
+               "wsc": (("span2_text", "span1_text", "text"), 2)}
+
+
+def glue(rng: random.Random, task: str, count: int) -> list[dict]:
+    """Records whose label a model can learn: the last field repeats the first one's thing (label 0) or names
+    another (1; MNLI's 2: nothing)."""
+    fields, labels = GLUE_FIELDS[task]
+    records = []
+    for index in range(count):
+        label = index % labels
+        thing = rng.choice(THINGS)
+        other = rng.choice([t for t in THINGS if t != thing])
+        last = {0: f"the {thing} is here", 1: f"the {other} is here", 2: "nothing is here"}[label]
+        record = {field: f"where is the {thing}" for field in fields[:-1]}
+        record[fields[-1]] = last
+        records.append({**record, "label": label, "idx": index})
+    return records
+
+
 def write_evaluation_data(root: Path, scale: int = 1, seed: int = 0) -> Path:
     """The fixture `evaluation_data/` folder; `scale` multiplies the record counts."""
     rng = random.Random(seed)
@@ -154,6 +177,9 @@ def write_evaluation_data(root: Path, scale: int = 1, seed: int = 0) -> Path:
     rows = reading_rows(rng, 12 * scale)
     for folder in (full, fast):
         write_csv(folder / "reading" / "reading_data.csv", rows)
+    for task in GLUE_FIELDS:
+        _jsonl(full / "glue_filtered" / f"{task}.train.jsonl", glue(rng, task, 24 * scale))
+        _jsonl(full / "glue_filtered" / f"{task}.valid.jsonl", glue(rng, task, 12 * scale))
     (full / "aoa").mkdir(parents=True, exist_ok=True)
     (full / "aoa" / "cdi_childes.json").write_text(json.dumps(cdi_words(rng, 3 * scale)))
     write_csv(root / "cdi_proportions.csv", cdi_table(rng))  # the leaderboard's, not distributed with the data

@@ -9,9 +9,9 @@ import textwrap
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, GatedGPT2Model
+from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, GatedGPT2ForSequenceClassification, GatedGPT2Model
 from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_config, tiny_model
 
 
@@ -20,6 +20,7 @@ def test_auto_classes_know_the_model(tmp_path):
     assert isinstance(config, GatedGPT2Config)
     assert type(AutoModelForCausalLM.from_config(tiny_config())) is GatedGPT2ForCausalLM
     assert type(AutoModel.from_config(tiny_config())) is GatedGPT2Model
+    assert type(AutoModelForSequenceClassification.from_config(tiny_config())) is GatedGPT2ForSequenceClassification
 
     model = tiny_model(gate="hard", modulation="film", contrastive="clip")
     model.set_gate_temperature(0.375)
@@ -28,7 +29,7 @@ def test_auto_classes_know_the_model(tmp_path):
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     assert {"configuration_gatedgpt.py", "modeling_gatedgpt.py", "gating.py", "layers.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"}
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert reloaded.config.gate == "hard" and reloaded.config.modulation == "film"

@@ -37,13 +37,18 @@ def test_text_only_logits_match_gpt2(fusion, gate, batch):
     gpt2 = gpt2_with_text_weights_of(model)
     attention_mask = torch.ones_like(batch["input_ids"])
     attention_mask[1, :3] = 0  # a left-padded row
+    # GPT-2 numbers positions from the padded start unless told; ours counts real tokens (see
+    # test_left_padding_changes_nothing): given those positions, GPT-2 computes what we do.
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         ours = model(batch["input_ids"], attention_mask=attention_mask).logits
-        reference = gpt2(batch["input_ids"], attention_mask=attention_mask).logits
+        reference = gpt2(batch["input_ids"], attention_mask=attention_mask, position_ids=positions).logits
+        unpadded = gpt2(batch["input_ids"][1:2, 3:]).logits
     # Padding positions have nothing to attend to; what they output is ignored and differs between releases (and
     # torch versions) of GPT-2 itself, so only real tokens are compared.
     real = attention_mask.bool()
     assert (ours - reference)[real].abs().max() <= 1e-5
+    assert (ours[1, 3:] - unpadded[0]).abs().max() <= 1e-5
 
 
 def test_from_gpt2_computes_what_gpt2_computes_with_and_without_image():

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -424,3 +425,57 @@ def test_babylm_command_scores_each_revision_once_and_summarises(babylm_run, sub
     assert score_run(run, submission_data, tmp_path, progress=False) == summary
     changed = {r for r in stamps if (model_dir / r / "scores.json").stat().st_mtime_ns != stamps[r]}
     assert changed == {"chck_2M"}
+
+
+def test_the_pipelines_fine_tuning_runs_on_our_checkpoint(checkpoint, fixture_data, tmp_path):
+    """The pipeline's finetune/run.py (AutoModel + its classifier head, AutoProcessor with padding_side) trains and
+    predicts on a GatedGPT2 checkpoint, with its default first-token head and with the last token read from
+    left-padded batches, and writes predictions where its collate_preds.py reads them."""
+    glue = fixture_data / "full_eval" / "glue_filtered"
+    common = ["--model_name_or_path", str(checkpoint), "--results_dir", str(tmp_path / "results"), "--num_epochs",
+              "1", "--batch_size", "8", "--valid_batch_size", "16", "--sequence_length", "128",
+              "--metric_for_valid", "accuracy", "--seed", "42"]
+    invocations = [("evaluation_pipeline.finetune.run",
+                    ["--train_data", str(glue / f"{task}.train.jsonl"), "--valid_data", str(glue / f"{task}.valid.jsonl"),
+                     "--predict_data", str(glue / f"{task}.valid.jsonl"), "--task", task, "--num_labels", labels,
+                     *common, *flags])
+                   for task, labels, flags in [  # the metrics eval_finetuning.sh asks of each
+                       ("rte", "2", ["--metrics", "accuracy", "f1", "mcc", "--take_final", "--padding_side", "left"]),
+                       ("mnli", "3", ["--metrics", "accuracy"])]]
+    run_pipeline_modules(invocations, tmp_path / "hf_home")
+    for task, labels in (("rte", 2), ("mnli", 3)):
+        folder = tmp_path / "results" / checkpoint.stem / "main" / "finetune" / task
+        predictions = json.loads((folder / "predictions.json").read_text())[task]["predictions"]
+        expected = len((glue / f"{task}.valid.jsonl").read_text().splitlines())
+        assert [p["id"] for p in predictions] == [f"{task}_{i}" for i in range(expected)]
+        assert {p["pred"] for p in predictions} <= set(range(labels))
+        assert "accuracy" in (folder / "results.txt").read_text()
+
+
+def test_the_pipelines_last_token_head_sees_the_same_state_padded_or_alone(checkpoint, tmp_path):
+    """The pitfall of decoder fine-tuning with left padding: positions that count the padding. Ours count real
+    tokens, so the pipeline's `--take_final --padding_side left` head reads, for each sentence of a batch, exactly
+    the state it reads for that sentence alone."""
+    script = textwrap.dedent("""
+        import json, sys, argparse, torch
+        from transformers import AutoProcessor
+        from evaluation_pipeline.finetune.classifier_model import ModelForSequenceClassification
+        args = argparse.Namespace(model_name_or_path=sys.argv[1], revision_name=None, enc_dec=False, causal=False,
+                                  take_final=True, num_labels=2, classifier_layer_norm_eps=1e-5,
+                                  classifier_dropout=0.0)
+        torch.manual_seed(0)
+        model = ModelForSequenceClassification(args).eval()
+        tokenizer = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True, padding_side="left")
+        texts = ["the dog sat on the mat today", "a cat", "where is the ball"]
+        with torch.no_grad():
+            batch = tokenizer(texts, return_tensors="pt", padding=True)
+            together = model(batch.input_ids, batch.attention_mask)
+            single = [tokenizer([t], return_tensors="pt") for t in texts]
+            alone = torch.cat([model(encoded.input_ids, encoded.attention_mask) for encoded in single])
+        print(json.dumps((together - alone).abs().max().item()))
+    """)
+    result = subprocess.run([str(pipeline_python()), "-c", script, str(checkpoint)], cwd=PIPELINE,
+                            env=offline_hub_env(tmp_path / "hf_home", TOKENIZERS_PARALLELISM="false"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) <= 1e-5

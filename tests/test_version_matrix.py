@@ -1,11 +1,11 @@
 """Checkpoints saved here load and compute the same under every transformers release our users have.
 
-A checkpoint (with its tokenizer) and one with a tiny attached DINOv2 tower (with its processor) are saved in the
-locked environment. For each release in MATRIX, a cached client environment (tests/client_envs.py: torch, that
-transformers, its tokenizers, safetensors, pillow; not this package) loads them through the Auto classes and their
-remote code from an offline Hub cache, in a subprocess that cannot import this package, and must reproduce the
-locked environment: logits within 1e-5, the same greedy tokens with and without the cache, the same token ids and
-pixel values. README's "Supported versions" table lists the same releases.
+A checkpoint (with its tokenizer), a sequence classifier made from it, and one with a tiny attached DINOv2 tower (with
+its processor) are saved in the locked environment. For each release in MATRIX, a cached client environment
+(tests/client_envs.py: torch, that transformers, its tokenizers, safetensors, pillow; not this package) loads them
+through the Auto classes and their remote code from an offline Hub cache, in a subprocess that cannot import this
+package, and must reproduce the locked environment: logits within 1e-5, the same greedy tokens with and without the
+cache, the same token ids and pixel values. README's "Supported versions" table lists the same releases.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Dinov2Config, Dinov2Model
 
 from gatedgpt2.data import train_tokenizer
-from modeling_gatedgpt import GatedGPT2Processor
+from modeling_gatedgpt import GatedGPT2ForSequenceClassification, GatedGPT2Processor
 from tests.canary import locked_pins
 from tests.client_envs import client_env, torch_requirement
 from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model
@@ -63,9 +63,10 @@ CLIENT = textwrap.dedent(
     import transformers
     from PIL import Image
     from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoProcessor, AutoTokenizer)
 
-    repo, tower_repo, inputs_file, out_file = sys.argv[1:]
+    repo, tower_repo, classifier_repo, inputs_file, out_file = sys.argv[1:]
     inputs, texts = load_file(inputs_file), json.loads(open(inputs_file + ".json").read())
     out = {}
 
@@ -90,6 +91,12 @@ CLIENT = textwrap.dedent(
             out[f"generated_cache_{use_cache}"] = lm.generate(
                 inputs["input_ids"][:1], image_embeds=inputs["image_embeds"][:1], max_new_tokens=%(new)d,
                 do_sample=False, use_cache=use_cache, pad_token_id=config.pad_token_id)
+
+    classifier = AutoModelForSequenceClassification.from_pretrained(classifier_repo, trust_remote_code=True).eval()
+    assert type(classifier).__module__.startswith("transformers_modules"), type(classifier).__module__
+    with torch.no_grad():
+        scored = classifier(batch["input_ids"], attention_mask=batch["attention_mask"], labels=torch.tensor([0, 2, 1]))
+        out["class_logits"], out["class_loss"] = scored.logits, scored.loss
 
     processor = AutoProcessor.from_pretrained(tower_repo, trust_remote_code=True)
     tower_lm = AutoModelForCausalLM.from_pretrained(tower_repo, trust_remote_code=True).eval()
@@ -127,6 +134,11 @@ def saved(tmp_path_factory):
     model.save_pretrained(root / "plain")
     tokenizer.save_pretrained(root / "plain")
 
+    torch.manual_seed(3)
+    classifier = GatedGPT2ForSequenceClassification.from_pretrained(root / "plain", num_labels=3)
+    classifier.save_pretrained(root / "classifier")
+    tokenizer.save_pretrained(root / "classifier")
+
     torch.manual_seed(1)
     tower_model = tiny_model(seed=1, vocab_size=len(tokenizer), n_positions=64, pad_token_id=tokenizer.pad_token_id)
     tower_model.attach_vision_tower(Dinov2Model(Dinov2Config(**VISION)).eval(), "cls_patches")
@@ -136,6 +148,7 @@ def saved(tmp_path_factory):
     hf_home = root / "hf_home"
     make_offline_hub_cache(root / "plain", hf_home, "babylm-org/gatedgpt2-plain")
     make_offline_hub_cache(root / "tower", hf_home, "babylm-org/gatedgpt2-tower")
+    make_offline_hub_cache(root / "classifier", hf_home, "babylm-org/gatedgpt2-classifier")
 
     generator = torch.Generator().manual_seed(2)
     inputs = {
@@ -164,7 +177,7 @@ def run_client_script(python: Path, hf_home: Path, script: str, args: list[str],
 
 
 def run_client(python: Path, hf_home: Path, inputs_file: Path, out_file: Path, allow_package: bool = False) -> str:
-    repos = ["babylm-org/gatedgpt2-plain", "babylm-org/gatedgpt2-tower"]
+    repos = ["babylm-org/gatedgpt2-plain", "babylm-org/gatedgpt2-tower", "babylm-org/gatedgpt2-classifier"]
     stdout = run_client_script(python, hf_home, CLIENT, [*repos, str(inputs_file), str(out_file)], out_file.parent,
                                allow_package)
     assert "CLIENT-OK" in stdout, stdout
@@ -194,7 +207,7 @@ def test_a_client_release_loads_and_computes_the_same(saved, version, extra, tmp
         assert torch.equal(client[name], reference[name]), f"{name} differ under transformers {version}"
     assert torch.equal(client["generated_cache_True"], client["generated_cache_False"])
     for name in ("logits", "loss", "gates", "cross_attentions", "hidden", "padded_logits", "pixel_values",
-                 "tower_logits", "checkpointed_loss", "checkpointed_grad"):
+                 "tower_logits", "checkpointed_loss", "checkpointed_grad", "class_logits", "class_loss"):
         difference = (client[name] - reference[name]).abs().max().item()
         assert difference <= 1e-5, f"{name} differ by {difference:.2e} under transformers {version}"
 
