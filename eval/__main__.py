@@ -66,6 +66,29 @@ def babylm_command(args: argparse.Namespace) -> None:
     print(f"Results tree: {model_dir}; learning curves: {model_dir / 'learning_curves.png'}")
 
 
+def finetune_command(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from .finetune import GLUE_TASKS, finetune_task, write_finetune_results
+
+    tasks = [t.strip() for t in args.tasks.split(",")]
+    unknown = [t for t in tasks if t not in GLUE_TASKS]
+    if unknown:
+        raise ValueError(f"--tasks: unknown task(s) {unknown}; choose from {', '.join(GLUE_TASKS)}.")
+    tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)
+    revision = args.revision_name or args.revision or "main"
+    for task in tasks:
+        with tempfile.TemporaryDirectory(prefix=f"finetune-{task}-") as scratch:
+            result = finetune_task(args.model, tokenizer, task, args.data, Path(scratch), args.learning_rate,
+                                   args.epochs, args.batch_size, args.seed, args.max_length, args.revision,
+                                   args.trust_remote_code)
+        folder = args.results_dir / Path(args.model).stem / revision / "finetune" / task
+        write_finetune_results(result, task, folder)
+        print(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()) + f" -> {folder}")
+
+
 def gates_command(args: argparse.Namespace) -> None:
     from .gates import Norms, gate_analysis, word_frequencies
 
@@ -266,6 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
     babylm.add_argument("--cdi-table", type=Path,
                         help="the children's CDI proportions (a CSV with word and months 16-30): report the AoA "
                              "curve fitness")
+
+    tune = commands.add_parser("finetune", help="(Super)GLUE fine-tuning with GatedGPT2ForSequenceClassification and "
+                               "the HF Trainer, written where the BabyLM pipeline's finetune writes")
+    tune.set_defaults(handler=finetune_command)
+    tune.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    tune.add_argument("--revision", help="a Hub revision")
+    add_trust_remote_code(tune)
+    tune.add_argument("--data", required=True, type=Path, help="evaluation_data/ or its glue_filtered/ folder")
+    tune.add_argument("--results-dir", required=True, type=Path, help="the pipeline's results/ folder")
+    tune.add_argument("--revision-name", help="the revision's folder in --results-dir (default: --revision, else main)")
+    tune.add_argument("--tasks", default="boolq,mnli,mrpc,multirc,qqp,rte,wsc", help="comma-separated GLUE tasks")
+    tune.add_argument("--learning-rate", type=float, default=3e-5)
+    tune.add_argument("--epochs", type=positive_int, help="default: 10, and 30 for WSC (eval_finetuning.sh)")
+    tune.add_argument("--batch-size", type=positive_int, help="default: 32, and 16 for BoolQ / MultiRC")
+    tune.add_argument("--seed", type=int, default=42)
+    tune.add_argument("--max-length", type=positive_int, default=512, help="inputs are truncated to this many tokens")
 
     gates = command("gates", "gate values by part of speech, concreteness and frequency", gates_command, 32)
     gates.add_argument("--captions", required=True, type=Path,

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -479,3 +480,92 @@ def test_the_pipelines_last_token_head_sees_the_same_state_padded_or_alone(check
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) <= 1e-5
+
+
+def record_counts(folder: Path, uid_field: str | None) -> dict[str, int]:
+    """Records per UID in a folder of JSONL files: the UID field's value (lower-cased, as collate_preds compares),
+    else the file's stem."""
+    counts: dict[str, int] = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                uid = json.loads(line)[uid_field].lower() if uid_field else path.stem
+                counts[uid] = counts.get(uid, 0) + 1
+    return counts
+
+
+def test_collate_preds_builds_the_leaderboard_file_from_our_outputs(babylm_run, submission_data, tmp_path):
+    """Our `babylm` command (every revision, the final model, AoA) and `finetune` command fill the results tree; the
+    pipeline's collate_preds.py (run as collate_preds.sh runs it, --fast, strict-small) builds the leaderboard file
+    from it. Its constants are the real data's sizes and the real track's 19 revisions; they are set to the fixture's
+    sizes (counted from the data files, not from our outputs) and the run's 4 revisions. Its fast-eval scores,
+    which it recomputes from our predictions and the data, equal ours."""
+    run, _ = babylm_run
+    results = tmp_path / "results"
+    data = submission_data
+    subprocess.run([sys.executable, "-m", "gatedgpt2.eval", "babylm", "--run", str(run), "--data", str(data),
+                    "--results-dir", str(results), "--cdi-words", str(data / "full_eval" / "aoa" / "cdi_childes.json")],
+                   cwd=ROOT, check=True, capture_output=True, timeout=1200)
+    tuned = subprocess.run([sys.executable, "-m", "gatedgpt2.eval", "finetune", "--model", str(run), "--data",
+                            str(data), "--results-dir", str(results), "--epochs", "1", "--batch-size", "8"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert tuned.returncode == 0, tuned.stderr[-4000:]
+
+    full, fast = data / "full_eval", data / "fast_eval"
+
+    def per_ops(folder: Path) -> dict[str, int]:  # entity tracking's UIDs: <file>_<numops>_ops
+        return dict(Counter(f"{p.stem}_{json.loads(line)['numops']}_ops" for p in folder.glob("*.jsonl")
+                            for line in p.read_text().splitlines()))
+
+    words = json.loads((full / "aoa" / "cdi_childes.json").read_text())
+    sizes = {
+        "fast": {"blimp": 10, "blimp_supplement": 10, "ewok": 10, "entity_tracking": per_ops(fast / "entity_tracking_fast"),
+                 "reading": len((fast / "reading" / "reading_data.csv").read_text().splitlines()) - 1,
+                 "wug_adj": 20, "wug_past": 10},
+        "full": {"blimp": record_counts(full / "blimp_filtered", "UID"),
+                 "blimp_supplement": record_counts(full / "supplement_filtered", None),
+                 "ewok": record_counts(full / "ewok_filtered", "Domain"),
+                 "entity_tracking": per_ops(full / "entity_tracking"),
+                 "reading": len((full / "reading" / "reading_data.csv").read_text().splitlines()) - 1,
+                 "wug_adj": 20, "wug_past": 10,
+                 "comps": {"base": 10, "wugs": 10, "wugs_dist_before": 10, "wugs_dist_in_between": 10},
+                 **{task: len((full / "glue_filtered" / f"{task}.valid.jsonl").read_text().splitlines())
+                    for task in ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")}},
+        "aoa": sum(len(v) for k, v in words.items() if len(k) > 1),
+        "revisions": list(REVISIONS),
+    }
+    script = textwrap.dedent("""
+        import json, sys
+        import evaluation_pipeline.collate_preds as collate
+        sizes = json.loads(sys.argv[1])
+        collate.FAST_SIZES.update(sizes["fast"])
+        collate.FULL_SIZES.update(sizes["full"])
+        collate.AOA_SIZE = sizes["aoa"]
+        collate.STRICT_SMALL_FAST_REVISIONS = sizes["revisions"]
+        sys.argv = ["collate_preds", *sys.argv[2:]]
+        collate.main()
+    """)
+    result = subprocess.run(
+        [str(pipeline_python()), "-c", script, json.dumps(sizes), f"--model_path_or_name={run.name}",
+         "--backend=causal", "--fast", "--track=strict-small", f"--results_dir={results}",
+         f"--fast_eval_dir={fast}"], cwd=PIPELINE, env=offline_hub_env(tmp_path / "hf_home"),
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    board = json.loads((results / run.name / "all_full_preds_and_fast_scores_causal.json").read_text())
+    assert set(board) == {"blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps",
+                          "reading", "aoa", "glue", "fast_eval_results"}
+    assert set(board["glue"]) == {"boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc"}
+
+    ours = json.loads((results / run.name / "summary.json").read_text())
+    leaderboard = board["fast_eval_results"]
+    for index, revision in enumerate(REVISIONS):
+        mine = ours[revision]["tasks"]
+        for task, key in (("blimp", "blimp"), ("supplement", "blimp_supplement"), ("ewok", "ewok")):
+            assert 100 * np.mean(list(leaderboard[key][index].values())) == pytest.approx(mine[task]["score"])
+        regular = [v for k, v in leaderboard["entity_tracking"][index].items() if k.startswith("regular")]
+        assert 100 * np.mean(regular) == pytest.approx(mine["entity_tracking"]["score"])
+        for task in ("wug_adj", "wug_past"):
+            assert list(leaderboard[task][index].values())[0] == pytest.approx(mine[task]["score"], abs=1e-6)
+        reading = leaderboard["reading"][index]
+        assert 100 * reading["rt"] == pytest.approx(mine["reading"]["eye_tracking"], rel=1e-6)
+        assert 100 * reading["spr"] == pytest.approx(mine["reading"]["self_paced_reading"], rel=1e-6)
