@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gatedgpt2.data import decode_utf8
+
+from .tasks import jsonl_records
+
 # task -> (fields before the separator, fields after it, template of the first part or None, labels, metric)
 GLUE_TASKS = {
     "boolq": (("question",), ("passage",), None, 2, "accuracy"),
@@ -34,21 +38,19 @@ def read_glue(path: Path, task: str) -> tuple[list[tuple[str, str]], list[int]]:
     """(first part, second part) pairs and labels of a JSONL file, as the pipeline builds them."""
     first, second, template, labels, _ = GLUE_TASKS[task]
     pairs, targets = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: malformed JSON ({error.msg}).") from None
+    for record, where in jsonl_records(decode_utf8(path.read_bytes(), str(path)).splitlines(), str(path)):
         missing = [f for f in (*first, *second, "label") if f not in record]
         if missing:
-            raise ValueError(f"{path}:{number}: missing field(s) {missing} for {task}; the record has {sorted(record)}.")
+            raise ValueError(f"{where}: missing field(s) {missing} for {task}; the record has {sorted(record)}.")
         label = record["label"]
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < labels:
-            raise ValueError(f"{path}:{number}: label must be an integer in [0, {labels}) for {task}, got {label!r}.")
-        parts = [str(record[f]) for f in first]
-        pairs.append((template.format(*parts) if template else " ".join(parts), " ".join(str(record[f]) for f in second)))
+            raise ValueError(f"{where}: label must be an integer in [0, {labels}) for {task}, got {label!r}.")
+        texts = [f for f in (*first, *second) if not isinstance(record[f], str)]
+        if texts:
+            raise ValueError(f"{where}: field(s) {texts} must be text for {task}, got "
+                             f"{[type(record[f]).__name__ for f in texts]}.")
+        parts = [record[f] for f in first]
+        pairs.append((template.format(*parts) if template else " ".join(parts), " ".join(record[f] for f in second)))
         targets.append(label)
     if not pairs:
         raise ValueError(f"{path}: no records.")

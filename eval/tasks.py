@@ -83,7 +83,9 @@ def _texts(record: dict, names: tuple[str, ...], where: str) -> tuple[str, ...]:
     return tuple(record[name] for name in names)
 
 
-def _records(lines: list[str], name: str) -> Iterator[tuple[dict, str]]:
+def jsonl_records(lines: list[str], name: str) -> Iterator[tuple[dict, str]]:
+    """Each non-blank line's JSON object and its "file:line"; a malformed line or one that is not an object is an
+    error naming both."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -253,7 +255,7 @@ def read_task(data_dir: str | Path, task: str, fast: bool = False, password: str
     folder = task_folder(data_dir, task, fast)
     items = [DECODERS[task](record, stem, where)
              for stem, name, lines in _jsonl_sources(folder, password)
-             for record, where in _records(lines, name)]
+             for record, where in jsonl_records(lines, name)]
     if not items:
         raise ValueError(f"Task {task!r}: the files in {folder} hold no records.")
     return TaskData(task, folder.name, items)

@@ -69,8 +69,11 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     if images is not None:
         image_table = images.embeddings
         image_rows = images.indices([item.image_id for item in items for _ in item.sentences], sources)
+    # each candidate's log p after what all of its item's candidates share: choices, ties and probabilities are the
+    # pipeline's, whose full sums differ from these by the same amount within an item
     scores = score_candidates(model, tokenizer, sentences, completions, image_table, image_rows, sources, batch_size,
-                              desc=task.name if progress else None)
+                              desc=task.name if progress else None,
+                              items=[n for n, item in enumerate(items) for _ in item.sentences])
     bounds = np.cumsum([0] + [len(item.sentences) for item in items])
     per_item = [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     chosen = [int(np.argmax(candidates)) for candidates in per_item]  # first maximum, as torch.max

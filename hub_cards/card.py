@@ -12,7 +12,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 DATASET_NAMES = {"blimp": "BLiMP", "supplement": "BLiMP supplement", "ewok": "EWoK", "winoground": "Winoground",
-                 "vqa": "VQA"}
+                 "vqa": "VQA", "entity_tracking": "entity tracking", "wug_adj": "WUG adjective nominalization",
+                 "wug_past": "WUG past tense", "comps": "COMPS", "reading": "reading"}
+# the official sets whose folder names do not end in _fast / _filtered, and whether each is the fast version
+OFFICIAL_SETS = {"entity_tracking": "full", "entity_tracking_fast": "fast", "wug_adj_nominalization": "full",
+                 "wug_past_tense": "full", "comps": "full", "reading_data.csv": "full"}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -93,23 +97,35 @@ def dataset_id(task: str, folder: str) -> tuple[str, str]:
     name = DATASET_NAMES.get(task, task)
     if folder.endswith(("_fast", "_filtered")):
         return f"babylm/{folder}", f"{name} ({folder.rsplit('_', 1)[1]})"
+    if folder in OFFICIAL_SETS:
+        return f"babylm/{folder.removesuffix('.csv')}", f"{name} ({OFFICIAL_SETS[folder]})"
     return f"gatedgpt2/grounded-world-{task}", f"grounded world, {name}-style"
 
 
+def headline_scores(result: dict) -> list[tuple[str, str, float, int]]:
+    """(metric type, metric name, value, decimals) of a task's result: reading has two scores, the WUG tasks a
+    correlation, the others an accuracy."""
+    if "eye_tracking" in result:
+        return [("r_squared_gain", "eye-tracking R^2 gain, %", result["eye_tracking"], 2),
+                ("r_squared_gain", "self-paced reading R^2 gain, %", result["self_paced_reading"], 2)]
+    if result.get("metric") == "spearman":
+        return [("spearmanr", "spearman", result["score"], 3)]
+    return [("accuracy", result.get("metric", "accuracy"), result.get("score", result.get("accuracy")), 2)]
+
+
 def eval_results(results: list[dict]) -> list[EvalResult]:
-    """One model-index entry per task and vision setting (the "no vision" runs as the dataset config)."""
+    """One model-index entry per task, score and vision setting (the "no vision" runs as the dataset config)."""
     entries = []
     for run in results:
         for task, result in run["tasks"].items():
             dataset_type, dataset_name = dataset_id(task, result["dataset"])
-            rho = result.get("metric") == "spearman"  # the WUG tasks
-            entries.append(EvalResult(
-                task_type="zero-shot-classification", task_name="BabyLM zero-shot",
-                dataset_type=dataset_type, dataset_name=dataset_name,
-                dataset_config=None if run.get("vision", True) else "no vision",
-                metric_type="spearmanr" if rho else "accuracy", metric_name=result.get("metric", "accuracy"),
-                metric_value=round(result.get("score", result.get("accuracy")), 3 if rho else 2),
-            ))
+            for metric_type, metric_name, value, decimals in headline_scores(result):
+                entries.append(EvalResult(
+                    task_type="zero-shot-classification", task_name="BabyLM zero-shot",
+                    dataset_type=dataset_type, dataset_name=dataset_name,
+                    dataset_config=None if run.get("vision", True) else "no vision",
+                    metric_type=metric_type, metric_name=metric_name, metric_value=round(value, decimals),
+                ))
     return entries
 
 
@@ -120,9 +136,9 @@ def eval_table(results: list[dict]) -> str:
     for run in results:
         for task, result in run["tasks"].items():
             vision = "yes" if run.get("vision", True) or task not in ("winoground", "vqa") else "no vision"
-            lines.append(f"| {dataset_id(task, result['dataset'])[1]} | {result['dataset']} | {vision} | "
-                         f"{result['items']} | {result.get('score', result.get('accuracy')):.2f} | "
-                         f"{result.get('metric', 'accuracy')} |")
+            for _, metric_name, value, decimals in headline_scores(result):
+                lines.append(f"| {dataset_id(task, result['dataset'])[1]} | {result['dataset']} | {vision} | "
+                             f"{result['items']} | {value:.{decimals}f} | {metric_name} |")
     return "\n".join(lines)
 
 

@@ -20,8 +20,17 @@ def causal_mask(attention_mask, batch_size, query_length, past_length, device, s
     that `attention_mask` (B, past + T; 1 = token, 0 = padding) keeps. None where there is nothing to mask (one query,
     no padding) or where SDPA's own causal kernel is the mask (no padding, no past). A padding query that could
     attend to nothing attends to every position instead, as in transformers' GPT-2: its output is ignored, and no
-    softmax row is empty."""
+    softmax row is empty. A 4D boolean mask (B, 1, T, past + T) is the mask itself, as given (a tree of sequences
+    sharing prefixes, say, each token attending to its ancestors; positions then come as `position_ids`)."""
     key_length = past_length + query_length
+    if attention_mask is not None and attention_mask.dim() == 4:
+        expected = (batch_size, 1, query_length, key_length)
+        if tuple(attention_mask.shape) != expected or attention_mask.dtype != torch.bool:
+            raise ValueError(f"A 4D `attention_mask` must be boolean of shape (batch, 1, new, cached + new) = "
+                             f"{expected}, got {attention_mask.dtype} {tuple(attention_mask.shape)}.")
+        if not bool(attention_mask.any(-1).all()):
+            raise ValueError("A 4D `attention_mask` must let every query attend to at least one key.")
+        return attention_mask.to(device)
     if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, key_length):
         raise ValueError(
             f"`attention_mask` must have shape (batch, cached + new) = ({batch_size}, {key_length}) with 1 for tokens "

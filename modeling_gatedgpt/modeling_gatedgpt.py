@@ -430,6 +430,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             0 for padding in variable-size token sets.
         pixel_values (`torch.Tensor`): images for the frozen vision tower (needs `config.vision_config`).
         past_key_values (`Cache`): the key/value cache, also accepted as `cache` (its name from transformers 5.24 on).
+        attention_mask (`torch.Tensor`): (batch, cached + new), 1 for tokens and 0 for padding; or a boolean
+            (batch, 1, new, cached + new), True where a query may attend, used as given (with `position_ids`).
         """
         past_key_values = pop_cache_argument(past_key_values, kwargs)
         config = self.config

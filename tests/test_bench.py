@@ -67,6 +67,30 @@ def test_eval_scoring_runs_the_naive_and_batched_scorers_on_blimp_fast(tmp_path)
     assert naive["speedup_vs_naive"] == 1.0 and batched["speedup_vs_naive"] > 0 and batched["peak_rss_mb"] > 0
 
 
+PIPELINE = ROOT.parent / "shared" / "vendor" / "babylm-evaluation-pipeline-2025"
+
+
+@pytest.mark.skipif(not EVAL_DATA.is_dir() or not PIPELINE.is_dir(), reason="needs ../shared (pipeline and data)")
+def test_babylm_pipeline_compares_both_scorers_task_by_task(tmp_path):
+    from gatedgpt2.data import train_tokenizer
+
+    tokenizer = train_tokenizer(["the cat sat on the mat", "a dog ran", "box 1 contains the key"] * 50,
+                                vocab_size=300, model_max_length=256)
+    # wide weights: candidates' scores far apart, so that float rounding cannot flip a choice
+    model = tiny_model(vocab_size=len(tokenizer), n_positions=256, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = run_bench("babylm_pipeline.py", tmp_path / "b.json", "--model", str(tmp_path / "model"), "--tasks",
+                       "wug_past,entity_tracking,reading", "--scale", "1")
+    rows = {r["task"]: r for r in result["rows"]}
+    assert set(rows) == {"wug_past", "entity_tracking", "reading"}
+    assert rows["wug_past"]["items"] == 10 and rows["reading"]["items"] > 50
+    assert all(r["choices_differing"] == 0 and r["max_relative_difference"] < 1e-4 for r in rows.values())
+    assert all(r["pipeline_s"] > r["pipeline_loading_s"] > 0 and r["ours_s"] > r["ours_loading_s"] > 0
+               and r["speedup"] > 0 for r in rows.values())
+
+
 def test_data_reports_text_rates_and_embedding_memory_per_loader(tmp_path):
     text = tmp_path / "text"
     text.mkdir()

@@ -264,3 +264,23 @@ def test_a_training_run_writes_its_card_and_pushes_main_and_revisions(tiny_world
     branches = [c.kwargs["branch"] for c in api.create_branch.call_args_list]
     assert branches == ["chck_60"]
     assert [c.kwargs["revision"] for c in api.create_commit.call_args_list] == [None, "chck_60"]
+
+
+def test_the_card_lists_every_babylm_task_with_its_own_metric():
+    from gatedgpt2.hub_cards.card import eval_results, eval_table
+
+    run = {"vision": True, "tasks": {
+        "blimp": {"dataset": "blimp_fast", "items": 10, "score": 61.234, "accuracy": 61.234, "metric": "accuracy"},
+        "wug_adj": {"dataset": "wug_adj_nominalization", "items": 200, "score": 0.41234, "metric": "spearman"},
+        "entity_tracking": {"dataset": "entity_tracking_fast", "items": 9, "score": 30.0,
+                            "metric": "accuracy (mean over splits)"},
+        "reading": {"dataset": "reading_data.csv", "items": 1726, "eye_tracking": 2.5, "self_paced_reading": 0.75,
+                    "metric": "R^2 gain"}}}
+    entries = {(e.dataset_type, e.metric_name): (e.metric_type, e.metric_value) for e in eval_results([run])}
+    assert entries[("babylm/blimp_fast", "accuracy")] == ("accuracy", 61.23)
+    assert entries[("babylm/wug_adj_nominalization", "spearman")] == ("spearmanr", 0.412)
+    assert entries[("babylm/reading_data", "self-paced reading R^2 gain, %")] == ("r_squared_gain", 0.75)
+    assert len(entries) == 5
+    table = eval_table([run])
+    assert "| entity tracking (fast) | entity_tracking_fast | yes | 9 | 30.00 | accuracy (mean over splits) |" in table
+    assert "| reading (full) | reading_data.csv | yes | 1726 | 2.50 | eye-tracking R^2 gain, % |" in table

@@ -106,3 +106,31 @@ def test_the_trainer_fine_tunes_it(tmp_path):
         accuracy = (model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
                     == batch["labels"]).float().mean().item()
     assert accuracy >= 0.9
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"sentence1": "a", "label": 0}', r"rte.jsonl:1: missing field\(s\) \['sentence2'\]"),
+    ('{"sentence1": "a", "sentence2": "b", "label": 2}', r"label must be an integer in \[0, 2\)"),
+    ('{"sentence1": "a", "sentence2": 7, "label": 1}', r"\['sentence2'\] must be text"),
+    ('{"sentence1": "a", "sentence2": "b", "label": true}', "label must be an integer"),
+])
+def test_glue_files_are_read_as_the_pipeline_reads_them_and_bad_records_named(tmp_path, line, message):
+    from gatedgpt2.eval.finetune import read_glue
+
+    good = tmp_path / "wsc.jsonl"
+    good.write_text('{"span1_text": "the cup", "span2_text": "it", "text": "It fell.", "label": 1}\n')
+    assert read_glue(good, "wsc") == ([('Does "it" refer to "the cup" in this passage?', "It fell.")], [1])
+    bad = tmp_path / "rte.jsonl"
+    bad.write_text(line + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_glue(bad, "rte")
+
+
+def test_classification_metrics_are_accuracy_f1_and_matthews():
+    from gatedgpt2.eval.finetune import classification_metrics
+
+    metrics = classification_metrics(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
+    tp, fp, fn, tn = 2, 1, 1, 1
+    assert metrics["accuracy"] == pytest.approx(0.6) and metrics["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert metrics["mcc"] == pytest.approx((tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    assert set(classification_metrics(np.array([0, 2]), np.array([0, 1]))) == {"accuracy"}  # three classes

@@ -341,3 +341,50 @@ def test_exact_ties_are_counted_and_shown(babylm_tokenizer, tmp_path):
     assert results["tasks"]["blimp"]["exact_ties"] == 1 and results["tasks"]["blimp"]["accuracy"] == 50.0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["tasks"]["blimp"]["exact_ties"] == 1
     assert "| blimp | blimp | 2 | 50.00 | accuracy | 1 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_prefix_trees_score_what_padded_batches_and_lone_sequences_score(model, babylm_tokenizer):
+    """Duplicates, a sentence that is another's prefix, a sequence longer than a whole tree, phrases that end early:
+    the prefix-tree scorer agrees with right-padded batches, and with each sequence run alone."""
+    from gatedgpt2.eval.scoring import encode_candidates, score_as_prefix_trees, score_padded_batches
+
+    sentences = ["The cat sat on the mat.", "The cat sat on the mat.", "The cat sat", "The dog ran home quickly.",
+                 "A much longer sentence about dogs that ran home and then slept all day long.", "Hi", "The cat"]
+    completions = [" mat.", "The cat sat on the mat.", " sat", " ran home quickly.", " day long.", "Hi", "The cat"]
+    ids, masks = encode_candidates(babylm_tokenizer, sentences, completions)
+    masks[3] = [0, 1, 1] + [0] * (len(masks[3]) - 3)  # a scored stretch that ends before the sentence does
+    pad = babylm_tokenizer.pad_token_id
+    trees = score_as_prefix_trees(model, ids, masks, pad, batch_size=1, tree_size=8)
+    padded = score_padded_batches(model, ids, masks, pad, batch_size=3)
+    np.testing.assert_allclose(trees, padded, rtol=1e-5)
+    with torch.no_grad():
+        for sequence, mask, score in zip(ids, masks, trees):
+            logprobs = torch.log_softmax(model(torch.tensor([sequence[:-1]])).logits[0], -1)
+            alone = sum(float(logprobs[t - 1, sequence[t]]) for t in range(1, len(sequence)) if mask[t])
+            assert score == pytest.approx(alone, rel=1e-5, abs=1e-5)
+
+
+def test_ranking_within_an_item_leaves_out_what_its_candidates_share(model, babylm_tokenizer):
+    """With `items`, each score is the full sum less the log p of the item's shared start: one constant per item, so
+    the choice and the softmax over the item are the full sums'."""
+    sentences = ["The cat sat on the mat.", "The cat sit on the mat.", "Dogs run.", "Dogs ran.", "A", "B"]
+    items = [0, 0, 1, 1, 2, 2]
+    full = score_candidates(model, babylm_tokenizer, sentences)
+    relative = score_candidates(model, babylm_tokenizer, sentences, items=items)
+    shift = (full - relative).reshape(3, 2)
+    np.testing.assert_allclose(shift[:, 0], shift[:, 1], rtol=1e-6, atol=1e-6)
+    assert shift[0, 0] < 0 and shift[1, 0] < 0  # "The cat" and "Dogs" were left out: they cost something
+    assert np.array_equal(full.reshape(3, 2).argmax(1), relative.reshape(3, 2).argmax(1))
+
+
+def test_a_tree_mask_must_be_boolean_of_the_right_shape_and_leave_every_query_a_key(model):
+    ids = torch.tensor([[5, 6, 7]])
+    allowed = torch.tril(torch.ones(3, 3, dtype=torch.bool))[None, None]
+    with torch.no_grad():
+        plain = model(ids).logits
+        assert torch.allclose(model(ids, attention_mask=allowed, position_ids=torch.arange(3)[None]).logits, plain,
+                              atol=1e-5)
+        for bad, message in [(allowed.float(), "boolean"), (allowed[:, :, :2], "shape"),
+                             (allowed & ~torch.eye(3, dtype=torch.bool), "at least one key")]:
+            with pytest.raises(ValueError, match=message):
+                model(ids, attention_mask=bad)
