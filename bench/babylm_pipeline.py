@@ -1,7 +1,9 @@
 """Our zero-shot scorer against the official BabyLM 2025 pipeline (vendored, in its pinned environment): the same
 checkpoint, the same machine, one run, every zero-shot task both score. Each side runs in one process that imports
 its libraries first, then runs each task as its own job: loading the checkpoint, reading and tokenizing the data,
-scoring, writing predictions.json. Throughput is items per second of everything but the checkpoint loading (each
+scoring, writing predictions.json; a task that takes under 30 s runs 3 times on each side and its fastest run counts
+(the spread between runs of a 1-4 s task is about 30% here). Throughput is items per second of everything but the
+checkpoint loading (each
 side's loading is timed apart: the pipeline's by wrapping the Auto classes' from_pretrained, which changes nothing
 it computes; both load the same checkpoint with the same remote code); the time with loading is reported beside it.
 The two sides run one after the other (never at once), and their predictions are compared: identical choices for
@@ -51,7 +53,8 @@ PIPELINE_SIDE = textwrap.dedent("""
 
     for auto in (transformers.AutoModelForCausalLM, transformers.AutoProcessor, transformers.AutoTokenizer):
         auto.from_pretrained = timed(auto.from_pretrained)
-    model, out, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    model, out, jobs, repeats, repeat_below = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), \
+        float(sys.argv[5])
     times = {}
     for name, task, data in jobs:
         if task == "reading":
@@ -59,12 +62,15 @@ PIPELINE_SIDE = textwrap.dedent("""
         else:
             module, argv = "evaluation_pipeline.sentence_zero_shot.run", ["--task", task, "--data_path", data,
                                                                          "--save_predictions"]
-        sys.argv = [module, "--model_path_or_name", model, "--backend", "causal", "--output_dir", out + "/" + name,
-                    *argv]
-        loading[0] = 0.0
-        start = time.perf_counter()
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        times[name] = {"total": time.perf_counter() - start, "loading": loading[0]}
+        argv_all = ["--model_path_or_name", model, "--backend", "causal", "--output_dir", out + "/" + name, *argv]
+        runs = []
+        while len(runs) < (1 if runs and runs[0]["total"] > repeat_below else repeats):
+            sys.argv = [module, *argv_all]
+            loading[0] = 0.0
+            start = time.perf_counter()
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            runs.append({"total": time.perf_counter() - start, "loading": loading[0]})
+        times[name] = min(runs, key=lambda run: run["total"] - run["loading"])
     print("TIMES " + json.dumps({"times": times, "threads": torch.get_num_threads()}))
 """)
 
@@ -75,14 +81,18 @@ OUR_SIDE = textwrap.dedent("""
     from gatedgpt2.eval.zero_shot import load_accuracy_metric, write_pipeline_tree, zero_shot
     load_accuracy_metric()  # evaluate's import, once
     model_path, out, data, jobs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    repeats, repeat_below = int(sys.argv[5]), float(sys.argv[6])
     times = {}
     for name, task, folder in jobs:
-        start = time.perf_counter()
-        model, tokenizer = load_checkpoint(model_path)
-        loaded = time.perf_counter()
-        results = zero_shot(model, tokenizer, data, [name], fast=folder.startswith("fast_eval"), progress=False)
-        write_pipeline_tree(results, out + "/" + name, model_path)
-        times[name] = {"total": time.perf_counter() - start, "loading": loaded - start}
+        runs = []
+        while len(runs) < (1 if runs and runs[0]["total"] > repeat_below else repeats):
+            start = time.perf_counter()
+            model, tokenizer = load_checkpoint(model_path)
+            loaded = time.perf_counter()
+            results = zero_shot(model, tokenizer, data, [name], fast=folder.startswith("fast_eval"), progress=False)
+            write_pipeline_tree(results, out + "/" + name, model_path)
+            runs.append({"total": time.perf_counter() - start, "loading": loaded - start})
+        times[name] = min(runs, key=lambda run: run["total"] - run["loading"])
     print("TIMES " + json.dumps({"times": times, "threads": torch.get_num_threads()}))
 """)
 
@@ -175,6 +185,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=20, help="fixture size multiplier (entity tracking, WUG, ...)")
     parser.add_argument("--tasks", default=",".join(t for t, _, _ in TASKS))
     parser.add_argument("--profile", action="store_true", help="also profile our scorer on BLiMP fast")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each task that takes under --repeat-below seconds; the fastest is kept")
+    parser.add_argument("--repeat-below", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "babylm_pipeline.json")
     args = parser.parse_args()
     chosen = [t for t in TASKS if t[0] in args.tasks.split(",")]
@@ -193,10 +206,12 @@ def main() -> None:
         jobs = [(name, task, str(data / folder)) for name, task, folder in chosen]
         env = offline_hub_env(tmp / "hf_home", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                               WANDB_MODE="disabled")
-        theirs = run_side(pipeline_python(), PIPELINE_SIDE, [str(model), str(tmp / "pipeline"), json.dumps(jobs)],
-                          PIPELINE, env)
+        repeat = [str(args.repeats), str(args.repeat_below)]
+        theirs = run_side(pipeline_python(), PIPELINE_SIDE,
+                          [str(model), str(tmp / "pipeline"), json.dumps(jobs), *repeat], PIPELINE, env)
         ours = run_side(Path(sys.executable), OUR_SIDE,
-                        [str(model), str(tmp / "ours"), str(data), json.dumps([(n, t, f) for n, t, f in chosen])], ROOT)
+                        [str(model), str(tmp / "ours"), str(data), json.dumps([(n, t, f) for n, t, f in chosen]),
+                         *repeat], ROOT)
         rows = []
         for name, task, folder in chosen:
             items, differ, worst = compare(predictions(tmp / "pipeline", model, name, task, folder),

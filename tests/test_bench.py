@@ -82,7 +82,7 @@ def test_babylm_pipeline_compares_both_scorers_task_by_task(tmp_path):
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     result = run_bench("babylm_pipeline.py", tmp_path / "b.json", "--model", str(tmp_path / "model"), "--tasks",
-                       "wug_past,entity_tracking,reading", "--scale", "1")
+                       "wug_past,entity_tracking,reading", "--scale", "1", "--repeats", "2")
     rows = {r["task"]: r for r in result["rows"]}
     assert set(rows) == {"wug_past", "entity_tracking", "reading"}
     assert rows["wug_past"]["items"] == 10 and rows["reading"]["items"] > 50

@@ -128,7 +128,8 @@ def test_accelerate_launch_runs_the_demo_pipeline(tmp_path):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin"))  # weights are safetensors only
     config = json.loads((out / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
+                                       "AutoModelForSequenceClassification"}
     report = json.loads((out / "report" / "report.json").read_text())
     assert {"winoground_attribute", "winoground_attribute_no_image", "vqa", "minimal_pairs_macro"} <= set(
         report["world_eval"])
