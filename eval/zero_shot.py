@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,7 +26,9 @@ ACCURACY_METRIC = Path(__file__).with_name("babylm_accuracy.py")
 
 
 
+@functools.cache
 def load_accuracy_metric():
+    """The local `evaluate` module, loaded once per process (loading it costs as much as scoring a small task)."""
     import evaluate  # slow to import; only the zero-shot suite needs it
 
     return evaluate.load(str(ACCURACY_METRIC))
@@ -83,10 +86,14 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     ties = sum(int(np.sum(candidates == candidates.max()) > 1) for candidates in per_item)
     probabilities = [softmax(candidates) for candidates in per_item]
 
-    metric = metric or load_accuracy_metric()
-    computed = metric.compute(predictions=chosen, references=[item.label for item in items],
-                              groups=[item.uid for item in items])
-    breakdown = {"UID": computed["per_group"]}
+    if task.name in WUG_TASKS:  # a correlation: an accuracy over which form is likelier would mean nothing
+        computed = {}
+        breakdown = {}
+    else:
+        metric = metric or load_accuracy_metric()
+        computed = metric.compute(predictions=chosen, references=[item.label for item in items],
+                                  groups=[item.uid for item in items])
+        breakdown = {"UID": computed["per_group"]}
     for key in dict.fromkeys(k for item in items for k in item.metadata):
         hits = defaultdict(list)
         for item, choice in zip(items, chosen):
@@ -108,7 +115,7 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
         "metric": metric_name,
         "score": score,
         **({} if task.name in WUG_TASKS else {"accuracy": score}),
-        "micro_accuracy": computed["micro_accuracy"],
+        **({"micro_accuracy": computed["micro_accuracy"]} if computed else {}),
         "items": len(items),
         "exact_ties": ties,
         "accuracies": breakdown,
