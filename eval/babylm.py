@@ -2,8 +2,9 @@
 
 Every words-seen revision (`<run>/revisions/chck_*`) gets the fast suite, and the final model (`<run>`, the
 pipeline's `main`) the full one; with the CDI word file, every revision's AoA surprisals go into `main`'s
-`AoA_word/surprisal.json`. What is already scored is skipped: a revision counts as scored when its `scores.json`
-(written last, after every prediction file) is there. The summary is a Markdown table and a PNG of each task's
+`AoA_word/surprisal.json`. What is already scored is skipped: a revision's suite counts as scored when its
+`scores.json` (written last, after every prediction file) is there, its AoA when its `aoa_surprisal.json` is; the
+checkpoint is loaded only for what is missing. The summary is a Markdown table and a PNG of each task's
 learning curve, beside the tree: `<results>/<model>/summary.md`, `learning_curves.png`."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .checkpoint import load_checkpoint
 from .zero_shot import write_pipeline_tree, zero_shot
 
 SCORES = "scores.json"  # ours, beside the pipeline's zero_shot/ folder: the revision's scores, written last
+AOA_ROWS = "aoa_surprisal.json"  # ours: the revision's AoA rows, gathered into main's AoA_word/surprisal.json
 
 
 def revisions(run_dir: Path) -> list[tuple[int, Path]]:
@@ -40,15 +42,12 @@ def _write_json(path: Path, value) -> None:
     os.replace(partial, path)
 
 
-def score_revision(checkpoint: Path, revision: str, suite: str, data_dir: Path, model_dir: Path,
-                   cdi_words: dict[str, list[str]] | None, batch_size: int) -> dict:
-    model, tokenizer = load_checkpoint(str(checkpoint))
+def score_revision(model, tokenizer, checkpoint: Path, revision: str, suite: str, data_dir: Path, model_dir: Path,
+                   batch_size: int) -> dict:
+    """Score one checkpoint on a suite, write its predictions in the pipeline's tree and then its scores.json."""
     results = zero_shot(model, tokenizer, data_dir, suite, fast=suite == "fast", batch_size=batch_size,
                         progress=False, model_name=str(checkpoint))
     write_pipeline_tree(results, model_dir.parent, model_dir.name, revision)
-    if cdi_words is not None:
-        _write_json(model_dir / revision / "aoa_surprisal.json",
-                    word_surprisals(model, tokenizer, cdi_words, batch_size))
     scores = {name: ({"eye_tracking": r["eye_tracking"], "self_paced_reading": r["self_paced_reading"]}
                      if name == "reading" else {"score": r["score"], "metric": r["metric"],
                                                 "exact_ties": r["exact_ties"], "items": r["items"]})
@@ -77,18 +76,20 @@ def score_run(run_dir: str | Path, data_dir: str | Path, results_dir: str | Path
     for n, folder, revision, suite in bar:
         bar.set_postfix_str(revision)
         done = model_dir / revision / SCORES
-        aoa_missing = (words is not None and revision != "main"
-                       and not (model_dir / revision / "aoa_surprisal.json").is_file())
-        if done.is_file() and json.loads(done.read_text())["suite"] == suite and not aoa_missing:
-            scores = json.loads(done.read_text())["tasks"]
-        else:
-            scores = score_revision(folder, revision, suite, data_dir, model_dir,
-                                    words if revision != "main" else None, batch_size)
+        saved = json.loads(done.read_text()) if done.is_file() else None
+        scores = saved["tasks"] if saved is not None and saved["suite"] == suite else None
+        needs_aoa = words is not None and revision != "main" and not (model_dir / revision / AOA_ROWS).is_file()
+        if scores is None or needs_aoa:  # one load serves whichever of the two is missing
+            model, tokenizer = load_checkpoint(str(folder))
+            if scores is None:
+                scores = score_revision(model, tokenizer, folder, revision, suite, data_dir, model_dir, batch_size)
+            if needs_aoa:
+                _write_json(model_dir / revision / AOA_ROWS, word_surprisals(model, tokenizer, words, batch_size))
         summary[revision] = {"words": n, "suite": suite, "tasks": scores}
     if words is not None:
         rows = [{"step": revision, "word_count": entry["words"], **row}
                 for revision, entry in summary.items() if revision != "main"
-                for row in json.loads((model_dir / revision / "aoa_surprisal.json").read_text())]
+                for row in json.loads((model_dir / revision / AOA_ROWS).read_text())]
         _write_json(model_dir / "main" / "zero_shot" / "causal" / "AoA_word" / "surprisal.json",
                     surprisal_file(rows, str(run_dir)))
         if cdi_table:
