@@ -38,7 +38,9 @@ class ContrastiveHead(nn.Module):
         image_states: torch.Tensor,
         image_token_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Mean loss over the given rows. text_states (B, T, D), text_mask (B, T) bool, image_states (B, N, D)."""
+        """Mean loss over the given rows. text_states (B, T, D), text_mask (B, T) bool, image_states (B, N, D).
+        No rows give a loss of exactly 0 that still reaches every parameter (a zero gradient), as a process of a
+        sharded run needs whose batch has no image while another's has (see the trainer's sharding rule)."""
         config = self.config
         image = self._project(self.image_projection, masked_mean(image_states, image_token_mask))
         highest = config.contrastive_temperature_max
@@ -48,11 +50,13 @@ class ContrastiveHead(nn.Module):
         if config.contrastive == "clip":
             text = self._project(self.text_projection, masked_mean(text_states, text_mask))
             logits = scale * text @ image.T
-            return (nn.functional.cross_entropy(logits, targets) + nn.functional.cross_entropy(logits.T, targets)) / 2
+            rows = max(image.shape[0], 1)
+            return (nn.functional.cross_entropy(logits, targets, reduction="sum") / rows
+                    + nn.functional.cross_entropy(logits.T, targets, reduction="sum") / rows) / 2
         logits = scale * self._project(self.text_projection, text_states) @ image.T  # (B, T, B): token vs image
         if config.lcg_objective == "token_to_image":  # every real token should pick its own row's image
             token_targets = targets[:, None].expand_as(text_mask)
-            return nn.functional.cross_entropy(logits[text_mask], token_targets[text_mask])
+            return _mean(nn.functional.cross_entropy(logits[text_mask], token_targets[text_mask], reduction="none"))
         return two_way_grounding_loss(logits, text_mask)
 
 
@@ -68,4 +72,9 @@ def two_way_grounding_loss(logits: torch.Tensor, text_mask: torch.Tensor) -> tor
     by_image = logits.permute(2, 0, 1)  # (K, B, T): image k vs token (i, t)
     others = by_image.masked_fill(own[:, :, None] | ~text_mask[None], float("-inf")).flatten(1).logsumexp(-1)
     image_to_token = positive - torch.logaddexp(positive, others[:, None])
-    return -((token_to_image + image_to_token) / 2)[text_mask].mean()
+    return -_mean(((token_to_image + image_to_token) / 2)[text_mask])
+
+
+def _mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean, and 0 (not NaN) over no values."""
+    return values.sum() / max(values.numel(), 1)

@@ -44,7 +44,8 @@ class GatedGPT2ModelOutput(BaseModelOutputWithPastAndCrossAttentions):
     hidden_states / attentions / cross_attentions: as in GPT-2 (attention weights need eager attention).
     gates: one tensor per gated cross-attention layer, (B, T, D) per-feature or (B, T) per-token; 1.0 (all text) on
         rows without an image. Requested with `output_gates=True`.
-    contrastive_loss: the auxiliary image-text loss, when `config.contrastive` is set and the batch has images.
+    contrastive_loss: the auxiliary image-text loss, when `config.contrastive` is set and images are given (0 when
+        `image_mask` leaves no row with one).
     """
 
     gates: tuple[torch.Tensor, ...] | None = None
@@ -517,7 +518,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         all_hidden_states.append(hidden_states)
 
         contrastive_loss = None
-        if self.contrastive_head is not None and image_rows is not None and past_length == 0 and bool(image_rows.any()):
+        if self.contrastive_head is not None and image_rows is not None and past_length == 0:
             text_mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden_states.device)
             if attention_mask is not None and attention_mask.dim() == 2:
                 text_mask = attention_mask.bool()

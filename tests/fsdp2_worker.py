@@ -1,6 +1,9 @@
 """A few FSDP2 training steps of a tiny GatedGPT2 on CPU (gloo), for tests/test_training.py. Run alone it trains on
 the whole batch; under `torchrun --nproc_per_node N` each rank trains on its 1/N of the same rows, with every unit of
-configs/accelerate/fsdp.yaml's wrap policy (and the root) sharded by `fully_shard`.
+configs/accelerate/fsdp.yaml's wrap policy (and the root) sharded by `fully_shard`, under the trainer's sharding rule
+(gatedgpt2.trainer.sharding). Each rank's rows go through the collator's convention: a part without an image row
+carries no image arguments. The steps: rank 0 text-only while rank 1 has images, then a text-only step everywhere
+(the image parameters get no gradient), then images on both.
 
     python tests/fsdp2_worker.py OUT          (writes OUT.safetensors: the full weights, and OUT.json: step losses)
 """
@@ -16,19 +19,29 @@ import yaml
 from safetensors.torch import save_file
 
 from modeling_gatedgpt import modeling_gatedgpt as modeling
+from gatedgpt2.trainer.sharding import any_process_has_images, with_placeholder_images
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
 
-ROWS, STEPS = 8, 3
+ROWS = 8
+
+
+IMAGE_ROWS = ([False] * 4 + [True, False, True, False], [False] * ROWS, [True, False] * (ROWS // 2))
 
 
 def batches():
-    """One batch, learnt for a few steps: equal-length rows, so each rank's mean token loss averages to the whole
-    batch's; half the rows have an image (CLS + 4 patch tokens)."""
+    """Equal-length rows, so each rank's mean token loss averages to the whole batch's; the rows with an image (CLS +
+    4 patch tokens) of each step are IMAGE_ROWS."""
     generator = torch.Generator().manual_seed(1)
-    batch = dict(input_ids=torch.randint(0, 100, (ROWS, 12), generator=generator),
-                 image_embeds=torch.randn(ROWS, 5, 16, generator=generator),
-                 image_mask=torch.tensor([True, False] * (ROWS // 2)))
-    return [batch] * STEPS
+    input_ids = torch.randint(0, 100, (ROWS, 12), generator=generator)
+    images = torch.randn(ROWS, 5, 16, generator=generator)
+    return [dict(input_ids=input_ids, image_embeds=images, image_mask=torch.tensor(rows)) for rows in IMAGE_ROWS]
+
+
+def as_collated(batch: dict) -> dict:
+    """A batch as the collator gives it: no image arguments when no row has an image."""
+    if batch["image_mask"].any():
+        return batch
+    return {k: v for k, v in batch.items() if k not in ("image_embeds", "image_mask")}
 
 
 def main(out: str) -> None:
@@ -56,7 +69,9 @@ def main(out: str) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for batch in batches():
-        mine = {k: v[rank * ROWS // world:(rank + 1) * ROWS // world] for k, v in batch.items()}
+        mine = as_collated({k: v[rank * ROWS // world:(rank + 1) * ROWS // world] for k, v in batch.items()})
+        if world > 1:
+            mine = with_placeholder_images(mine, batch["image_embeds"].shape[1:], any_process_has_images(mine))
         loss = model(**mine, labels=mine["input_ids"]).loss
         loss.backward()
         optimizer.step()

@@ -33,9 +33,9 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
     return load_file(Path(run_dir) / "model.safetensors")
 
 
-def run_subprocess(args, extra_env=None, **kwargs):
+def run_subprocess(args, extra_env=None, timeout=300, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 @pytest.mark.parametrize("curriculum", ["alternating", "mixed_uniform", "mixed_non_uniform"])
@@ -313,37 +313,87 @@ def test_resuming_with_no_checkpoint_is_an_error_not_a_fresh_start(tiny_world, t
         train.main(args)
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tiny_world, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo) with 4 rows per process vs one process with 8 rows: same per-step losses
-    (to 1e-5) and the same final weights (to 1e-5): the curriculum hands each rank half of the same global batch and
-    the loss is normalised by the tokens of the whole global batch."""
-    common = ["--curriculum", "mixed_uniform", "--max_steps", "3"]
-    single = tmp_path / "single"
-    train.main([TINY_YAML, *tiny_train_args(tiny_world, single, *common)])
-    double = tmp_path / "double"
-    args = tiny_train_args(tiny_world, double, *common, "--per_device_train_batch_size", "4")
-    result = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "train.py", TINY_YAML, *args], extra_env={"OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = [h["loss"] for h in log_history(single / "run") if "loss" in h]
-    two = [h["loss"] for h in log_history(double / "run") if "loss" in h]
-    assert two == pytest.approx(one, abs=1e-5)
-    expected, actual = weights(single / "run"), weights(double / "run")
+# Two processes of 4 rows against one of 8, with checkpoints and words-seen revisions saved on the way. The natural
+# mix gives some parts of a global batch no image row, so DDP meets unused image parameters too.
+TWO_PROCESSES = ["--curriculum", "mixed_non_uniform", "--max_steps", "8", "--save_strategy", "steps", "--save_steps",
+                 "4", "--save_total_limit", "2", "--revision_words", "60,150"]
+
+
+def torchrun(*args: str, timeout: int = 300):
+    return run_subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args], extra_env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one_process")
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, out, *TWO_PROCESSES)])
+    return out / "run"
+
+
+def assert_same_model(actual_dir: Path, expected_dir: Path, atol: float = 1e-5) -> None:
+    expected, actual = weights(expected_dir), weights(actual_dir)
+    assert sorted(actual) == sorted(expected)
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=0, msg=f"{actual_dir}: {name}")
+
+
+def assert_same_run(actual: Path, expected: Path) -> None:
+    """The same step losses, final model, checkpoints and revisions (weights to 1e-5)."""
+    losses = lambda d: [h["loss"] for h in log_history(d) if "loss" in h]
+    assert losses(actual) == pytest.approx(losses(expected), abs=1e-5)
+    assert_same_model(actual, expected)
+    saved = lambda d: sorted(str(p.relative_to(d)) for p in [*d.glob("checkpoint-*"), *d.glob("revisions/*")])
+    assert saved(actual) == saved(expected) == ["checkpoint-4", "checkpoint-8", "revisions/chck_150",
+                                                "revisions/chck_60"]
+    for folder in saved(expected):
+        assert_same_model(actual / folder, expected / folder)
+    for folder in (actual, actual / "revisions" / "chck_60"):
+        assert json.loads((folder / "training_args.json").read_text())["per_device_train_batch_size"] == 4
+    assert not [p for p in actual.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
+
+
+def test_two_processes_save_checkpoints_and_revisions_and_match_one_process(tiny_world, tmp_path, one_process_run):
+    """torchrun --nproc_per_node 2 (gloo) with 4 rows per process vs one process with 8 rows, saving checkpoints and
+    revisions: every save is written once, by the main process, after the others have given their part, and holds
+    what one process saves. The curriculum hands each rank half of the same global batch and the loss is normalised
+    by the tokens of the whole global batch."""
+    args = tiny_train_args(tiny_world, tmp_path, *TWO_PROCESSES, "--per_device_train_batch_size", "4")
+    result = torchrun("train.py", TINY_YAML, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(tmp_path / "run", one_process_run)
+
+
+def test_two_processes_killed_mid_save_resume_to_what_one_process_trains(tiny_world, tmp_path, one_process_run):
+    """Both processes SIGKILLed in the middle of the step-8 checkpoint save, then resumed in two processes: the run
+    ends as the uninterrupted one-process run does (weights, losses, checkpoints and revisions to 1e-5)."""
+    args = [TINY_YAML, *tiny_train_args(tiny_world, tmp_path, *TWO_PROCESSES, "--per_device_train_batch_size", "4")]
+    script = tmp_path / "kill_mid_save.py"
+    script.write_text(KILL_MID_SAVE.format(step=8))
+    killed = torchrun(str(script), *args)
+    assert killed.returncode != 0
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in run_dir.iterdir() if "checkpoint" in p.name) == [".checkpoint-8.partial",
+                                                                                  "checkpoint-4"]
+    resumed = torchrun("train.py", *args, "--resume_from_checkpoint", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, one_process_run)
 
 
 def test_fsdp2_sharded_training_on_cpu_matches_one_process(tmp_path):
     """FSDP2 (`fully_shard` over each unit of configs/accelerate/fsdp.yaml's wrap policy and the root) across two
-    gloo processes vs one unsharded process on the whole batch: 3 AdamW steps on image and text rows give the same
-    step losses and gathered full weights, to 1e-5 absolute. This is the model under FSDP; the Trainer's FSDP path
-    needs GPUs (accelerate does not shard on CPU; see the next test)."""
+    gloo processes vs one unsharded process on the whole batch: 3 AdamW steps give the same step losses and gathered
+    full weights, to 1e-5 absolute. The first step gives rank 0 only text rows (no image arguments, as the collator
+    makes it) while rank 1 has images: without the trainer's sharding rule gloo aborts on the mismatched
+    reduce-scatter (on GPUs NCCL would hang). The second step is text-only on both ranks, so the image parameters get
+    no gradient and AdamW must leave them as one process does. This is the model under FSDP with the rule the
+    Trainer applies; the Trainer's FSDP path needs GPUs (accelerate does not shard on CPU; see the next test)."""
     from tests import fsdp2_worker
 
     fsdp2_worker.main(str(tmp_path / "one"))
     worker = fsdp2_worker.__file__
     two = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          worker, str(tmp_path / "two")], extra_env={"OMP_NUM_THREADS": "1"})
+                          worker, str(tmp_path / "two")], extra_env={"OMP_NUM_THREADS": "1"}, timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
     single, sharded = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert sharded["parameter_types"] == ["DTensor"]  # really sharded, not replicated

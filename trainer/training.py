@@ -26,6 +26,7 @@ from modeling_gatedgpt import gate_per_token
 
 from .curriculum import CurriculumBatchSampler
 from .lora import ImageKeyMasking
+from .sharding import any_process_has_images, with_placeholder_images
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,8 @@ class GatedGPT2Trainer(Trainer):
         `checkpoint-N/` is pickled by torch.save (optimizer.pt, scheduler.pt, rng_state.pth); the Trainer reads it
         back with `weights_only=True`, and push never sends it."""
         super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # every process calls this (for the collectives of a sharded save); one writes
+            return
         output_dir = output_dir or self.args.output_dir
         pickled = os.path.join(output_dir, "training_args.bin")
         if os.path.exists(pickled):
@@ -297,6 +300,9 @@ class GatedGPT2Trainer(Trainer):
         """LM loss (normalised by the tokens of the whole accumulated, all-process batch when the Trainer gives
         `num_items_in_batch`) plus the auxiliary loss as a mean over micro-batches and processes."""
         inputs = {**inputs, "output_gates": model.training}
+        images = getattr(self.data_collator, "images", None)
+        if images is not None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            inputs = with_placeholder_images(inputs, images.row_shape, any_process_has_images(inputs))
         if num_items_in_batch is not None:
             inputs["num_items_in_batch"] = num_items_in_batch
         masking = self.image_key_masking if model.training else None
@@ -333,8 +339,9 @@ class GatedGPT2Trainer(Trainer):
             sums[f"loss_{name}"] += token_loss[rows].sum()
             sums[f"loss_{name}/count"] += real[rows].sum()
         if outputs.contrastive_loss is not None:
-            sums["contrastive_loss"] += outputs.contrastive_loss.detach()
-            sums["contrastive_loss/count"] += 1
+            has_images = image_rows.any()  # a sharded run's placeholder images give a loss of 0 that is not counted
+            sums["contrastive_loss"] += outputs.contrastive_loss.detach() * has_images
+            sums["contrastive_loss/count"] += has_images
         if outputs.gates and image_rows.any():
             mask = inputs["attention_mask"][image_rows].bool()
             for layer, gate in zip(self.model.config.cross_attention_layer_indices, outputs.gates):
