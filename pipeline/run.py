@@ -29,6 +29,7 @@ from gatedgpt2.hub_cards.card import write_card
 from gatedgpt2.hub_cards.push import push_with_revisions
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
 from gatedgpt2.trainer.curriculum import CurriculumBatchSampler
+from gatedgpt2.trainer.launch import check_process_count, end_with_launcher
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
 from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer, remove_unfinished_saves
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, ImageKind
@@ -164,7 +165,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         callbacks: list | None = None) -> dict:
     """Train, save, evaluate, report and publish; returns the summary written to report.json."""
     started = time.time()
+    end_with_launcher()
     configure_logging(training_args)
+    check_process_count(training_args)
     with claimed_output_dir(training_args, data_args.overwrite_output_dir):
         # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
         push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -378,6 +379,63 @@ def test_two_processes_killed_mid_save_resume_to_what_one_process_trains(tiny_wo
     resumed = torchrun("train.py", *args, "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, one_process_run)
+
+
+def accelerate_launch(*args: str, **kwargs):
+    return run_subprocess([sys.executable, "-m", "accelerate.commands.launch", *args], **kwargs)
+
+
+def test_accelerate_launch_gives_a_run_the_processes_it_asked_for_or_fails(tiny_world, tmp_path):
+    """`--cpu --num_processes 2` starts one process (accelerate starts CPU processes only through MPI): train.py says
+    so and stops before training. configs/accelerate/cpu_ddp.yaml starts two gloo processes as one run; without
+    --use_cpu on a machine without a GPU they would each train alone, which train.py refuses too."""
+    args = tiny_train_args(tiny_world, tmp_path, "--max_steps", "1")
+    one = accelerate_launch("--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", "train.py", TINY_YAML, *args)
+    assert one.returncode != 0
+    assert "accelerate launch was asked for more than one CPU process" in one.stderr, one.stderr[-3000:]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+    config = str(ROOT / "configs" / "accelerate" / "cpu_ddp.yaml")
+    alone = accelerate_launch("--config_file", config, "train.py", TINY_YAML, *args, "--use_cpu", "false",
+                              extra_env={"CUDA_VISIBLE_DEVICES": ""})
+    assert alone.returncode != 0
+    assert "2 processes were started (WORLD_SIZE=2), but they would each train alone" in alone.stderr
+
+    two = accelerate_launch("--config_file", config, "train.py", TINY_YAML, *args, "--log_level", "info",
+                            extra_env={"OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 16", two.stdout + two.stderr)
+
+
+def test_sigterm_to_accelerate_launch_ends_the_training_worker(tiny_world, tmp_path):
+    """accelerate's one-process launcher does not pass SIGTERM on; the worker asks the kernel for it and ends too,
+    instead of training on into the output folder."""
+    args = tiny_train_args(tiny_world, tmp_path, "--max_steps", "100000", "--logging_steps", "1000")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    launcher = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                 "train.py", TINY_YAML, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    lock, worker = tmp_path / "run" / ".lock", None
+    for _ in range(600):
+        if lock.is_file() and (match := re.match(r"pid (\d+)", lock.read_text())):
+            worker = int(match.group(1))
+            break
+        time.sleep(0.1)
+    assert worker is not None and worker != launcher.pid
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+    deadline = time.monotonic() + 60
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(worker), f"the worker {worker} outlived its launcher"
 
 
 def test_fsdp2_sharded_training_on_cpu_matches_one_process(tmp_path):
