@@ -9,7 +9,7 @@ from pathlib import Path
 from gatedgpt2.data import ImageEmbeddings, WorldFiles, iter_text_lines, load_caption_shards, read_captions, text_files
 from modeling_gatedgpt import ImageKind
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_local_model, load_checkpoint
 from .tasks import ALL_TASKS, EWOK_PASSWORD, SUITES
 
 
@@ -77,6 +77,7 @@ def finetune_command(args: argparse.Namespace) -> None:
     unknown = [t for t in tasks if t not in GLUE_TASKS]
     if unknown:
         raise ValueError(f"--tasks: unknown task(s) {unknown}; choose from {', '.join(GLUE_TASKS)}.")
+    check_local_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)
     revision = args.revision_name or args.revision or "main"
     for task in tasks:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gatedgpt2.data import portable_tokenizer
+from gatedgpt2.data.model_folder import check_loading_info, check_model_folder
 from modeling_gatedgpt import GatedGPT2Config
 from modeling_gatedgpt.compat import PreTrainedConfig
 from modeling_gatedgpt.modeling_gatedgpt import checkpoint_auto_map
@@ -22,6 +23,14 @@ def is_gatedgpt2_checkpoint(config: dict) -> bool:
     return config.get("model_type") == GatedGPT2Config.model_type and auto_map == checkpoint_auto_map()
 
 
+def check_local_model(model: str) -> None:
+    """A model given as a folder must be a complete one (`check_model_folder`); a name that is a path but names no
+    folder is an error, not a Hub lookup. Anything else is a Hub id, for transformers to resolve."""
+    hub_id = not model.startswith(("/", ".", "~")) and model.count("/") <= 1  # "name" or "org/name"
+    if Path(model).exists() or not hub_id:
+        check_model_folder(Path(model).expanduser())
+
+
 def load_checkpoint(model: str, revision: str | None = None, device: str | None = None,
                     trust_remote_code: bool | None = None):
     """Model and tokenizer as the BabyLM pipeline loads them (Auto classes, remote code). A LoRA adapter folder (what
@@ -31,12 +40,14 @@ def load_checkpoint(model: str, revision: str | None = None, device: str | None 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_local_model(model)
     folder, base = Path(model), None
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         from peft import PeftConfig
 
         # not AutoPeftModelForCausalLM: it resizes the base's embeddings to the tokenizer's length
         base = PeftConfig.from_pretrained(model, revision=revision).base_model_name_or_path
+        check_local_model(base)
     tokenizer_code = bool(trust_remote_code)  # this package's tokenizers need no code: a fast tokenizer's files
     if trust_remote_code is None:
         config, _ = PreTrainedConfig.get_config_dict(base or model, revision=None if base else revision)
@@ -46,8 +57,18 @@ def load_checkpoint(model: str, revision: str | None = None, device: str | None 
     if base is not None:
         from peft import PeftModel
 
-        network = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=trust_remote_code)
+        network, info = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=trust_remote_code,
+                                                             output_loading_info=True)
+        check_loading_info(base, info)
         network = PeftModel.from_pretrained(network, model, revision=revision).merge_and_unload()
     else:
-        network = AutoModelForCausalLM.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        network, info = AutoModelForCausalLM.from_pretrained(model, revision=revision,
+                                                             trust_remote_code=trust_remote_code,
+                                                             output_loading_info=True)
+        check_loading_info(model, info)
+    vocabulary = network.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocabulary:
+        raise ValueError(f"{model}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                         f"{vocabulary}; token ids {vocabulary} and up would index past its embeddings. The folder "
+                         f"must hold the tokenizer the model was trained with.")
     return network.to(device).eval(), tokenizer

@@ -105,8 +105,22 @@ def score_token_sequences(model, input_ids: Sequence[Sequence[int]], masks: Sequ
         raise ValueError(f"{len(image_rows)} image rows for {len(input_ids)} candidates.")
 
     if images is None and getattr(model.config, "model_type", None) == "gated_gpt2":
-        return score_as_prefix_trees(model, input_ids, masks, pad, batch_size, desc=desc)
-    return score_padded_batches(model, input_ids, masks, pad, images, image_rows, batch_size, desc)
+        scores = score_as_prefix_trees(model, input_ids, masks, pad, batch_size, desc=desc)
+    else:
+        scores = score_padded_batches(model, input_ids, masks, pad, images, image_rows, batch_size, desc)
+    return require_finite(scores, sources)
+
+
+def require_finite(scores: np.ndarray, sources: Sequence[str]) -> np.ndarray:
+    """The scores, if every one is a number: a NaN compares false with everything, so an argmax would pick the first
+    candidate (the correct one, in BLiMP's order) and a broken model would score 100%."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        shown = "; ".join(f"{sources[i]} scored {scores[i]}" for i in bad[:5])
+        raise ValueError(f"{len(bad)} of {len(scores)} candidates have no finite log-probability (the model's logits "
+                         f"are NaN or infinite there: diverged weights, or inputs out of range): {shown}"
+                         f"{' ...' if len(bad) > 5 else ''}. Nothing was scored.")
+    return scores
 
 
 @torch.no_grad()

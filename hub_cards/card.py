@@ -4,13 +4,17 @@ a body that says what the model is, how it was trained, how it scores and how to
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from gatedgpt2.data.model_folder import check_model_folder, write_atomically
+
+from .push import FIGURES
+
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
+UNNAMED_OWNER = "your-name"  # the loading snippet's owner without --repo: never the local folder's path
 DATASET_NAMES = {"blimp": "BLiMP", "supplement": "BLiMP supplement", "ewok": "EWoK", "winoground": "Winoground",
                  "vqa": "VQA", "entity_tracking": "entity tracking", "wug_adj": "WUG adjective nominalization",
                  "wug_past": "WUG past tense", "comps": "COMPS", "reading": "reading"}
@@ -147,10 +151,14 @@ def write_card(model_dir: str | Path, results: list[str | Path] = (), figures: l
                revision: str | None = None) -> Path:
     """Render README.md into `model_dir`. `results`: eval's results.json files; `figures`: PNGs (or folders of them),
     copied into `figures/`; the training report's figures are taken when present."""
-    model_dir = Path(model_dir)
+    model_dir = check_model_folder(model_dir, load_weights=True)
     config = _read_json(model_dir / "config.json")
     if config is None:
         raise FileNotFoundError(f"{model_dir} has no config.json: it is not a saved checkpoint.")
+    for written in (model_dir / "README.md", model_dir / FIGURES):
+        if written.is_symlink():
+            raise ValueError(f"{written} is a symbolic link (to {written.resolve()}); the card is written only into "
+                             f"the model folder itself, never through a link: remove the link first")
     if config.get("model_type") != "gated_gpt2":
         raise ValueError(f"{model_dir}/config.json has model_type {config.get('model_type')!r}, not 'gated_gpt2'.")
     report = _read_json(model_dir / "report" / "report.json")
@@ -163,11 +171,14 @@ def write_card(model_dir: str | Path, results: list[str | Path] = (), figures: l
             for p in (sorted(Path(f).glob("*.png")) if Path(f).is_dir() else [Path(f)])]
     shown = []
     for png in pngs:
-        (model_dir / "figures").mkdir(exist_ok=True)
-        target = model_dir / "figures" / png.name
+        (model_dir / FIGURES).mkdir(exist_ok=True)
+        target = model_dir / FIGURES / png.name
         if png.resolve() != target.resolve():
-            shutil.copyfile(png, target)
-        shown.append((f"figures/{png.name}", png.stem.replace("_", " ")))
+            if target.is_symlink():
+                raise ValueError(f"{target} is a symbolic link; the card's figures are written only into the "
+                                 f"model folder itself, never through a link")
+            write_atomically(target, png.read_bytes())
+        shown.append((f"{FIGURES}/{png.name}", png.stem.replace("_", " ")))
 
     data = (report or {}).get("data_arguments", {})
     image_shape = (report or {}).get("image_shape")
@@ -181,7 +192,8 @@ def write_card(model_dir: str | Path, results: list[str | Path] = (), figures: l
     )
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE),
-        model_name=repo_id or model_dir.name, repo_id=repo_id or str(model_dir), revision=revision,
+        model_name=repo_id or model_dir.name, repo_id=repo_id or f"{UNNAMED_OWNER}/{model_dir.name}",
+        revision=revision,
         variant=variant_table(config, image_shape), training=training_text(report),
         eval_table=eval_table(runs), has_no_vision=any(not r.get("vision", True) for r in runs),
         figures=shown, babylm=True, has_processor=(model_dir / "processor_config.json").is_file(),
@@ -191,5 +203,5 @@ def write_card(model_dir: str | Path, results: list[str | Path] = (), figures: l
         + f" of width {config['image_embed_dim']}, as in training",
     )
     path = model_dir / "README.md"
-    card.save(path)
+    write_atomically(path, str(card))
     return path

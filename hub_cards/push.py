@@ -23,6 +23,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from gatedgpt2.data.model_folder import check_model_folder
+
 CONFIG_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "processor_config.json",
                 "preprocessor_config.json", "model.safetensors.index.json")
@@ -47,11 +49,26 @@ def code_closure(folder: Path, entry_modules: set[str]) -> list[str]:
     return sorted(f"{name}.py" for name in needed)
 
 
+# "module.Class", or "org/repo--module.Class" as the Hub rewrites it: a module of the folder, by a plain name
+AUTO_MAP_TARGET = re.compile(r"(?:[\w.-]+/[\w.-]+--)?(?P<module>[A-Za-z_]\w*)\.[A-Za-z_]\w*")
+
+
 def _auto_map_modules(configs: dict[str, dict]) -> set[str]:
-    """The modules named by the configs' `auto_map` entries ("module.Class", or "repo--module.Class")."""
-    targets = [t for config in configs.values() for value in (config.get("auto_map") or {}).values()
-               for t in (value if isinstance(value, list) else [value]) if t]
-    return {target.split("--")[-1].split(".")[0] for target in targets}
+    """The modules named by the configs' `auto_map` entries; an entry that names anything but a plain module of the
+    folder (a path, a package, a file elsewhere on the machine) is refused, so that no other code goes out."""
+    modules = set()
+    for config_name, config in configs.items():
+        for key, value in (config.get("auto_map") or {}).items():
+            for target in (value if isinstance(value, list) else [value]):
+                if target is None:  # a tokenizer's auto_map leaves its slow class out
+                    continue
+                match = AUTO_MAP_TARGET.fullmatch(str(target))
+                if match is None:
+                    raise ValueError(f"{config_name}: auto_map[{key!r}] is {target!r}; model code must be named as "
+                                     f"module.Class, a .py module inside the checkpoint folder (no path, no "
+                                     f"package); push uploads no other code")
+                modules.add(match.group("module"))
+    return modules
 
 
 def _refuse_unless_regular(model_dir: Path, name: str) -> Path:
@@ -61,8 +78,13 @@ def _refuse_unless_regular(model_dir: Path, name: str) -> Path:
         if (model_dir / part).is_symlink():
             raise ValueError(f"{model_dir / part} is a symbolic link (to {(model_dir / part).resolve()}); push "
                              f"uploads only regular files inside the checkpoint folder and never follows links")
-    if not stat.S_ISREG(path.stat().st_mode):
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):
         raise ValueError(f"{path} is not a regular file; push uploads only regular files")
+    if status.st_nlink > 1:
+        raise ValueError(f"{path} is hard-linked ({status.st_nlink} names for one file), so its content may be a "
+                         f"file's outside the checkpoint folder; push uploads only files of their own: replace it "
+                         f"with a copy (cp --remove-destination)")
     return path
 
 
@@ -109,6 +131,7 @@ def files_to_upload(model_dir: str | Path) -> list[str]:
     if (model_dir / FIGURES).is_dir():  # a linked folder is listed here and refused below
         names += [f"{FIGURES}/{p.name}" for p in sorted((model_dir / FIGURES).iterdir()) if p.suffix.lower() == ".png"]
     contents = {name: _check_content(_refuse_unless_regular(model_dir, name)) for name in names}
+    check_model_folder(model_dir, load_weights=True)  # after the files' own checks: loading follows no link
     configs = {name: values for name, values in contents.items() if name.endswith("config.json")}
     for name in code_closure(model_dir, _auto_map_modules(configs)):
         _check_content(_refuse_unless_regular(model_dir, name))
@@ -128,6 +151,13 @@ def push(model_dir: str | Path, repo_id: str, revision: str | None = None, priva
     that folder."""
     model_dir = Path(model_dir)
     files = files_to_upload(model_dir)
+    if "README.md" in files:
+        card = (model_dir / "README.md").read_text(encoding="utf-8")
+        local = sorted({str(p) for p in (model_dir.absolute(), model_dir.resolve()) if str(p) in card})
+        if local:
+            raise ValueError(f"{model_dir / 'README.md'} names the local folder {local[0]}, which would be published; "
+                             f"write the card for the repository: python -m gatedgpt2.hub_cards card {model_dir} "
+                             f"--repo {repo_id}")
     if stage is not None:
         stage = Path(stage)
         for name in files:

@@ -12,13 +12,13 @@ files go up in one commit.
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
 
 import modeling_gatedgpt
 from gatedgpt2.data import PreTrainedTokenizerFast
+from gatedgpt2.data.model_folder import check_model_folder, write_atomically
 from modeling_gatedgpt.modeling_gatedgpt import checkpoint_auto_map
 from modeling_gatedgpt.processing_gatedgpt import split_processor_config
 
@@ -28,18 +28,6 @@ from .push import code_closure
 PACKAGE = Path(modeling_gatedgpt.__file__).parent
 PROCESSOR_MODULE = modeling_gatedgpt.GatedGPT2Processor.__module__.split(".")[-1]
 PORTABLE_TOKENIZER_CLASS = PreTrainedTokenizerFast.__name__  # what training and eval save tokenizers as
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace `path` in one step: a kill mid-write leaves the old file, never half a new one."""
-    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
 
 
 def _json_text(values: dict) -> str:
@@ -99,13 +87,14 @@ def update_folder(model_dir: str | Path, dry_run: bool = False) -> dict[str, str
     """Update a checkpoint folder in place; return {file name: "added" | "updated"} (what would change, if dry_run)."""
     model_dir = Path(model_dir)
     changes = planned_updates(model_dir)
+    check_model_folder(model_dir, load_weights=True)
     report = _report(model_dir, changes)
     if not dry_run:
         for name, text in changes.items():
             target = model_dir / name
             if target.is_symlink():
                 raise ValueError(f"{target} is a symbolic link; refusing to write through it")
-            _write_atomically(target, text)
+            write_atomically(target, text)
     return report
 
 

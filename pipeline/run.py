@@ -334,7 +334,7 @@ def train_and_save(trainer: GatedGPT2Trainer, model_args: ModelArguments, data_a
     evaluate the validation sets; -> the summary so far."""
     model = trainer.model
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
+    trainer.save_final_model()
     trainer.save_state()
     if model_args.save_gpt2 and trainer.is_world_process_zero():
         gpt2_dir = Path(training_args.output_dir) / "gpt2"
@@ -372,13 +372,13 @@ def report(trainer: GatedGPT2Trainer, tokenizer, data_args: DataArguments, summa
 
 def publish(training_args: TrainingArguments, push_to_hub: bool) -> dict:
     """Step 6: the model card (an adapter-only folder keeps the card PEFT wrote), and the push to the Hub."""
+    repo_id = training_args.hub_model_id or (Path(training_args.output_dir).name if push_to_hub else None)
     if (Path(training_args.output_dir) / "config.json").is_file():
-        write_card(training_args.output_dir, repo_id=training_args.hub_model_id)
+        write_card(training_args.output_dir, repo_id=repo_id)
     if not push_to_hub:
         return {}
     from huggingface_hub import HfApi
 
-    repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
     return {"pushed": push_with_revisions(training_args.output_dir, repo_id, bool(training_args.hub_private_repo),
                                           api=HfApi(token=training_args.hub_token))}
 

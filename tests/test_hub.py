@@ -92,6 +92,8 @@ def test_push_uploads_exactly_the_checkpoint_in_one_commit(checkpoint):
 def test_revisions_go_to_branches_of_the_same_repo(checkpoint):
     revision = checkpoint / "revisions" / "chck_1M"
     tiny_model().save_pretrained(revision)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # a revision is saved with its tokenizer
+        shutil.copyfile(checkpoint / name, revision / name)
     api = mock.create_autospec(HfApi, instance=True)
     pushed = push_with_revisions(checkpoint, "org/tiny", api=api)
     assert list(pushed) == ["main", "chck_1M"] and "model.safetensors" in pushed["chck_1M"]

@@ -388,3 +388,23 @@ def test_a_tree_mask_must_be_boolean_of_the_right_shape_and_leave_every_query_a_
                              (allowed & ~torch.eye(3, dtype=torch.bool), "at least one key")]:
             with pytest.raises(ValueError, match=message):
                 model(ids, attention_mask=bad)
+
+
+def test_a_model_that_computes_nan_is_an_error_naming_the_item_not_a_perfect_score(babylm_tokenizer, tmp_path):
+    """A NaN compares false with everything: the first candidate (the correct one) would win every item, 100%."""
+    broken = tiny_model(vocab_size=len(babylm_tokenizer), n_positions=256, image_embed_dim=IMAGE_DIM)
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    record = {"field": "x", "UID": "u", "linguistics_term": "x"}
+    write_task(tmp_path, "blimp", [json.dumps({**record, "sentence_good": "the cat sat .", "sentence_bad": "cat the"})])
+    with pytest.raises(ValueError, match=r"2 of 2 candidates have no finite log-probability .*part.jsonl:1: "
+                                         r"'the cat sat \.' scored nan"):
+        zero_shot(broken, babylm_tokenizer, tmp_path, "blimp", progress=False)
+
+    # finite image embeddings too large for the model overflow inside it: the same error, never a win
+    sane = tiny_model(vocab_size=len(babylm_tokenizer), n_positions=256, image_embed_dim=IMAGE_DIM)
+    task = read_task(tmp_path, "blimp")
+    huge = ImageEmbeddings(np.full((1, IMAGE_DIM), 3e38, dtype=np.float32), ["0"], "huge.npy")
+    task = type(task)(task.name, task.dataset, [type(i)(**{**i.__dict__, "image_id": "0"}) for i in task.items])
+    with pytest.raises(ValueError, match=r"no finite log-probability"):
+        evaluate_task(sane, babylm_tokenizer, task, huge, progress=False)

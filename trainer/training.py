@@ -21,6 +21,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 
+from gatedgpt2.data.model_folder import discard_cut_off_install, install_model
 from gatedgpt2.data.revisions import revision_name
 from modeling_gatedgpt import gate_per_token
 
@@ -29,6 +30,8 @@ from .lora import ImageKeyMasking
 from .sharding import any_process_has_images, with_placeholder_images
 
 logger = logging.getLogger(__name__)
+
+FINAL_MODEL_STAGING = ".model.partial"  # inside output_dir, hidden: a resume's cleanup deletes it
 
 
 @dataclass
@@ -167,10 +170,15 @@ def move_into_place(staged: str, final: str) -> None:
 
 
 def remove_unfinished_saves(output_dir: str | os.PathLike) -> None:
-    """Cleans up after saves that a kill cut off: a partial folder (`.checkpoint-N.partial`,
-    `revisions/.chck_*.partial`) is deleted; a finished folder that was renamed aside to be replaced (`.checkpoint-N.replaced`) goes back into
+    """Cleans up after saves that a kill cut off: the final model's files if their replacement was cut off
+    (`install_model`), a partial folder (`.model.partial`, `.checkpoint-N.partial`, `revisions/.chck_*.partial`) is
+    deleted; a finished folder that was renamed aside to be replaced (`.checkpoint-N.replaced`) goes back into
     place if its replacement never arrived, and is deleted otherwise."""
     output_dir = Path(output_dir)
+    deleted = discard_cut_off_install(output_dir)
+    if deleted:
+        logger.warning("Deleting the final model of %s (%s): its save did not finish (the run was stopped while "
+                       "writing it); resuming saves it again.", output_dir, ", ".join(p.name for p in deleted))
     for folder in (output_dir, output_dir / "revisions"):
         for unfinished in sorted(folder.glob(".*.partial")):
             logger.warning("Deleting %s: a save that did not finish (the run was stopped while writing it).",
@@ -277,6 +285,20 @@ class GatedGPT2Trainer(Trainer):
             move_into_place(staged, final)
             os.rmdir(os.path.dirname(staged))
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_final_model(self) -> None:
+        """The trained model (and tokenizer) into `output_dir`, whole or not at all: written into
+        `output_dir/.model.partial/` by every process's part, then installed by the main process
+        (`install_model`), which replaces an earlier save's files instead of mixing with them."""
+        staged = os.path.join(self.args.output_dir, FINAL_MODEL_STAGING)
+        if self.args.should_save and os.path.lexists(staged):
+            shutil.rmtree(staged)
+        self.accelerator.wait_for_everyone()
+        self.save_model(staged)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            install_model(staged, self.args.output_dir)
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
