@@ -55,6 +55,14 @@ def check_model_folder(folder: str | os.PathLike, load_weights: bool = False) ->
     return folder
 
 
+def check_local_model(model: str) -> None:
+    """A model given as a folder must be a complete one (`check_model_folder`); a name that is a path but names no
+    folder is an error, not a Hub lookup. Anything else is a Hub id, for transformers to resolve."""
+    hub_id = not model.startswith(("/", ".", "~")) and model.count("/") <= 1  # "name" or "org/name"
+    if Path(model).exists() or not hub_id:
+        check_model_folder(Path(model).expanduser())
+
+
 def _read_json_object(path: Path) -> dict:
     try:
         values = json.loads(path.read_text(encoding="utf-8"))

@@ -3,6 +3,8 @@ under."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 # BabyLM checkpoint schedule: every 1M words to 10M, every 10M to 100M, every 100M to 1B.
 BABYLM_REVISION_WORDS = [m * 10**6 for m in (*range(1, 10), *range(10, 100, 10), *range(100, 1001, 100))]
 
@@ -21,8 +23,15 @@ def parse_revision_words(spec: str | None) -> list[int]:
     if spec == "babylm":
         return BABYLM_REVISION_WORDS
     scale = {"K": 10**3, "M": 10**6}
-    try:
-        return sorted(int(float(x[:-1]) * scale[x[-1].upper()]) if x[-1].upper() in scale else int(x)
-                      for x in spec.replace(" ", "").split(","))
-    except (ValueError, IndexError):
-        raise ValueError(f"revision_words: expected 'babylm' or a list like '50K,100K,1M', got {spec!r}") from None
+    counts = []
+    for part in spec.replace(" ", "").split(","):
+        try:
+            unit = scale.get(part[-1:].upper(), 1)
+            words = Fraction(part[:-1] if unit > 1 else part) * unit
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"revision_words: expected 'babylm' or a list like '50K,100K,1M', got {spec!r}") from None
+        if words < 1 or words.denominator != 1:
+            raise ValueError(f"revision_words: {part!r} is {float(words):g} words; each revision is a whole number of "
+                             f"words seen, at least 1 (in {spec!r})")
+        counts.append(int(words))
+    return sorted(counts)

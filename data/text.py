@@ -169,6 +169,7 @@ def _cached(key: dict, cache_dir: str | None, build) -> datasets.Dataset:
     path = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     if (path / "dataset_info.json").exists():
         return datasets.load_from_disk(str(path))
+    remove_abandoned_builds(Path(cache_dir))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel runs may build one entry at once
     scratch = tmp.with_suffix(".scratch")
     build(str(scratch), False).save_to_disk(str(tmp))
@@ -193,9 +194,26 @@ def _file_key(paths: Sequence) -> list:
     return [[str(Path(p).resolve()), os.path.getsize(p), os.path.getmtime(p)] for p in paths]
 
 
+def remove_abandoned_builds(cache_dir: Path) -> None:
+    """Delete the folders of cache builds whose process is gone (killed mid-build): `<entry>.<pid>.tmp`,
+    `.scratch` and `.leftover` of this machine's processes. A build of a live process is left alone."""
+    for folder in cache_dir.glob("*.*.*"):
+        entry, pid, suffix = folder.name.rsplit(".", 2) if folder.name.count(".") >= 2 else (None, None, None)
+        if suffix not in ("tmp", "scratch", "leftover") or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def text_dataset(files: Sequence[Path], tokenizer, block_size: int, packing: bool = False,
                  cache_dir: str | None = None, num_proc: int | None = None) -> datasets.Dataset:
     def build(scratch: str, in_memory: bool):
+        if next(iter_text_lines(files), None) is None:  # stops at the first line with text
+            raise ValueError(f"text_dir: {', '.join(str(f) for f in files)} hold no text (every line is blank)")
         lines = datasets.Dataset.from_generator(text_rows, gen_kwargs={"files": [str(f) for f in files]},
                                                 cache_dir=scratch, keep_in_memory=in_memory)
         return lines.map(tokenize_examples, batched=True, batch_size=2000, remove_columns=["text"], num_proc=num_proc,

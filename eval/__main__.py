@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from gatedgpt2.data import ImageEmbeddings, WorldFiles, iter_text_lines, load_caption_shards, read_captions, text_files
+from gatedgpt2.data.model_folder import check_local_model
 from modeling_gatedgpt import ImageKind
 
-from .checkpoint import check_local_model, load_checkpoint
+from .checkpoint import load_checkpoint
 from .tasks import ALL_TASKS, EWOK_PASSWORD, SUITES
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gatedgpt2.data import portable_tokenizer
-from gatedgpt2.data.model_folder import check_loading_info, check_model_folder
+from gatedgpt2.data.model_folder import check_loading_info, check_local_model
 from modeling_gatedgpt import GatedGPT2Config
 from modeling_gatedgpt.compat import PreTrainedConfig
 from modeling_gatedgpt.modeling_gatedgpt import checkpoint_auto_map
@@ -21,14 +21,6 @@ def is_gatedgpt2_checkpoint(config: dict) -> bool:
     package's classes and nothing else ("module.Class", or "repo--module.Class" as the Hub rewrites it)."""
     auto_map = {key: str(value).split("--")[-1] for key, value in (config.get("auto_map") or {}).items()}
     return config.get("model_type") == GatedGPT2Config.model_type and auto_map == checkpoint_auto_map()
-
-
-def check_local_model(model: str) -> None:
-    """A model given as a folder must be a complete one (`check_model_folder`); a name that is a path but names no
-    folder is an error, not a Hub lookup. Anything else is a Hub id, for transformers to resolve."""
-    hub_id = not model.startswith(("/", ".", "~")) and model.count("/") <= 1  # "name" or "org/name"
-    if Path(model).exists() or not hub_id:
-        check_model_folder(Path(model).expanduser())
 
 
 def load_checkpoint(model: str, revision: str | None = None, device: str | None = None,

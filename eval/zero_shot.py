@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 from collections import defaultdict
@@ -14,6 +15,7 @@ from scipy.special import softmax
 from scipy.stats import spearmanr
 
 from gatedgpt2.data import ImageEmbeddings, WorldFiles
+from gatedgpt2.data.model_folder import write_atomically
 from modeling_gatedgpt import ImageKind
 
 from .reading import evaluate_reading, write_reading
@@ -177,19 +179,39 @@ def write_results(results: dict, out_dir: str | Path) -> None:
     per item, in the task's order: two models' items pair up) per task; `results.json` (without the predictions)
     and `results.md` for all."""
     out_dir = Path(out_dir)
-    summary = {**results, "tasks": {}}
-    for name, task in results["tasks"].items():
-        folder = out_dir / name
-        summary["tasks"][name] = {k: v for k, v in task.items() if k not in ("predictions", "correct")}
-        if name == "reading":
-            write_reading(task, folder)
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "predictions.json").write_text(json.dumps(task["predictions"]))
-        (folder / "accuracies.json").write_text(json.dumps(task["accuracies"], indent=2))
-        (folder / "correct.json").write_text(json.dumps(task["correct"]))
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "results.md").write_text(results_table(results))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a+") as lock:  # two evals into one folder write one after the other
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary = {**results, "tasks": earlier_tasks(results, out_dir / "results.json")}
+        for name, task in results["tasks"].items():
+            folder = out_dir / name
+            summary["tasks"][name] = {k: v for k, v in task.items() if k not in ("predictions", "correct")}
+            if name == "reading":
+                write_reading(task, folder)
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "predictions.json").write_text(json.dumps(task["predictions"]))
+            (folder / "accuracies.json").write_text(json.dumps(task["accuracies"], indent=2))
+            (folder / "correct.json").write_text(json.dumps(task["correct"]))
+        write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
+        write_atomically(out_dir / "results.md", results_table(summary))
+
+
+SAME_EVALUATION = ("model", "data", "fast", "vision")
+
+
+def earlier_tasks(results: dict, path: Path) -> dict:
+    """The tasks an earlier eval of the same model, data and settings wrote into `path` (results.json), which the
+    new ones join (a task scored again replaces its earlier result); another evaluation's results are not mixed in."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    changed = [f"{k} {earlier.get(k)!r} there, {results.get(k)!r} now" for k in SAME_EVALUATION
+               if earlier.get(k) != results.get(k)]
+    if changed:
+        raise ValueError(f"{path} holds the results of another evaluation ({'; '.join(changed)}); write these into "
+                         f"another --out, or delete it")
+    return dict(earlier.get("tasks", {}))
 
 
 def pipeline_folder(results_dir: str | Path, model: str, revision: str | None, task: str, dataset: str) -> Path:

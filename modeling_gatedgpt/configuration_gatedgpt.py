@@ -1,6 +1,7 @@
 """Configuration of GatedGPT2: a GPT-2 decoder that cross-attends to image embeddings through a learned gate."""
 
 import inspect
+import math
 from enum import Enum
 
 from transformers import Dinov2Config
@@ -268,6 +269,9 @@ class GatedGPT2Config(PreTrainedConfig):
         for name, value in sizes.items():
             if value is not None or name not in ("n_inner", "contrastive_dim"):  # None: derived from n_embd
                 _check_positive_int(name, value)
+        if not (isinstance(contrastive_weight, (int, float)) and math.isfinite(contrastive_weight)
+                and contrastive_weight >= 0):
+            raise ValueError(f"`contrastive_weight` must be a finite number >= 0, got {contrastive_weight!r}.")
         if not layer_norm_epsilon > 0:
             raise ValueError(f"`layer_norm_epsilon` must be > 0, got {layer_norm_epsilon!r}.")
         if n_embd % n_head != 0:

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -23,6 +24,7 @@ from transformers import TrainingArguments, set_seed
 from gatedgpt2.data import (GroundedCollator, ImageEmbeddings, ImageStore, WorldFiles, WorldSpec, caption_dataset,
                             gpt2_tokenizer, iter_text_lines, load_caption_shards, load_tokenizer, parse_revision_words,
                             read_captions, text_dataset, text_files, train_tokenizer, with_shuffled_images, write_world)
+from gatedgpt2.data.model_folder import check_local_model, check_weights_readable
 from gatedgpt2.eval.narrow_gate import knockout_table
 from gatedgpt2.eval.world import evaluate_world
 from gatedgpt2.hub_cards.card import write_card
@@ -30,6 +32,7 @@ from gatedgpt2.hub_cards.push import push_with_revisions
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
 from gatedgpt2.trainer.curriculum import CurriculumBatchSampler
 from gatedgpt2.trainer.launch import check_process_count, end_with_launcher
+from gatedgpt2.trainer.run_definition import check_resumed_run, run_definition
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
 from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer, remove_unfinished_saves
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, ImageKind
@@ -178,6 +181,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         set_seed(training_args.seed)
         trainer = build_trainer(model_args, data_args, training_args, tokenizer, train, num_text, evals, images,
                                 callbacks)
+        trainer.run_definition = run_definition(trainer.model.config, tokenizer, data_args, training_args,
+                                                text_files(data_args.text_dir, data_args.text_pattern)
+                                                if data_args.text_dir else [])
+        if training_args.resume_from_checkpoint:
+            check_resumed_run(training_args.resume_from_checkpoint, trainer.run_definition,
+                              data_args.resume_with_changes)
         knockout_before = None
         if trainer.image_key_masking is not None and evaluates_world and trainer.is_world_process_zero():
             knockout_before = world_knockout(trainer.model, tokenizer, data_args)
@@ -224,6 +233,12 @@ def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Ite
         earlier = sorted(p for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern))
         if training_args.resume_from_checkpoint in ("True", "true", True):
             training_args.resume_from_checkpoint = last_finished_checkpoint(output_dir)
+        elif training_args.resume_from_checkpoint:
+            given = Path(training_args.resume_from_checkpoint)
+            damage = checkpoint_damage(given) if given.is_dir() else "no such folder"
+            if damage:
+                raise ValueError(f"resume_from_checkpoint {given}: {damage}; give another checkpoint-N, or 'true' "
+                                 f"for the newest usable one")
         elif earlier and not training_args.resume_from_checkpoint and not overwrite:
             names = ", ".join(p.name for p in earlier[:6])
             raise FileExistsError(f"output_dir {output_dir} already holds a run ({names}); resume it with "
@@ -240,19 +255,40 @@ def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Ite
         yield
 
 
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """What makes a `checkpoint-N` unusable for a resume, or None: a save cut off before its trainer state (a
+    checkpoint written in place by an earlier version of the package, or a plain Trainer, gets it last), weights
+    that safetensors cannot open, or resumable state (optimizer.pt, scheduler.pt, rng_state*.pth: torch.save's zip
+    archives) that is empty or truncated."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "its save did not finish (no readable trainer_state.json)"
+    try:
+        check_weights_readable(checkpoint)
+    except ValueError as error:
+        return str(error)
+    for state in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):
+        try:
+            with zipfile.ZipFile(state) as archive:
+                broken = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as error:
+            return f"{state.name} is damaged ({error or 'empty'}; {state.stat().st_size} bytes)"
+        if broken is not None:
+            return f"{state.name} is damaged (a bad CRC in its {broken})"
+    return None
+
+
 def last_finished_checkpoint(output_dir: Path) -> str:
-    """The newest `checkpoint-N` of `output_dir` whose save finished. Saves here are atomic, but a checkpoint written
-    in place (by an earlier version of the package, or a plain Trainer) gets `trainer_state.json` last, so a folder
-    without a readable one was cut off mid-save: it is skipped with a warning naming it."""
+    """The newest `checkpoint-N` of `output_dir` that a resume can use (`checkpoint_damage`); a damaged one is
+    skipped with a warning naming it and what is wrong."""
     folder = Path(output_dir)
     numbered = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
     for checkpoint in sorted(numbered, key=lambda p: int(p.name.removeprefix("checkpoint-")), reverse=True):
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
+        damage = checkpoint_damage(checkpoint)
+        if damage is None:
             return str(checkpoint)
-        except (OSError, ValueError):
-            logger.warning("Skipping %s: its save did not finish (no readable trainer_state.json); resuming from an "
-                           "earlier checkpoint.", checkpoint)
+        logger.warning("Skipping %s: %s; resuming from an earlier checkpoint.", checkpoint, damage)
     raise FileNotFoundError(f"resume_from_checkpoint=true, but {folder} holds no finished checkpoint-N folder to "
                             f"resume from; leave resume_from_checkpoint out to train from scratch.")
 
@@ -266,6 +302,8 @@ def configure_logging(training_args: TrainingArguments) -> None:
 
 def prepare_data(model_args: ModelArguments, data_args: DataArguments):
     """Step 1. -> tokenizer, train dataset, number of text rows, eval datasets by modality, image store."""
+    if model_args.model_name_or_path:
+        check_local_model(model_args.model_name_or_path)
     if data_args.uses_world:
         resolve_world(data_args)
     tokenizer = build_tokenizer(data_args, model_args)

@@ -286,3 +286,81 @@ def test_the_card_lists_every_babylm_task_with_its_own_metric():
     table = eval_table([run])
     assert "| entity tracking (fast) | entity_tracking_fast | yes | 9 | 30.00 | accuracy (mean over splits) |" in table
     assert "| reading (full) | reading_data.csv | yes | 1726 | 2.50 | eye-tracking R^2 gain, % |" in table
+
+
+def _weights_without(checkpoint, prefix: str) -> None:
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith(prefix)}, checkpoint / "model.safetensors",
+              metadata={"format": "pt"})
+
+
+def _one_layer_fewer_in_the_config(checkpoint) -> None:
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["n_layer"] -= 1
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: _weights_without(c, "transformer.h.1.attn.c_attn"),
+     r"the weights do not match its config.json \(missing: transformer.h.1.attn.c_attn.bias, "
+     r"transformer.h.1.attn.c_attn.weight\)"),
+    (_one_layer_fewer_in_the_config, r"the weights do not match its config.json \(unexpected: transformer.h.1.attn"),
+    (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:5000]),
+     r"model.safetensors is not a (valid|readable) .?safetensors file"),
+    (lambda c: (c / "tokenizer.json").unlink() or (c / "tokenizer_config.json").unlink(), r"has no tokenizer"),
+    (lambda c: (c / ".model-save-incomplete").write_text(""), r"is incomplete: the save of its model was cut off"),
+], ids=["missing_weights", "extra_layer", "truncated_weights", "no_tokenizer", "cut_off_save"])
+def test_card_push_and_update_code_refuse_a_model_folder_that_would_not_load_as_saved(checkpoint, damage, message):
+    from gatedgpt2.hub_cards.update_code import update_folder
+
+    damage(checkpoint)
+    card = (checkpoint / "README.md").read_bytes()
+    api = mock.create_autospec(HfApi, instance=True)
+    for publish in (lambda: push(checkpoint, "org/tiny", api=api), lambda: write_card(checkpoint, repo_id="org/tiny"),
+                    lambda: update_folder(checkpoint)):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            publish()
+    assert api.method_calls == [] and (checkpoint / "README.md").read_bytes() == card
+
+
+@pytest.mark.parametrize("stage", [False, True])
+def test_push_sends_no_code_that_auto_map_names_outside_the_folder(checkpoint, tmp_path, stage):
+    outside = _outside(checkpoint)
+    (outside / "stolen.py").write_text("SECRET = 1\n")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["auto_map"]["AutoModel"] = f"{outside}/stolen.GatedGPT2Model"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    api = mock.create_autospec(HfApi, instance=True)
+    with pytest.raises(ValueError, match=r"config.json: auto_map\['AutoModel'\] is '.*/stolen.GatedGPT2Model'; model "
+                                         r"code must be named as module.Class"):
+        push(checkpoint, "org/tiny", api=api, dry_run=True, stage=tmp_path / "stage" if stage else None)
+    assert api.method_calls == [] and not (tmp_path / "stage").exists()
+
+
+def test_the_card_never_writes_through_a_link_nor_publishes_the_local_folder(checkpoint, tmp_path):
+    target = _outside(checkpoint) / "victim.md"
+    target.write_text("precious")
+    (checkpoint / "README.md").unlink()
+    (checkpoint / "README.md").symlink_to(target)
+    with pytest.raises(ValueError, match=r"README.md is a symbolic link .*never through a link"):
+        write_card(checkpoint)
+    assert target.read_text() == "precious"
+
+    # a hard-linked README: the card replaces the name, the other file keeps its content; push refuses such a file
+    (checkpoint / "README.md").unlink()
+    os.link(target, checkpoint / "README.md")
+    write_card(checkpoint)
+    assert target.read_text() == "precious"
+    card = (checkpoint / "README.md").read_text()
+    assert str(checkpoint) not in card and 'from_pretrained("your-name/model"' in card
+    os.link(target, checkpoint / "special_tokens_map.json")
+    api = mock.create_autospec(HfApi, instance=True)
+    with pytest.raises(ValueError, match=r"special_tokens_map.json is hard-linked \(2 names for one file\)"):
+        push(checkpoint, "org/tiny", api=api)
+    (checkpoint / "special_tokens_map.json").unlink()
+
+    # a card that names the local folder (written by hand, or by an older version) is not published
+    (checkpoint / "README.md").write_text(f'model = from_pretrained("{checkpoint}")\n')
+    with pytest.raises(ValueError, match=r"README.md names the local folder .*--repo org/tiny"):
+        push(checkpoint, "org/tiny", api=api)
+    assert api.method_calls == []

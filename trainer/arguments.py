@@ -147,12 +147,18 @@ class DataArguments:
     revision_words: str | None = field(default=None, metadata={
         "help": "Save words-seen revisions: 'babylm' (chck_1M ... chck_1000M) or a list like '50K,100K'."})
     report: bool = field(default=True, metadata={"help": "Write report.json and PNGs into output_dir/report."})
+    resume_with_changes: bool = field(default=False, metadata={
+        "help": "Resume a checkpoint even if the model, tokenizer, data, batching or seeds now differ from the run "
+                "that saved it (else each difference is an error naming it)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Train into an output_dir that holds an earlier run, replacing it (else that is an error, unless "
                 "resuming it with resume_from_checkpoint)."})
 
     def __post_init__(self):
         ImageKind.parse(self.image_tokens, "image_tokens")  # a YAML value skips argparse's choices
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2 (a token and the next one it predicts), got "
+                             f"{self.block_size}")
         if self.image_pairing not in ("matched", "shuffled"):
             raise ValueError(f"image_pairing must be 'matched' or 'shuffled', got {self.image_pairing!r}")
         if self.eval_world and self.world_design == "factorial":
@@ -204,4 +210,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if unknown:
         raise ValueError(f"{config_path}: unknown keys {unknown}")
     parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(training_args, name)}")
+    return model_args, data_args, training_args

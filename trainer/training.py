@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import errno
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +29,7 @@ from modeling_gatedgpt import gate_per_token
 
 from .curriculum import CurriculumBatchSampler
 from .lora import ImageKeyMasking
+from .run_definition import RUN_DEFINITION
 from .sharding import any_process_has_images, with_placeholder_images
 
 logger = logging.getLogger(__name__)
@@ -87,7 +90,8 @@ class WordsSeenRevisionsCallback(TrainerCallback):
             if before < threshold <= words:
                 final = os.path.join(args.output_dir, "revisions", revision_name(threshold))
                 staged = partial_path(final)
-                self.trainer.save_model(staged)
+                with disk_full_explained(f"revision {revision_name(threshold)}", staged):
+                    self.trainer.save_model(staged)
                 self.trainer.accelerator.wait_for_everyone()
                 if args.should_save:
                     move_into_place(staged, final)
@@ -193,6 +197,23 @@ def remove_unfinished_saves(output_dir: str | os.PathLike) -> None:
                 replaced.rename(final)
 
 
+@contextmanager
+def disk_full_explained(what: str, staged: str):
+    """A save that runs out of disk space deletes its partial folder and says so, naming what and where."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        shutil.rmtree(staged, ignore_errors=True)
+        parent = os.path.dirname(os.path.abspath(staged))
+        free = shutil.disk_usage(parent).free / 2**20
+        raise OSError(error.errno, f"{what} could not be saved: no space left on the device of {parent} "
+                                   f"({free:.0f} MiB free; {error}). The partial save was deleted; free space and "
+                                   f"resume the run (--resume_from_checkpoint true), which starts from its newest "
+                                   f"finished checkpoint.") from None
+
+
 class GatedGPT2Trainer(Trainer):
     """`Trainer` with the curriculum's batch sampler and the paper's training metrics.
 
@@ -208,6 +229,7 @@ class GatedGPT2Trainer(Trainer):
         self.curriculum = curriculum
         self.image_key_masking = image_key_masking
         self.curriculum_sampler: CurriculumBatchSampler | None = None
+        self.run_definition: dict | None = None  # saved in every checkpoint (trainer/run_definition.py)
         self._metric_sums = self._zero_metrics()
         self._checkpoint_staging: str | None = None
         self.add_callback(RunTotals())
@@ -257,6 +279,14 @@ class GatedGPT2Trainer(Trainer):
         )
         return self.accelerator.prepare(loader)
 
+    def _run_epoch(self, *args, **kwargs):
+        # A run resumed from its checkpoint at max_steps (how a cut-off final save is recovered) is done: the Trainer
+        # would take one more step before it checks.
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     # ------------------------------------------------------------------------------------------------ saving
 
     def _get_output_dir(self, trial) -> str:
@@ -274,11 +304,14 @@ class GatedGPT2Trainer(Trainer):
             shutil.rmtree(self._checkpoint_staging)  # left by a kill at this step in an earlier session
         self.accelerator.wait_for_everyone()
         try:
-            super()._save_checkpoint(model, trial)
+            with disk_full_explained(name, self._checkpoint_staging):
+                super()._save_checkpoint(model, trial)
         finally:
             staged, self._checkpoint_staging = os.path.join(self._checkpoint_staging, name), None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            if self.run_definition is not None:
+                Path(staged, RUN_DEFINITION).write_text(json.dumps(self.run_definition, indent=1, sort_keys=True))
             if self.state.best_model_checkpoint == staged:  # the Trainer recorded where it wrote
                 self.state.best_model_checkpoint = final
                 self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
@@ -295,7 +328,8 @@ class GatedGPT2Trainer(Trainer):
         if self.args.should_save and os.path.lexists(staged):
             shutil.rmtree(staged)
         self.accelerator.wait_for_everyone()
-        self.save_model(staged)
+        with disk_full_explained("the final model", staged):
+            self.save_model(staged)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             install_model(staged, self.args.output_dir)
