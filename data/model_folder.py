@@ -28,11 +28,11 @@ SAVED_FILES = ("config.json", "generation_config.json", "adapter_config.json", "
                "training_args.json", "README.md")
 
 
-def check_model_folder(folder: str | os.PathLike, load_weights: bool = False) -> Path:
+def check_model_folder(folder: str | os.PathLike, load_weights: bool = False, tokenizer: bool = True) -> Path:
     """`folder`, if it holds a complete model with its tokenizer and readable weights (see the module docstring);
     otherwise an error naming the folder, the file and what is wrong. `load_weights`: also load a GatedGPT2's weights
     to check that they match its config (`check_weights_match_config`); a caller that loads the model anyway checks
-    its `check_loading_info` instead."""
+    its `check_loading_info` instead. `tokenizer`: False for a LoRA adapter's base model (the adapter brings it)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a model folder: no such directory")
@@ -45,7 +45,7 @@ def check_model_folder(folder: str | os.PathLike, load_weights: bool = False) ->
         raise FileNotFoundError(f"{folder} has no config.json (nor adapter_config.json): not a saved model")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise FileNotFoundError(f"{folder} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"{folder} has no tokenizer (expected {' and '.join(TOKENIZER_FILES)}): a model "
                                 f"folder carries the tokenizer it was trained with")
     check_weights_readable(folder)
@@ -55,12 +55,12 @@ def check_model_folder(folder: str | os.PathLike, load_weights: bool = False) ->
     return folder
 
 
-def check_local_model(model: str) -> None:
+def check_local_model(model: str, tokenizer: bool = True) -> None:
     """A model given as a folder must be a complete one (`check_model_folder`); a name that is a path but names no
     folder is an error, not a Hub lookup. Anything else is a Hub id, for transformers to resolve."""
     hub_id = not model.startswith(("/", ".", "~")) and model.count("/") <= 1  # "name" or "org/name"
     if Path(model).exists() or not hub_id:
-        check_model_folder(Path(model).expanduser())
+        check_model_folder(Path(model).expanduser(), tokenizer=tokenizer)
 
 
 def _read_json_object(path: Path) -> dict:

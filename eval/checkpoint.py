@@ -39,7 +39,7 @@ def load_checkpoint(model: str, revision: str | None = None, device: str | None 
 
         # not AutoPeftModelForCausalLM: it resizes the base's embeddings to the tokenizer's length
         base = PeftConfig.from_pretrained(model, revision=revision).base_model_name_or_path
-        check_local_model(base)
+        check_local_model(base, tokenizer=False)  # the adapter's folder holds the tokenizer
     tokenizer_code = bool(trust_remote_code)  # this package's tokenizers need no code: a fast tokenizer's files
     if trust_remote_code is None:
         config, _ = PreTrainedConfig.get_config_dict(base or model, revision=None if base else revision)

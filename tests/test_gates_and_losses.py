@@ -105,8 +105,15 @@ def test_labels_use_minus_100_and_keep_token_zero(batch):
     assert torch.allclose(loss, shifted)
 
 
-def test_contrastive_loss_is_absent_without_any_image_row(batch):
-    model = tiny_model(contrastive="clip")
+@pytest.mark.parametrize("contrastive", ["clip", "lcg"])
+def test_contrastive_loss_is_zero_and_reaches_its_head_without_any_image_row(batch, contrastive):
+    """A sharded run's placeholder images (image_mask all False) must run the head like any other batch: an exact 0
+    that gives every head parameter a zero gradient (not none), so that every process reduces the same gradients."""
+    model = tiny_model(contrastive=contrastive)
     ids = batch["input_ids"]
     out = model(ids, image_embeds=batch["image_global"], image_mask=torch.zeros(3, dtype=torch.bool), labels=ids)
-    assert out.contrastive_loss is None and torch.equal(out.loss, out.lm_loss)
+    assert out.contrastive_loss == 0 and torch.equal(out.loss, out.lm_loss)
+    out.loss.backward()
+    head = model.transformer.contrastive_head
+    assert all(p.grad is not None and not p.grad.any() for p in head.parameters())
+    assert out.loss.isfinite() and all(p.grad is None or p.grad.isfinite().all() for p in model.parameters())

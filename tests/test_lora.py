@@ -18,8 +18,9 @@ from tests.conftest import tiny_model, tiny_train_args
 
 @pytest.fixture
 def adapted(tmp_path, batch):
-    """A tiny base saved to disk and a LoRA model on it whose adapter is not the identity."""
-    base = tiny_model()
+    """A tiny base saved to disk and a LoRA model on it whose adapter is not the identity (its vocabulary holds a
+    byte-level tokenizer's 256 bytes and special tokens)."""
+    base = tiny_model(vocab_size=270)
     base.save_pretrained(tmp_path / "base")
     model = lora_model(base, rank=4, alpha=8)
     torch.manual_seed(3)

@@ -335,6 +335,16 @@ class GatedGPT2Trainer(Trainer):
             install_model(staged, self.args.output_dir)
         self.accelerator.wait_for_everyone()
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # With FSDP's SHARDED_STATE_DICT (configs/accelerate/fsdp.yaml) the Trainer saves no model at all; a model
+        # folder (the final model, a revision) gets the full weights, gathered from every process. Checkpoints keep
+        # the Trainer's sharded save (an internal call).
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and not _internal_call and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            self._save(output_dir or self.args.output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+            return
+        super().save_model(output_dir, _internal_call)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """As the Trainer saves, but the training arguments go to JSON instead of a pickled `training_args.bin`, so
         the model folders (the output folder, `revisions/chck_*`) hold no pickle. The Trainer's resumable state in
