@@ -362,12 +362,16 @@ class GatedGPT2Trainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------ loss
 
+    def shards_parameters(self) -> bool:
+        """Whether the parameters are sharded across processes, so that the sharding rule applies."""
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """LM loss (normalised by the tokens of the whole accumulated, all-process batch when the Trainer gives
         `num_items_in_batch`) plus the auxiliary loss as a mean over micro-batches and processes."""
         inputs = {**inputs, "output_gates": model.training}
         images = getattr(self.data_collator, "images", None)
-        if images is not None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+        if images is not None and self.shards_parameters():
             inputs = with_placeholder_images(inputs, images.row_shape, any_process_has_images(inputs))
         if num_items_in_batch is not None:
             inputs["num_items_in_batch"] = num_items_in_batch
