@@ -46,7 +46,7 @@ def check_model_folder(folder: str | os.PathLike, load_weights: bool = False, to
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise FileNotFoundError(f"{folder} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
     if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{folder} has no tokenizer (expected {' and '.join(TOKENIZER_FILES)}): a model "
+        raise FileNotFoundError(f"{folder} has no tokenizer (expected {' or '.join(TOKENIZER_FILES)}): a model "
                                 f"folder carries the tokenizer it was trained with")
     check_weights_readable(folder)
     config = _read_json_object(folder / config_name)

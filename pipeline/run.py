@@ -32,8 +32,8 @@ from gatedgpt2.hub_cards.push import push_with_revisions
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
 from gatedgpt2.trainer.curriculum import CurriculumBatchSampler
 from gatedgpt2.trainer.launch import check_process_count, end_with_launcher
-from gatedgpt2.trainer.run_definition import check_resumed_run, run_definition
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
+from gatedgpt2.trainer.run_definition import check_resumed_run, run_definition
 from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer, remove_unfinished_saves
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, ImageKind
 

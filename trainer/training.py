@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
-import errno
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
