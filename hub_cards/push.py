@@ -7,11 +7,13 @@ What is sent is an allow-list of what a checkpoint is, by name, each file checke
   `tokenizer_config.json`, `special_tokens_map.json`, `processor_config.json`, `preprocessor_config.json` (each a
   JSON object), and `chat_template.jinja`;
 - the model code: the `.py` files the `auto_map` entries of those configs name, and what they import (`from .x
-  import y`), as transformers follows them; no other Python file;
+  import y`), as transformers follows them; no other Python file (an entry that is not a plain module of the folder,
+  such as a path, is refused);
 - `README.md` (the card) and `figures/*.png` (each a PNG image, read with Pillow).
 Everything else (checkpoints with their pickled optimizer state, revisions, reports, caches) stays home. A symbolic
-link, or anything that is not a regular file, among these is refused, never followed; so is a folder that holds
-pickled weights (`*.bin`, `*.pt`, ... in any letter case), whose user may believe them published."""
+link, a hard-linked file, or anything that is not a regular file, among these is refused, never followed; so is a
+folder that holds pickled weights (`*.bin`, `*.pt`, ... in any letter case), whose user may believe them published,
+a folder that would not load as saved (`check_model_folder`), and a card that names the local folder."""
 
 from __future__ import annotations
 
