@@ -178,6 +178,13 @@ class GatedGPT2Attention(nn.Module):
         return attn_output, attn_weights
 
 
+def activation(name: str) -> nn.Module:
+    """transformers' activation of that name; `gelu_new` (GPT-2's tanh approximation, which transformers composes
+    of pow, tanh, mul and add) as torch's one-kernel `gelu(approximate="tanh")`: the same function, 5e-7 apart in
+    fp32."""
+    return nn.GELU(approximate="tanh") if name == "gelu_new" else ACT2FN[name]
+
+
 class GatedGPT2MLP(nn.Module):
     """GPT-2's feed-forward layer. With `dropout_placement="paper_code"` its hidden activation is dropped too, and the
     output `output_dropouts` times (the paper's decoder drops it twice: in its FFN and again on the residual)."""
@@ -187,7 +194,7 @@ class GatedGPT2MLP(nn.Module):
         self.c_fc = Conv1D(intermediate_size, config.hidden_size)
         self.c_proj = Conv1D(config.hidden_size, intermediate_size)
         self.c_proj.init_role = "mlp_output"
-        self.act = ACT2FN[config.activation_function]
+        self.act = activation(config.activation_function)
         paper = config.dropout_placement == "paper_code"
         self.act_dropout = nn.Dropout(config.resid_pdrop) if paper else nn.Identity()
         repeats = output_dropouts if paper else 1

@@ -119,3 +119,21 @@ def test_to_gpt2_is_the_text_stream_and_from_gpt2_takes_it_back(overrides, batch
     for name, tensor in regrown.state_dict().items():
         if name in gpt2.state_dict() and not name.endswith(".attn.bias"):
             assert torch.equal(ours[name], tensor), name
+
+
+def test_gelu_new_is_one_fused_kernel_computing_gpt2s_activation():
+    """GPT-2's `gelu_new` runs as torch's tanh GELU (one kernel instead of transformers' five); values and gradients
+    are GPT-2's to float32 rounding. The paper_code preset's exact GELU is untouched."""
+    from transformers.activations import ACT2FN
+
+    from modeling_gatedgpt.layers import activation
+
+    model = tiny_model()
+    assert {type(m.act) for m in model.modules() if hasattr(m, "act")} == {torch.nn.GELU}
+    assert all(m.act.approximate == "tanh" for m in model.modules() if hasattr(m, "act"))
+    x = (torch.randn(200_000) * 4).requires_grad_()
+    ours, reference = activation("gelu_new")(x), ACT2FN["gelu_new"](x)
+    torch.testing.assert_close(ours, reference, atol=2e-6, rtol=0)
+    (grad_ours,), (grad_reference,) = (torch.autograd.grad(y.sum(), x) for y in (ours, reference))
+    torch.testing.assert_close(grad_ours, grad_reference, atol=5e-6, rtol=0)
+    assert type(activation("gelu")) is type(ACT2FN["gelu"])
