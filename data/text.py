@@ -198,7 +198,7 @@ def remove_abandoned_builds(cache_dir: Path) -> None:
     """Delete the folders of cache builds whose process is gone (killed mid-build): `<entry>.<pid>.tmp`,
     `.scratch` and `.leftover` of this machine's processes. A build of a live process is left alone."""
     for folder in cache_dir.glob("*.*.*"):
-        entry, pid, suffix = folder.name.rsplit(".", 2) if folder.name.count(".") >= 2 else (None, None, None)
+        _, pid, suffix = folder.name.rsplit(".", 2)
         if suffix not in ("tmp", "scratch", "leftover") or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
