@@ -1,11 +1,23 @@
 """Token-wise gates that decide, per position (and per feature), how much of the text stream to keep.
 
-A gate maps the concatenation [h; c] of the normalised text state h and the cross-attention output c to g in [0, 1]:
+A gate maps the concatenation [h; c] of the normalised text state h (B, T, D) and the cross-attention output c
+(B, T, D, or B, 1, D when it is the same at every position) to g in [0, 1]:
 g = 1 keeps the text, g = 0 takes the image. Per-feature gates return (B, T, D), per-token gates (B, T, 1).
 """
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+
+def gate_logits(proj: nn.Module, text: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """proj([h; c]). A cross-attention output that is the same at every position of a row, (B, 1, D) (one image
+    token), has its half of the product computed once per row: W [h; c] = W_h h + W_c c. A projection that is not a
+    plain `nn.Linear` (a LoRA adapter, a quantised layer) is called on the concatenation, as always."""
+    if cross.shape[-2] == text.shape[-2] or type(proj) is not nn.Linear:
+        return proj(torch.cat([text, cross.expand_as(text)], dim=-1))
+    text_weight, image_weight = proj.weight.split(text.shape[-1], dim=1)
+    return F.linear(text, text_weight, proj.bias) + F.linear(cross, image_weight)
 
 
 class SoftGate(nn.Module):
@@ -17,7 +29,7 @@ class SoftGate(nn.Module):
         self.proj = nn.Linear(2 * config.hidden_size, width)
 
     def forward(self, text: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.proj(torch.cat([text, cross], dim=-1)))
+        return torch.sigmoid(gate_logits(self.proj, text, cross))
 
 
 class HardGate(nn.Module):
@@ -36,7 +48,7 @@ class HardGate(nn.Module):
         self.register_buffer("temperature", torch.tensor(float(config.gate_temperature_start)))
 
     def forward(self, text: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(torch.cat([text, cross], dim=-1)).unflatten(-1, (self.width, 2))
+        logits = gate_logits(self.proj, text, cross).unflatten(-1, (self.width, 2))
         if self.training:
             sample = nn.functional.gumbel_softmax(logits, tau=self.temperature, hard=self.straight_through, dim=-1)
             return sample[..., 0]

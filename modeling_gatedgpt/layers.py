@@ -15,20 +15,23 @@ from transformers.pytorch_utils import Conv1D
 from .compat import cross_attention_cache_entry
 
 
-def causal_mask(attention_mask, batch_size, query_length, past_length, device, sdpa):
+def causal_mask(attention_mask, batch_size, query_length, past_length, device, sdpa, check_values=True):
     """The self-attention mask (B, 1, T, past + T), True where a query may attend: its own and earlier positions
     that `attention_mask` (B, past + T; 1 = token, 0 = padding) keeps. None where there is nothing to mask (one query,
     no padding) or where SDPA's own causal kernel is the mask (no padding, no past). A padding query that could
     attend to nothing attends to every position instead, as in transformers' GPT-2: its output is ignored, and no
     softmax row is empty. A 4D boolean mask (B, 1, T, past + T) is the mask itself, as given (a tree of sequences
-    sharing prefixes, say, each token attending to its ancestors; positions then come as `position_ids`)."""
+    sharing prefixes, say, each token attending to its ancestors; positions then come as `position_ids`).
+
+    Whether a 2D mask pads anything is read from its values, to take the mask-free kernels, in eager use only: under
+    `torch.compile` the mask is always built (the same attention, with no data-dependent branch in the graph)."""
     key_length = past_length + query_length
     if attention_mask is not None and attention_mask.dim() == 4:
         expected = (batch_size, 1, query_length, key_length)
         if tuple(attention_mask.shape) != expected or attention_mask.dtype != torch.bool:
             raise ValueError(f"A 4D `attention_mask` must be boolean of shape (batch, 1, new, cached + new) = "
                              f"{expected}, got {attention_mask.dtype} {tuple(attention_mask.shape)}.")
-        if not bool(attention_mask.any(-1).all()):
+        if check_values and not bool(attention_mask.any(-1).all()):
             raise ValueError("A 4D `attention_mask` must let every query attend to at least one key.")
         return attention_mask.to(device)
     if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, key_length):
@@ -36,7 +39,7 @@ def causal_mask(attention_mask, batch_size, query_length, past_length, device, s
             f"`attention_mask` must have shape (batch, cached + new) = ({batch_size}, {key_length}) with 1 for tokens "
             f"and 0 for padding, got {tuple(attention_mask.shape)}."
         )
-    padded = attention_mask is not None and not bool(attention_mask.all())
+    padded = attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all()))
     if not padded and (query_length == 1 or (sdpa and past_length == 0)):
         return None
     queries = past_length + torch.arange(query_length, device=device)
@@ -50,8 +53,11 @@ def causal_mask(attention_mask, batch_size, query_length, past_length, device, s
 
 
 def bidirectional_mask(token_mask):
-    """The mask (B, 1, 1, N) over image tokens, True where a token is real; None when all are."""
-    return None if token_mask is None or bool(token_mask.all()) else token_mask[:, None, None, :]
+    """The mask (B, 1, 1, N) over image tokens, True where a token is real; None when all are (known in eager use
+    only: under `torch.compile` the mask is kept, which attends the same)."""
+    if token_mask is None or (not torch.compiler.is_compiling() and bool(token_mask.all())):
+        return None
+    return token_mask[:, None, None, :]
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -120,6 +126,30 @@ class GatedGPT2Attention(nn.Module):
             past_key_values.is_updated[self.layer_idx] = True
         return key, value
 
+    def _one_image_token(self, seq_len: int, key_value_states: torch.Tensor | None, past_key_values) -> torch.Tensor:
+        """Cross-attention over a single image token per row, as the general path computes it but without queries: softmax
+        over one key is exactly 1, so each position's output is c_proj(v) of its row's token, (B, 1, D), computed
+        once per row and broadcast over positions; images given per position (B, T, 1, D) give (B, T, D). Dropout
+        draws what `forward` draws, in the same order and shape (attention dropout on the weight 1 of each head and
+        position, then residual dropout), so while either is active the output is per position, (B, T, D)."""
+        per_position_images = key_value_states is not None and key_value_states.dim() == 4
+        if per_position_images:
+            batch_size = key_value_states.shape[0]
+            value = self.c_attn(key_value_states.flatten(0, 1))[..., self.embed_dim:]  # (B*T, 1, D), as in forward
+            value = self._split_heads(value)  # (B*T, H, 1, hd)
+        else:
+            _, value = self._cross_key_values(key_value_states, past_key_values, None)  # (B, H, 1, hd)
+            batch_size = value.shape[0]
+        if self.training and self.attn_dropout.p > 0:
+            weights = value.new_ones(*value.shape[:2], 1 if per_position_images else seq_len, 1)
+            weights = nn.functional.dropout(weights, p=self.attn_dropout.p, training=True)  # as eager attention's
+            value = weights * value  # (B*T, H, 1, hd) or (B, H, T, hd)
+        output = value.transpose(1, 2).reshape(batch_size, -1, self.embed_dim)
+        output = self.c_proj(output)
+        if self.training and self.resid_dropout.p > 0:
+            output = self.resid_dropout(output.expand(-1, seq_len, -1))
+        return output
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -127,10 +157,16 @@ class GatedGPT2Attention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
         knocked_values: torch.Tensor | None = None,
+        one_image_token: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`knocked_values` (B, N) bool: image tokens whose values are zeroed (a knockout; see interventions.py)."""
+        """`knocked_values` (B, N) bool: image tokens whose values are zeroed (a knockout; see interventions.py).
+        `one_image_token`: the caller knows each row reads a single image token, unmasked: the output is computed
+        without queries (see `_one_image_token`; (B, 1, D) where it is the same at every position) and no weights
+        are returned."""
         batch_size, seq_len = hidden_states.shape[:2]
+        if one_image_token:
+            return self._one_image_token(seq_len, key_value_states, past_key_values), None
         per_position_images = key_value_states is not None and key_value_states.dim() == 4
 
         if not self.is_cross_attention:

@@ -113,11 +113,13 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         image_attention_mask: torch.Tensor | None = None,
         image_rows: torch.Tensor | None = None,
         image_knockout: ImageKnockout | None = None,
+        output_cross_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Returns the new hidden states, the gate (None without one), and the self- and cross-attention weights
-        (None unless eager attention computed them). The caller passes `image_knockout` (this block's, set by
-        `interventions.knockout`) as an argument, so that gradient checkpointing recomputes with it."""
+        (None unless eager attention computed them; cross-attention weights only with `output_cross_attentions`).
+        The caller passes `image_knockout` (this block's, set by `interventions.knockout`) as an argument, so that
+        gradient checkpointing recomputes with it."""
         attn_output, attn_weights = self.attn(
             self.ln_1(hidden_states), past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
         )
@@ -127,14 +129,19 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         if self.has_cross_attention and image_rows is not None:
             hidden_states, gate, cross_weights = self.cross_attend(
                 hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values,
-                image_knockout,
+                image_knockout, output_cross_attentions,
             )
 
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
         return hidden_states, gate, attn_weights, cross_weights
 
     def cross_attend(self, hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values,
-                     image_knockout=None):
+                     image_knockout=None, output_cross_attentions=False):
+        """The gated cross-attention sub-layer. With one image token per row, cross-attention runs without queries
+        (its output and the gate's image half once per row where dropout allows; a one-key softmax is exactly 1, and
+        a row's one token is never masked: rows without an image keep theirs); attention weights and knockouts take
+        the general path, which computes the same values."""
+        one_token = image_states.shape[-2] == 1 and image_knockout is None and not output_cross_attentions
         knocked_values = None
         if image_knockout is not None:
             image_rows, image_attention_mask, knocked_values = image_knockout.apply(
@@ -150,7 +157,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             image_kv = self.modulation(image_states.unsqueeze(1), text.unsqueeze(2))
         cross, cross_weights = self.crossattention(
             query, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv,
-            knocked_values=knocked_values,
+            knocked_values=knocked_values, one_image_token=one_token,
         )
         if self.modulation is not None and self.modulation_target == "cross_attn":
             cross = self.modulation(cross, image_pooled if self.modulate_cross_by_image else text)
@@ -195,6 +202,9 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GatedGPT2Block"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
+    # Checks that read input values on the host: a device sync per forward on an accelerator. `set_input_value_checks`
+    # turns them off where the data are checked before they reach the model; `torch.compile` always skips them.
+    input_value_checks = True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -242,6 +252,18 @@ class GatedGPT2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    def set_input_value_checks(self, enabled: bool) -> None:
+        """Whether forward checks input values (NaN/Inf image embeddings, an `image_mask` that is not 0/1, image rows
+        whose tokens are all masked, labels with nothing to predict, positions past `n_positions`), each a host
+        read: a device sync per forward on an accelerator. On by default; the trainer turns them off, since its data
+        layer and collator check every batch on the CPU before it moves. `torch.compile` skips them always."""
+        for module in self.modules():
+            if isinstance(module, GatedGPT2PreTrainedModel):
+                module.input_value_checks = bool(enabled)
+
+    def _checks_input_values(self) -> bool:
+        return self.input_value_checks and not torch.compiler.is_compiling()
 
     def set_gate_temperature(self, tau: float) -> None:
         """Set the Gumbel temperature of every hard gate (the trainer anneals it with `config.gate_temperature_at`)."""
@@ -340,7 +362,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         if image_mask is not None:
             if tuple(image_mask.shape) != (batch_size,):
                 raise ValueError(f"`image_mask` must have shape ({batch_size},), got {tuple(image_mask.shape)}.")
-            if image_mask.dtype != torch.bool and not bool(((image_mask == 0) | (image_mask == 1)).all()):
+            if (image_mask.dtype != torch.bool and self._checks_input_values()
+                    and not bool(((image_mask == 0) | (image_mask == 1)).all())):
                 raise ValueError(f"`image_mask` must be boolean (or 0/1), got values {image_mask.tolist()}.")
             rows = image_mask.to(device=image_embeds.device, dtype=torch.bool)
         token_mask = None
@@ -351,20 +374,21 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                     f"`image_attention_mask` must have shape {expected}, got {tuple(image_attention_mask.shape)}."
                 )
             token_mask = image_attention_mask.to(device=image_embeds.device, dtype=torch.bool)
-            empty = (rows & ~token_mask.any(-1)).nonzero().flatten().tolist()
+            empty = (rows & ~token_mask.any(-1)).nonzero().flatten().tolist() if self._checks_input_values() else []
             if empty:
                 raise ValueError(f"`image_attention_mask` masks every image token of rows {empty}, which have an image.")
             # Rows without an image attend to (zeroed) tokens anyway, so that no softmax sees an all-masked row.
             token_mask = token_mask | ~rows[:, None]
         return image_embeds, rows, token_mask
 
-    @staticmethod
-    def _blank_and_check_values(image_embeds, rows, token_mask):
+    def _blank_and_check_values(self, image_embeds, rows, token_mask):
         """Zero padding tokens and the placeholders of rows without an image (zeros, NaN), so nothing leaks into
         gradients; the remaining values must be finite."""
         if token_mask is not None:
             image_embeds = image_embeds.masked_fill(~token_mask.unsqueeze(-1), 0.0)
         image_embeds = image_embeds.masked_fill(~rows[:, None, None], 0.0)
+        if not self._checks_input_values():
+            return image_embeds
         finite = torch.isfinite(image_embeds).flatten(1).all(-1)
         if not bool(finite.all()):
             bad = (~finite).nonzero().flatten().tolist()
@@ -467,13 +491,15 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                     f"Sequence length {past_length + seq_len} (cached {past_length} + new {seq_len}) exceeds "
                     f"n_positions={config.n_positions}; split or truncate the input explicitly."
                 )
-            position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device).unsqueeze(0)
-            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+            if attention_mask is not None and attention_mask.dim() == 2:
                 # Padding on the left shifts every token's position by the padding's length: count positions over
-                # the real tokens only, so that a sequence means the same left-padded, right-padded or alone.
+                # the real tokens only, so that a sequence means the same left-padded, right-padded or alone (for a
+                # mask without padding this is arange(past, past + new)).
                 counted = attention_mask.to(device=inputs_embeds.device, dtype=torch.long).cumsum(-1) - 1
                 position_ids = counted.clamp(min=0)[:, -seq_len:]
-        elif int(position_ids.max()) >= config.n_positions:
+            else:
+                position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device)[None]
+        elif self._checks_input_values() and int(position_ids.max()) >= config.n_positions:
             raise ValueError(f"`position_ids` reach {int(position_ids.max())} but n_positions={config.n_positions}.")
 
         image = self._prepare_images(
@@ -485,7 +511,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         if self.ln_embd is not None:
             hidden_states = self.ln_embd(hidden_states)
         self_mask = causal_mask(
-            attention_mask, batch_size, seq_len, past_length, inputs_embeds.device, config._attn_implementation == "sdpa"
+            attention_mask, batch_size, seq_len, past_length, inputs_embeds.device, config._attn_implementation == "sdpa",
+            check_values=self._checks_input_values(),
         )
 
         all_hidden_states, attentions, cross_attentions, gates = [], [], [], []
@@ -505,6 +532,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 image_attention_mask=image.cross_mask,
                 image_rows=image_rows,
                 image_knockout=block.image_knockout if block.has_cross_attention else None,
+                output_cross_attentions=output_attentions,
                 position_ids=position_ids,
                 **kwargs,
             )
@@ -605,7 +633,8 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
             _check_tensors(labels=labels)
             # a lone batch with nothing to predict has no mean loss (NaN); within gradient accumulation
             # (`num_items_in_batch`) it just adds nothing
-            if "num_items_in_batch" not in kwargs and not bool((labels[..., 1:] != -100).any()):
+            if ("num_items_in_batch" not in kwargs and self._checks_input_values()
+                    and not bool((labels[..., 1:] != -100).any())):
                 raise ValueError("`labels` leave nothing to predict: every label after the first position is -100.")
             lm_loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
             loss = self.total_loss(lm_loss, outputs.contrastive_loss)

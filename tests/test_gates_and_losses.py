@@ -52,7 +52,8 @@ def test_soft_gate_formula(batch):
     block.crossattention.register_forward_hook(lambda m, args, out: captured.update(text=args[0], cross=out[0]))
     with torch.no_grad():
         out = model(batch["input_ids"], image_embeds=batch["image_global"], output_gates=True)
-    expected = torch.sigmoid(block.gate.proj(torch.cat([captured["text"], captured["cross"]], -1)))
+    text, cross = captured["text"], captured["cross"]  # one image token: cross is (B, 1, D), the same at every position
+    expected = torch.sigmoid(block.gate.proj(torch.cat([text, cross.expand_as(text)], -1)))
     assert torch.allclose(out.gates[0], expected, atol=1e-6)
 
 

@@ -35,7 +35,9 @@ def lora_model(model, rank: int, alpha: float, dropout: float = 0.0, target_modu
 def quantization_config(bits: int):
     from transformers import BitsAndBytesConfig
 
-    keep = [r".*\.gate", "lm_head"]  # the gates are trained in full; the head is tied to the input embeddings
+    # the gates are trained in full; the head is tied to the input embeddings; the image encoder is small and reads
+    # raw image features, kept in full precision as QLoRA recipes keep a VLM's projector
+    keep = [r".*\.gate", "lm_head", r".*\.image_encoder"]
     if bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
                                   llm_int8_skip_modules=keep)

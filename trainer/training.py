@@ -23,6 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 
+from gatedgpt2.data.collator import GroundedCollator
 from gatedgpt2.data.model_folder import discard_cut_off_install, install_model
 from gatedgpt2.data.revisions import revision_name
 from modeling_gatedgpt import gate_per_token
@@ -232,6 +233,11 @@ class GatedGPT2Trainer(Trainer):
         self.run_definition: dict | None = None  # saved in every checkpoint (trainer/run_definition.py)
         self._metric_sums = self._zero_metrics()
         self._checkpoint_staging: str | None = None
+        if isinstance(self.data_collator, GroundedCollator):
+            # its data layer refuses NaN/Inf embeddings and blank text, and it builds boolean image masks on the
+            # CPU: the model need not read each batch's values back from the device again
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            base.set_input_value_checks(False)
         self.add_callback(RunTotals())
         self.add_callback(GateTemperatureCallback(self))
         self.add_callback(_CurriculumEpochCallback(self))
@@ -402,21 +408,22 @@ class GatedGPT2Trainer(Trainer):
         token_loss = F.cross_entropy(outputs.logits[:, :-1].detach().float().transpose(1, 2), labels,
                                      ignore_index=-100, reduction="none")
         real = labels != -100
+        # masks multiply rather than index, so that a step reads nothing back from the device
         image_rows = inputs.get("image_mask")
         if image_rows is None:
             image_rows = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
         for name, rows in (("text", ~image_rows), ("captions", image_rows)):
-            sums[f"loss_{name}"] += token_loss[rows].sum()
-            sums[f"loss_{name}/count"] += real[rows].sum()
+            counted = real & rows[:, None]
+            sums[f"loss_{name}"] += (token_loss * counted).sum()
+            sums[f"loss_{name}/count"] += counted.sum()
         if outputs.contrastive_loss is not None:
             has_images = image_rows.any()  # a sharded run's placeholder images give a loss of 0 that is not counted
             sums["contrastive_loss"] += outputs.contrastive_loss.detach() * has_images
             sums["contrastive_loss/count"] += has_images
-        if outputs.gates and image_rows.any():
-            mask = inputs["attention_mask"][image_rows].bool()
+        if outputs.gates:
+            mask = inputs["attention_mask"].bool() & image_rows[:, None]
             for layer, gate in zip(self.model.config.cross_attention_layer_indices, outputs.gates):
-                per_token = gate_per_token(gate[image_rows])
-                sums[f"gate_mean/layer_{layer}"] += per_token[mask].sum()
+                sums[f"gate_mean/layer_{layer}"] += (gate_per_token(gate) * mask).sum()
                 sums[f"gate_mean/layer_{layer}/count"] += mask.sum()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
