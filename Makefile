@@ -14,7 +14,7 @@ comma := ,
 # a local wheel folder (as on this project's machines), passed to uv for the CPU torch build
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
-.PHONY: install demo test lock canary clean
+.PHONY: install demo test bench-gpu lock canary clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The GPU benchmark (bench/gpu.py): paper size on one CUDA device, bf16, eager and compiled, ~5 minutes. On a machine
+# without the local wheel folder, TORCH's pin takes the CUDA build from the package index.
+bench-gpu: install
+	$(BIN)/python bench/gpu.py
 
 # The lock for this machine's Python (3.11, x86_64 Linux), resolved by uv from setup.cfg with every extra; torch is
 # resolved as the CPU build so that its dependencies are locked but no CUDA wheels are. LOCK_HOLD keeps a package

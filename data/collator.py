@@ -16,14 +16,23 @@ class GroundedCollator:
 
     Batches without any image row carry no image arguments at all (the model then runs text-only); mixed batches
     carry zeros for text rows and an `image_mask` saying which rows have an image.
+
+    It checks each batch once, on the host, for what the model would otherwise check on every forward (a device
+    sync each): a row longer than the model's `max_length` (its n_positions). A batch with nothing to predict is no
+    error under the Trainer, which divides by the tokens of all its accumulated batches.
+    Image rows come from an ImageStore, which checked its shards for NaN/Inf when it opened them.
     """
 
     pad_token_id: int
     images: ImageStore | None = None
+    max_length: int | None = None
     input_columns = ("input_ids", "image_index")
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         length = max(len(r["input_ids"]) for r in rows)
+        if self.max_length is not None and length > self.max_length:
+            raise ValueError(f"a batch row has {length} tokens, more than the model's n_positions "
+                             f"({self.max_length})")
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, r in enumerate(rows):

@@ -350,7 +350,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
         args=training_args,
         train_dataset=train,
         eval_dataset=evals or None,
-        data_collator=GroundedCollator(tokenizer.pad_token_id, images),
+        data_collator=GroundedCollator(tokenizer.pad_token_id, images, max_length=model.config.n_positions),
         processing_class=tokenizer,
         curriculum=Curriculum(data_args.curriculum, num_text, data_args.mix_ratio),
         revision_words=parse_revision_words(data_args.revision_words),

@@ -2,12 +2,14 @@
 What the benchmarks time is tested elsewhere (batched vs naive scoring, cached vs uncached generation); here only that
 the scripts work and report what their tables show. No timing is asserted."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import tiny_model
 
@@ -26,7 +28,7 @@ def test_train_step_compares_every_variant_with_the_peer(tmp_path):
                        "1", "--warmup", "0", "--no-memory")
     rows = result["rows"]
     assert [r["model"] for r in rows] == ["peer", "soft-feature", "soft-feature, linear encoder", "soft-token",
-                                          "hard-feature", "none"]
+                                          "hard-feature", "film", "none"]
     peer = rows[0]
     assert peer["ratio_to_peer"] == peer["flops_ratio_to_peer"] == 1.0
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["params"] > 0 for r in rows)
@@ -105,3 +107,34 @@ def test_data_reports_text_rates_and_embedding_memory_per_loader(tmp_path):
     embeddings = result["embeddings"]
     assert [(r["image_tokens"], r["mode"]) for r in embeddings] == [(2, "mmap"), (2, "np.load")]
     assert all(r["rows"] == 50 and r["rows_read"] == 8 and r["rows_per_s"] > 0 for r in embeddings)
+
+
+@pytest.mark.skipif(not EVAL_DATA.is_dir(), reason="../shared/data/babylm is not beside the repository")
+def test_the_gpu_benchmark_runs_its_plumbing_on_cpu_and_writes_its_table(tmp_path):
+    """`bench/gpu.py --tiny`: every benchmark at tiny size on CPU under bf16 autocast, the training step eager and
+    compiled (aot_eager), each ours against the peer; the JSON files and the summary table it writes."""
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--out-dir", str(tmp_path)], cwd=ROOT,
+                   check=True, capture_output=True, text=True)
+    names = {"train_step", "train_step-compiled", "generate", "eval_scoring"}
+    assert {p.name for p in tmp_path.iterdir()} == {f"gpu-{n}.json" for n in names} | {"gpu-summary.md"}
+    for name in names:
+        result = json.loads((tmp_path / f"gpu-{name}.json").read_text())
+        assert result["dtype"] == "bf16-autocast" and result["device"] == "cpu" and len(result["load_before"]) == 3
+    compiled = json.loads((tmp_path / "gpu-train_step-compiled.json").read_text())
+    assert compiled["compile"] == "aot_eager" and [r["model"] for r in compiled["rows"]] == ["peer", "soft-feature"]
+    assert all(r["compile_s"] is not None and r["tokens_per_s"] > 0 for r in compiled["rows"])
+    summary = (tmp_path / "gpu-summary.md").read_text()
+    assert "| train_step-compiled | tiny, 1 image token(s), soft-feature |" in summary
+
+
+def test_one_thread_mode_times_process_cpu_time_and_writes_cpu_files_apart_from_gpu_ones(tmp_path):
+    result = run_bench("train_step.py", tmp_path / "t.json", "--sizes", "tiny", "--image-tokens", "1", "--steps",
+                       "1", "--warmup", "0", "--no-memory", "--one-thread", "--models", "none", "--dtype", "bf16")
+    assert result["clock"] == "process CPU time, 1 thread" and result["machine"].endswith(", 1 thread")
+    assert result["dtype"] == "bf16" and [r["model"] for r in result["rows"]] == ["peer", "none"]
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
+    common = sys.modules["bench_common"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+    spec.loader.exec_module(common)
+    setup = common.Setup(torch.device("cuda"), "bf16-autocast", compile=False, one_thread=False)
+    assert setup.out_path("generate", None) == ROOT / "bench" / "results" / "gpu-generate.json"
+    assert setup.out_path("generate", "x.json") == Path("x.json")

@@ -219,6 +219,13 @@ def test_collator_pads_with_ignored_labels_and_routes_images_per_row(tmp_path):
     assert set(text_only) == {"input_ids", "attention_mask", "labels"}
 
 
+def test_the_collator_refuses_a_row_longer_than_the_models_positions():
+    collate = GroundedCollator(pad_token_id=0, max_length=4)
+    assert collate([{"input_ids": [1, 2, 3, 4]}])["input_ids"].shape == (1, 4)
+    with pytest.raises(ValueError, match=r"a batch row has 5 tokens, more than the model's n_positions \(4\)"):
+        collate([{"input_ids": [1, 2]}, {"input_ids": [1, 2, 3, 4, 5]}])
+
+
 
 def test_the_gpt2_vocabulary_is_gpt2s_with_the_papers_special_tokens(gpt2_vocabulary_installed, tmp_path):
     from gatedgpt2.data import gpt2_tokenizer, load_tokenizer

@@ -178,6 +178,24 @@ def test_train_py_sets_the_initialisation_and_dropout_placement(tiny_world, tmp_
     assert (config.initialization, config.dropout_placement) == ("gpt2", "paper_code")
 
 
+def test_train_py_with_torch_compile_trains_as_eager_does(tiny_world, tmp_path):
+    """`--torch_compile true` (the HF Trainer's flag) on CPU, mixed batches: the model is compiled without a graph
+    break (aot_eager here; the inductor backend compiles for a minute per graph on this machine) and logs the eager
+    run's losses."""
+    from torch._dynamo.utils import counters
+
+    losses = {}
+    for name, extra in {"eager": [], "compiled": ["--torch_compile", "true", "--torch_compile_backend", "aot_eager"]}.items():
+        torch._dynamo.reset()
+        counters.clear()
+        train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path / name, "--curriculum", "mixed_uniform",
+                                                "--max_steps", "3", *extra)])
+        losses[name] = [h["loss"] for h in log_history(tmp_path / name / "run") if "loss" in h]
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
+    assert len(losses["compiled"]) == 3
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+
+
 def test_a_fractional_gate_temperature_steps_is_that_share_of_the_runs_batches_with_images(tiny_world, tmp_path):
     """0.8 (the paper's share) of the 3 caption batches of a 5-step alternating run with 2 text batches: 3."""
     train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--variant", "gate_hard_per_feature",
