@@ -7,6 +7,11 @@ Each decoder layer is GPT-2's (same parameter names, so GPT-2 weights load uncha
     x = x + LN(g*h + (1-g)*c)   (fusion="paper")   or   x = x + (1-g)*c   (fusion="residual")   or   x = x + c (gate="none")
 
 Rows without an image (`image_mask` false) skip that sub-layer and get exactly the text-only computation.
+
+With one image token per row (the paper's global DINOv2 vector) softmax over a single key is 1, so c = c_proj(v(image))
+is one vector per row: it is computed once and broadcast, with no query projection, and the gate's image half W_c c
+once per row too (`GatedGPT2Attention._one_image_token`, `gating.gate_logits`). Attention weights, knockout and
+activation patching take the general path, which gives the same values.
 """
 
 import math

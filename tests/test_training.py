@@ -196,6 +196,19 @@ def test_train_py_with_torch_compile_trains_as_eager_does(tiny_world, tmp_path):
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
 
 
+def test_train_py_with_bf16_autocast_trains_near_the_fp32_run(tiny_world, tmp_path):
+    """`--bf16 true` on CPU: the Trainer's autocast with fp32 master weights, mixed batches; bf16 rounding moves the
+    losses by well under 5% (the model-level test checks that every large matmul runs in bf16)."""
+    losses = {}
+    for name, extra in {"fp32": [], "bf16": ["--bf16", "true"]}.items():
+        train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path / name, "--curriculum", "mixed_uniform",
+                                                "--max_steps", "3", *extra)])
+        losses[name] = [h["loss"] for h in log_history(tmp_path / name / "run") if "loss" in h]
+    assert len(losses["bf16"]) == 3 and losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+    assert {t.dtype for t in weights(tmp_path / "bf16" / "run").values()} == {torch.float32}  # the master weights
+
+
 def test_a_fractional_gate_temperature_steps_is_that_share_of_the_runs_batches_with_images(tiny_world, tmp_path):
     """0.8 (the paper's share) of the 3 caption batches of a 5-step alternating run with 2 text batches: 3."""
     train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--variant", "gate_hard_per_feature",
