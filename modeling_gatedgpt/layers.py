@@ -143,28 +143,12 @@ class GatedGPT2Attention(nn.Module):
         if self.training and self.attn_dropout.p > 0:
             weights = value.new_ones(*value.shape[:2], 1 if per_position_images else seq_len, 1)
             weights = nn.functional.dropout(weights, p=self.attn_dropout.p, training=True)  # as eager attention's
-            if not per_position_images and self._plain_output_projection():
-                output = self._project_dropped_heads(weights.squeeze(-1), value.squeeze(2))
-            else:
-                value = weights * value  # (B*T, H, 1, hd) or (B, H, T, hd)
-                output = self.c_proj(value.transpose(1, 2).reshape(batch_size, -1, self.embed_dim))
-        else:
-            output = self.c_proj(value.transpose(1, 2).reshape(batch_size, -1, self.embed_dim))
+            value = weights * value  # (B*T, H, 1, hd) or (B, H, T, hd)
+        output = value.transpose(1, 2).reshape(batch_size, -1, self.embed_dim)
+        output = self.c_proj(output)
         if self.training and self.resid_dropout.p > 0:
             output = self.resid_dropout(output.expand(-1, seq_len, -1))
         return output
-
-    def _plain_output_projection(self) -> bool:
-        """Whether c_proj is GPT-2's own Conv1D with no hook on it, so that its weight may be applied directly."""
-        return type(self.c_proj) is Conv1D and not (self.c_proj._forward_hooks or self.c_proj._forward_pre_hooks)
-
-    def _project_dropped_heads(self, keep: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """c_proj of the heads' values under attention dropout, (B, T, D), without a (T, D) x (D, D) product per
-        position: c_proj is linear, so c_proj(concat_h keep[t, h] v_h) = sum_h keep[t, h] (W_h v_h) + b, with W_h the
-        rows of c_proj's weight that read head h. keep (B, H, T): 0 or 1/(1-p); value (B, H, hd)."""
-        per_head = self.c_proj.weight.view(self.num_heads, self.head_dim, self.embed_dim)
-        projected = torch.einsum("bhk,hkd->bhd", value, per_head)  # (B, H, D), once per row
-        return torch.baddbmm(self.c_proj.bias, keep.transpose(1, 2), projected)
 
     def forward(
         self,

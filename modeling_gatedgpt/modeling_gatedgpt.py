@@ -10,9 +10,8 @@ Rows without an image (`image_mask` false) skip that sub-layer and get exactly t
 
 With one image token per row (the paper's global DINOv2 vector) softmax over a single key is 1, so c = c_proj(v(image))
 is one vector per row: it is computed once and broadcast, with no query projection, and the gate's image half W_c c
-once per row too (`GatedGPT2Attention._one_image_token`, `gating.gate_logits`). Attention weights and knockout take
-the general path, which gives the same values; activation patching's hooks (on the image encoder and the key/value
-projection) see the same calls on either path.
+once per row too (`GatedGPT2Attention._one_image_token`, `gating.gate_logits`). Attention weights, knockout and
+activation patching take the general path, which gives the same values.
 """
 
 import math
