@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -75,10 +76,14 @@ def main() -> None:
     parser.add_argument("--image-tokens", type=int, default=65)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--port", type=int, default=29511)
+    parser.add_argument("--port", type=int, help="the rendezvous port (default: a free one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "ddp_find_unused.json")
     args = parser.parse_args()
     args.load = load_average()
+    if args.port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            args.port = probe.getsockname()[1]
     mp.spawn(worker, args=(args, args.port, args.out), nprocs=2, join=True)
     result = json.loads(args.out.read_text())
     print(f"load {result['load_before']} -> {result['load_after']}; {args.size}, batch {args.batch} x {args.seq}, "

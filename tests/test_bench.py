@@ -138,3 +138,13 @@ def test_one_thread_mode_times_process_cpu_time_and_writes_cpu_files_apart_from_
     setup = common.Setup(torch.device("cuda"), "bf16-autocast", compile=False, one_thread=False)
     assert setup.out_path("generate", None) == ROOT / "bench" / "results" / "gpu-generate.json"
     assert setup.out_path("generate", "x.json") == Path("x.json")
+
+
+def test_ddp_find_unused_times_both_wrappers_in_two_processes(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "bench" / "ddp_find_unused.py"), "--size", "tiny", "--seq", "16",
+                    "--batch", "2", "--steps", "1", "--warmup", "1", "--out",
+                    str(tmp_path / "d.json")], cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    rows = {r["run"]: r for r in json.loads((tmp_path / "d.json").read_text())["rows"]}
+    assert set(rows) == {"find_unused_parameters=True", "find_unused_parameters=False"}
+    assert rows["find_unused_parameters=False"]["cost_vs_without"] == 1.0
+    assert all(r["step_s"] > 0 for r in rows.values())
