@@ -154,7 +154,8 @@ def profile(model_path: str, data: Path, out: Path) -> list[dict]:
     """Where our time goes on BLiMP fast: torch.profiler's top operators by self CPU time, plus tokenization."""
     import time
 
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     from gatedgpt2.eval.checkpoint import load_checkpoint
     from gatedgpt2.eval.scoring import encode_candidates

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from process_memory import memory_mb
 
-
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "babylm" / "text" / "train_600k"
 WIDTH = 768  # DINOv2-base
@@ -44,9 +43,9 @@ def utterance_files(source: Path, out: Path) -> list[Path]:
 
 
 def bench_text(source: Path, block_size: int, vocab_size: int) -> list[dict]:
-    from gatedgpt2.data import iter_text_lines, text_dataset, train_tokenizer
-
     import datasets
+
+    from gatedgpt2.data import iter_text_lines, text_dataset, train_tokenizer
 
     datasets.disable_progress_bars()
     rows = []

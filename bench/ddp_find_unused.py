@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from common import RESULTS, load_average
 from torch.nn.parallel import DistributedDataParallel
 
-from common import RESULTS, load_average
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
 
 SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=4, n_embd=256, n_head=4),

@@ -20,7 +20,6 @@ import torch
 from common import Setup, add_arguments, forwarded_flags, load_average
 from process_memory import rss_mb
 
-
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "babylm"
 

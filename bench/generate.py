@@ -14,11 +14,10 @@ import json
 import statistics
 
 import torch
+from common import Setup, add_arguments, load_average
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import Setup, add_arguments, load_average
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
-
 
 SIZES = {"small": dict(n_layer=4, n_embd=256, n_head=4), "paper": dict(n_layer=8, n_embd=768, n_head=8)}
 VOCAB = 16384

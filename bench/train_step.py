@@ -19,16 +19,14 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from common import Setup, add_arguments, forwarded_flags, load_average, matmul_peak_flops
+from process_memory import rss_mb
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import Setup, add_arguments, forwarded_flags, load_average, matmul_peak_flops
-from process_memory import rss_mb
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
-
 
 SIZES = {
     "tiny": dict(n_layer=2, n_embd=128, n_head=4, batch=16, seq=64),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 # Present while `install_model` replaces a folder's model files: from its first change to its last.
@@ -160,17 +159,3 @@ def discard_cut_off_install(folder: str | os.PathLike) -> list[Path]:
         path.unlink()
     (folder / INCOMPLETE).unlink()
     return deleted
-
-
-def write_atomically(path: Path, content: str | bytes) -> None:
-    """A new file in `path`'s place, written beside it and renamed over it: a kill leaves the old file whole, and a
-    hard link to the old file keeps the old content instead of being written through."""
-    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content.encode("utf-8") if isinstance(content, str) else content)
-        os.chmod(scratch, 0o644)
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise

@@ -16,6 +16,17 @@ def revision_name(words: int) -> str:
     return f"chck_{words}"
 
 
+def revision_words(name: str) -> int:
+    """The inverse of `revision_name`: "chck_10M" -> 10_000_000."""
+    if not name.startswith("chck_"):
+        raise ValueError(f"{name!r} is not a revision name (chck_<words>, e.g. chck_10M)")
+    try:
+        [words] = parse_revision_words(name.removeprefix("chck_"))
+    except ValueError:
+        raise ValueError(f"{name!r} is not a revision name (chck_<words>, e.g. chck_10M)") from None
+    return words
+
+
 def parse_revision_words(spec: str | None) -> list[int]:
     """"babylm" or a comma list with K/M suffixes ("50K,100K,1M") -> sorted word counts."""
     if not spec:

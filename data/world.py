@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from modeling_gatedgpt import ImageKind
 
+from .run_files import write_atomically, write_json
+
 COLOURS = {
     "red": (0.9, 0.1, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.25, 0.95),
     "yellow": (0.95, 0.9, 0.1), "purple": (0.6, 0.15, 0.75), "orange": (1.0, 0.55, 0.05),
@@ -378,14 +380,8 @@ def _image_file_stem(kind: ImageKind | str) -> str:
     return "tokens" if ImageKind.parse(kind) is ImageKind.CLS_PATCHES else "embeddings"
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=None))
-
-
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
@@ -398,7 +394,7 @@ def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
         from .factorial_world import write_factorial_world
 
         write_factorial_world(spec, files)
-        _write_json(files.manifest, manifest)
+        write_json(files.manifest, manifest, indent=None)
         return files.root
     rng = random.Random(spec.seed)
     encoder = SceneEncoder(spec.embed_dim, seed=spec.seed)
@@ -410,7 +406,7 @@ def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
 
     for split, num_captions in (("train", spec.train_captions), ("dev", spec.dev_captions)):
         scenes = [random_scene(rng) for _ in range(num_captions)]
-        _write_json(files.captions(split), [describe(s, rng, spec.version) for s in scenes])
+        write_json(files.captions(split), [describe(s, rng, spec.version) for s in scenes], indent=None)
         global_embeds, tokens = encode_scenes(scenes, encoder, seed=rng.randrange(2**31))
         np.save(files.caption_images(split, ImageKind.GLOBAL), global_embeds)
         np.save(files.caption_images(split, ImageKind.CLS_PATCHES), tokens.astype(np.float16))
@@ -442,6 +438,6 @@ def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     files.eval_images(ImageKind.GLOBAL).parent.mkdir(parents=True, exist_ok=True)
     np.save(files.eval_images(ImageKind.GLOBAL), global_embeds)
     np.save(files.eval_images(ImageKind.CLS_PATCHES), tokens.astype(np.float16))
-    _write_json(files.eval_images(ImageKind.GLOBAL).parent / "image_ids.json", image_ids)
-    _write_json(files.manifest, manifest)
+    write_json(files.eval_images(ImageKind.GLOBAL).parent / "image_ids.json", image_ids, indent=None)
+    write_json(files.manifest, manifest, indent=None)
     return files.root

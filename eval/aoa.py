@@ -110,14 +110,14 @@ def curve_fitness(rows: list[dict], cdi) -> dict:
     leaderboard's AoA score. `cdi`: a frame with `word` and one column per month ("16" ... "30")."""
     from scipy.stats import pearsonr
 
-    from gatedgpt2.data.revisions import parse_revision_words
+    from gatedgpt2.data.revisions import revision_words
 
     months = [c for c in (str(m) for m in range(16, 31)) if c in cdi.columns]
     if not months:
         raise ValueError("The CDI table has no month columns (16 ... 30).")
     curves: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
-        words_seen = parse_revision_words(str(row["step"]).removeprefix("chck_"))[0]
+        words_seen = revision_words(str(row["step"]))
         curves.setdefault(row["target_word"], []).append((words_seen, row["surprisal"]))
     ages = np.array([int(m) for m in months], dtype=float)
     model_ages, child_ages, words = [], [], []

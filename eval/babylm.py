@@ -10,12 +10,11 @@ learning curve, beside the tree: `<results>/<model>/summary.md`, `learning_curve
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from gatedgpt2.data.revisions import parse_revision_words
+from gatedgpt2.data.run_files import RunFiles, save_figure, write_atomically, write_json
 
 from .aoa import curve_fitness, read_cdi_contexts, surprisal_file, word_surprisals
 from .checkpoint import load_checkpoint
@@ -23,23 +22,6 @@ from .zero_shot import write_pipeline_tree, zero_shot
 
 SCORES = "scores.json"  # ours, beside the pipeline's zero_shot/ folder: the revision's scores, written last
 AOA_ROWS = "aoa_surprisal.json"  # ours: the revision's AoA rows, gathered into main's AoA_word/surprisal.json
-
-
-def revisions(run_dir: Path) -> list[tuple[int, Path]]:
-    """(words seen, folder) of the run's revisions, fewest words first."""
-    found = []
-    for folder in (run_dir / "revisions").glob("chck_*"):
-        if folder.is_dir() and (folder / "config.json").is_file():
-            found.append((parse_revision_words(folder.name.removeprefix("chck_"))[0], folder))
-    return sorted(found)
-
-
-def _write_json(path: Path, value) -> None:
-    """Written whole or not at all: a kill mid-write leaves the old file (or none), never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)
 
 
 def score_revision(model, tokenizer, checkpoint: Path, revision: str, suite: str, data_dir: Path, model_dir: Path,
@@ -52,7 +34,7 @@ def score_revision(model, tokenizer, checkpoint: Path, revision: str, suite: str
                      if name == "reading" else {"score": r["score"], "metric": r["metric"],
                                                 "exact_ties": r["exact_ties"], "items": r["items"]})
               for name, r in results["tasks"].items()}
-    _write_json(model_dir / revision / SCORES, {"suite": suite, "tasks": scores})
+    write_json(model_dir / revision / SCORES, {"suite": suite, "tasks": scores})
     return scores
 
 
@@ -66,11 +48,9 @@ def score_run(run_dir: str | Path, data_dir: str | Path, results_dir: str | Path
         raise FileNotFoundError(f"{run_dir} holds no final model (config.json); pass a training run's output folder.")
     model_dir = Path(results_dir) / Path(model_name or run_dir.resolve().name).stem
     words = read_cdi_contexts(cdi_words) if cdi_words else None
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"] \
-        if (run_dir / "trainer_state.json").is_file() else []
-    final_words = max((e["words_seen"] for e in history if "words_seen" in e), default=None)
-    plan = [(n, folder, folder.name, "fast") for n, folder in revisions(run_dir)] + [(final_words, run_dir, "main",
-                                                                                      "full")]
+    run = RunFiles(run_dir)
+    plan = [(n, folder, folder.name, "fast") for n, folder in run.revisions()] + [(run.final_words_seen(), run_dir,
+                                                                                   "main", "full")]
     summary = {}
     bar = tqdm(plan, desc="BabyLM revisions", unit="checkpoint", disable=not progress)
     for n, folder, revision, suite in bar:
@@ -84,13 +64,13 @@ def score_run(run_dir: str | Path, data_dir: str | Path, results_dir: str | Path
             if scores is None:
                 scores = score_revision(model, tokenizer, folder, revision, suite, data_dir, model_dir, batch_size)
             if needs_aoa:
-                _write_json(model_dir / revision / AOA_ROWS, word_surprisals(model, tokenizer, words, batch_size))
+                write_json(model_dir / revision / AOA_ROWS, word_surprisals(model, tokenizer, words, batch_size))
         summary[revision] = {"words": n, "suite": suite, "tasks": scores}
     if words is not None:
         rows = [{"step": revision, "word_count": entry["words"], **row}
                 for revision, entry in summary.items() if revision != "main"
                 for row in json.loads((model_dir / revision / AOA_ROWS).read_text())]
-        _write_json(model_dir / "main" / "zero_shot" / "causal" / "AoA_word" / "surprisal.json",
+        write_json(model_dir / "main" / "zero_shot" / "causal" / "AoA_word" / "surprisal.json",
                     surprisal_file(rows, str(run_dir)))
         if cdi_table:
             import pandas as pd
@@ -133,8 +113,8 @@ def write_summary(summary: dict, model_dir: Path) -> None:
         notes.append(f"AoA curve fitness (Pearson r, model vs child age of acquisition): {fitness} over "
                      f"{aoa['n_words']} words.")
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "summary.md").write_text("\n".join(lines + notes) + "\n")
-    _write_json(model_dir / "summary.json", summary)
+    write_atomically(model_dir / "summary.md", "\n".join(lines + notes) + "\n")
+    write_json(model_dir / "summary.json", summary)
     plot_learning_curves(checkpoints, tasks, model_dir / "learning_curves.png")
 
 
@@ -167,5 +147,5 @@ def plot_learning_curves(checkpoints: dict, tasks: list[str], path: Path) -> Non
         axis.axis("off")
     axes.flat[0].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)

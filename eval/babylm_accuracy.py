@@ -8,7 +8,6 @@ from collections import defaultdict
 import datasets
 import evaluate
 
-
 _DESCRIPTION = """Macro-averaged accuracy over groups (BabyLM zero-shot tasks: accuracy per UID, then their mean)."""
 
 _KWARGS_DESCRIPTION = """

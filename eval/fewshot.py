@@ -13,7 +13,6 @@ work, e.g. CLIP features of Oxford Pets or Food-101 with their CLIP text feature
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gatedgpt2.data.run_files import save_figure, write_json
 from gatedgpt2.data.world import COLOURS, SHAPES, SceneEncoder, encode_scenes, random_scene
 
 from .topk_fusion import TopKCrossModalFusion, topk_fusion_loss
@@ -146,13 +146,12 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("query accuracy (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def write(results: dict, out_dir: str | Path, **details) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "fewshot.json").write_text(json.dumps({**details, "results": {str(n): r for n, r in results.items()}},
-                                                     indent=2))
+    write_json(out_dir / "fewshot.json", {**details, "results": {str(n): r for n, r in results.items()}})
     plot(results, out_dir / "fewshot.png")

@@ -11,13 +11,13 @@ MRPC and QQP, accuracy otherwise) predicts."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from gatedgpt2.data import decode_utf8
+from gatedgpt2.data.run_files import write_atomically, write_json
 
 from .tasks import jsonl_records
 
@@ -78,8 +78,7 @@ def finetune_task(model_path: str, tokenizer, task: str, data_dir: Path, out_dir
     `out_dir` holds the Trainer's epoch checkpoints (the best one predicts)."""
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
     _, _, _, labels, metric = GLUE_TASKS[task]
     folder = data_dir / "full_eval" / "glue_filtered" if (data_dir / "full_eval").is_dir() else data_dir
@@ -120,5 +119,5 @@ def write_finetune_results(result: dict, task: str, folder: Path) -> None:
     results.txt ("metric: value" lines)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{"id": f"{task}_{i}", "pred": p} for i, p in enumerate(result["predictions"])]
-    (folder / "predictions.json").write_text(json.dumps({task: {"predictions": rows}}))
-    (folder / "results.txt").write_text("\n".join(f"{k}: {v}" for k, v in result["metrics"].items()))
+    write_json(folder / "predictions.json", {task: {"predictions": rows}}, indent=None)
+    write_atomically(folder / "results.txt", "\n".join(f"{k}: {v}" for k, v in result["metrics"].items()))

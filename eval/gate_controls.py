@@ -24,7 +24,6 @@ independent) and percentiles in two nulls:
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gatedgpt2.data.run_files import write_json
 from modeling_gatedgpt import gate_per_token
 from modeling_gatedgpt.gating import GATE_CLASSES
 
@@ -245,5 +245,5 @@ def _grouped_report(pairs: dict, labels: np.ndarray, next_dependent: np.ndarray 
 def write_report(report: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "gate_controls.json"
-    path.write_text(json.dumps(report, indent=2))
+    write_json(path, report)
     return path

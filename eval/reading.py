@@ -14,11 +14,12 @@ self-paced reading with the previous word's length and surprisal as spillover te
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from gatedgpt2.data.run_files import write_atomically, write_json
 
 from .scoring import score_token_sequences
 
@@ -137,6 +138,6 @@ def write_reading(result: dict, folder: str | Path) -> None:
     """`predictions.json` (NaN where a word has no previous word, as the pipeline writes it) and `report.txt`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "predictions.json").write_text(json.dumps(result["predictions"]))
-    (folder / "report.txt").write_text(f"EYE TRACKING SCORE: {result['eye_tracking']:.2f}\n"
+    write_json(folder / "predictions.json", result["predictions"], indent=None)
+    write_atomically(folder / "report.txt", f"EYE TRACKING SCORE: {result['eye_tracking']:.2f}\n"
                                        f"SELF-PACED READING SCORE: {result['self_paced_reading']:.2f}\n")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from gatedgpt2.data import decode_utf8
 
-
 TASKS = ("blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "winoground", "vqa")
 MULTIMODAL_TASKS = ("winoground", "vqa")
 WUG_TASKS = ("wug_adj", "wug_past")  # scored by Spearman's rho against human ratios, not accuracy

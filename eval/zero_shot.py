@@ -15,14 +15,23 @@ from scipy.special import softmax
 from scipy.stats import spearmanr
 
 from gatedgpt2.data import ImageEmbeddings, WorldFiles
-from gatedgpt2.data.model_folder import write_atomically
+from gatedgpt2.data.run_files import write_atomically, write_json
 from modeling_gatedgpt import ImageKind
 
 from .reading import evaluate_reading, write_reading
 from .scoring import score_candidates
-from .tasks import (ALL_TASKS, ENTITY_TRACKING_SPLITS, EWOK_PASSWORD, MULTIMODAL_TASKS, PIPELINE_TASK, SUITES,
-                    WUG_TASKS, TaskData, read_task, task_folder)
-
+from .tasks import (
+    ALL_TASKS,
+    ENTITY_TRACKING_SPLITS,
+    EWOK_PASSWORD,
+    MULTIMODAL_TASKS,
+    PIPELINE_TASK,
+    SUITES,
+    WUG_TASKS,
+    TaskData,
+    read_task,
+    task_folder,
+)
 
 ACCURACY_METRIC = Path(__file__).with_name("babylm_accuracy.py")
 
@@ -190,9 +199,9 @@ def write_results(results: dict, out_dir: str | Path) -> None:
                 write_reading(task, folder)
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "predictions.json").write_text(json.dumps(task["predictions"]))
-            (folder / "accuracies.json").write_text(json.dumps(task["accuracies"], indent=2))
-            (folder / "correct.json").write_text(json.dumps(task["correct"]))
+            write_json(folder / "predictions.json", task["predictions"], indent=None)
+            write_json(folder / "accuracies.json", task["accuracies"])
+            write_json(folder / "correct.json", task["correct"], indent=None)
         write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
         write_atomically(out_dir / "results.md", results_table(summary))
 
@@ -242,7 +251,7 @@ def write_pipeline_tree(results: dict, results_dir: str | Path, model: str, revi
             write_reading(task, folder)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "predictions.json").write_text(json.dumps(task["predictions"]))
-            (folder / "best_temperature_report.txt").write_text(pipeline_report(name, task))
+            write_json(folder / "predictions.json", task["predictions"], indent=None)
+            write_atomically(folder / "best_temperature_report.txt", pipeline_report(name, task))
         folders.append(folder)
     return folders

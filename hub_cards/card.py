@@ -8,10 +8,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from gatedgpt2.data.model_folder import check_model_folder, write_atomically
+from gatedgpt2.data.model_folder import check_model_folder
+from gatedgpt2.data.run_files import RunFiles, write_atomically
 
 from .push import FIGURES
-
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 UNNAMED_OWNER = "your-name"  # the loading snippet's owner without --repo: never the local folder's path
@@ -161,13 +161,14 @@ def write_card(model_dir: str | Path, results: list[str | Path] = (), figures: l
                              f"the model folder itself, never through a link: remove the link first")
     if config.get("model_type") != "gated_gpt2":
         raise ValueError(f"{model_dir}/config.json has model_type {config.get('model_type')!r}, not 'gated_gpt2'.")
-    report = _read_json(model_dir / "report" / "report.json")
+    run = RunFiles(model_dir)
+    report = _read_json(run.report)
     runs = [json.loads(Path(r).read_text()) for r in results]
     for path, run in zip(results, runs):
         if "tasks" not in run:
             raise ValueError(f"{path}: not an eval results.json (no 'tasks').")
 
-    pngs = [p for f in [*figures, *([model_dir / "report"] if report else [])]
+    pngs = [p for f in [*figures, *([run.report_dir] if report else [])]
             for p in (sorted(Path(f).glob("*.png")) if Path(f).is_dir() else [Path(f)])]
     shown = []
     for png in pngs:

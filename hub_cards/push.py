@@ -26,6 +26,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from gatedgpt2.data.model_folder import check_model_folder
+from gatedgpt2.data.run_files import RunFiles
 
 CONFIG_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "processor_config.json",
@@ -185,6 +186,6 @@ def push_with_revisions(model_dir: str | Path, repo_id: str, private: bool = Fal
     """The checkpoint to `main` and each words-seen revision (`revisions/chck_*M`) to the branch of its name."""
     model_dir = Path(model_dir)
     pushed = {"main": push(model_dir, repo_id, private=private, dry_run=dry_run, api=api)}
-    for folder in sorted((model_dir / "revisions").glob("chck_*")):
+    for _, folder in RunFiles(model_dir).revisions():
         pushed[folder.name] = push(folder, repo_id, revision=folder.name, private=private, dry_run=dry_run, api=api)
     return pushed

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import modeling_gatedgpt
 from gatedgpt2.data import PreTrainedTokenizerFast
-from gatedgpt2.data.model_folder import check_model_folder, write_atomically
+from gatedgpt2.data.model_folder import check_model_folder
+from gatedgpt2.data.run_files import write_atomically
 from modeling_gatedgpt.modeling_gatedgpt import checkpoint_auto_map
 from modeling_gatedgpt.processing_gatedgpt import split_processor_config
 
 from .push import code_closure
-
 
 PACKAGE = Path(modeling_gatedgpt.__file__).parent
 PROCESSOR_MODULE = modeling_gatedgpt.GatedGPT2Processor.__module__.split(".")[-1]

@@ -10,10 +10,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from .configuration_gatedgpt import GatedGPT2Config, ImageKind
 from .gating import HardGate, SoftGate, gate_per_token
 from .interventions import knockout, patch_image_path, record_image_path
-from .modeling_gatedgpt import (GatedGPT2ForCausalLM, GatedGPT2ForSequenceClassification, GatedGPT2Model,
-                                GatedGPT2PreTrainedModel)
+from .modeling_gatedgpt import (
+                                GatedGPT2ForCausalLM,
+                                GatedGPT2ForSequenceClassification,
+                                GatedGPT2Model,
+                                GatedGPT2PreTrainedModel,
+)
 from .processing_gatedgpt import GatedGPT2Processor
-
 
 AutoConfig.register(GatedGPT2Config.model_type, GatedGPT2Config, exist_ok=True)
 AutoModel.register(GatedGPT2Config, GatedGPT2Model, exist_ok=True)

@@ -18,7 +18,6 @@ import transformers
 from packaging.version import Version
 from torch import nn
 
-
 TRANSFORMERS_VERSION = Version(transformers.__version__).release
 
 

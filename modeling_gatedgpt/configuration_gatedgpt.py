@@ -8,7 +8,6 @@ from transformers import Dinov2Config
 
 from .compat import PreTrainedConfig
 
-
 GATES = ("soft", "hard", "none")
 GATE_GRANULARITIES = ("feature", "token")
 FUSIONS = ("paper", "residual")

@@ -22,13 +22,22 @@ import torch
 from torch import nn
 from transformers import Dinov2Model, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.modeling_outputs import (BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions,
-                                           SequenceClassifierOutputWithPast)
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    SequenceClassifierOutputWithPast,
+)
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import can_return_tuple
 
-from .compat import (CACHE_FIELD, GradientCheckpointingLayer, forget_loaded_weight_names, init, pop_cache_argument,
-                     tied_weights_keys)
+from .compat import (
+    CACHE_FIELD,
+    GradientCheckpointingLayer,
+    forget_loaded_weight_names,
+    init,
+    pop_cache_argument,
+    tied_weights_keys,
+)
 from .configuration_gatedgpt import VISION_FEATURES, GatedGPT2Config, ImageKind
 from .contrastive import ContrastiveHead
 from .gating import GATE_CLASSES, HardGate

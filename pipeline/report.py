@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -14,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from gatedgpt2.data.run_files import RunFiles, save_figure, write_atomically, write_json  # noqa: E402
 from gatedgpt2.data.world import word_class  # noqa: E402
 from gatedgpt2.eval.gates import word_gates  # noqa: E402
 from gatedgpt2.eval.narrow_gate import knockout_markdown  # noqa: E402
@@ -63,7 +63,7 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -74,17 +74,17 @@ def plot_gates(gates: dict, path: Path) -> None:
            yerr=[gates[c]["std"] / np.sqrt(gates[c]["count"]) for c in classes], color="tab:blue", capsize=3)
     ax.set(ylabel="mean gate (1 = text only)", title="Gate per word class (held-out captions)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
-def write_report(out_dir: Path, summary: dict, log_history: list[dict], gates: dict | None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_losses(log_history, out_dir / "loss_curves.png")
+def write_report(run: RunFiles, summary: dict, log_history: list[dict], gates: dict | None) -> None:
+    """The run's report folder; report.json last, as the mark of a finished run."""
+    plot_losses(log_history, run.report_dir / "loss_curves.png")
     if gates:
-        plot_gates(gates, out_dir / "gate_by_word_class.png")
-    (out_dir / "report.json").write_text(json.dumps({**summary, "gate_by_word_class": gates}, indent=2))
+        plot_gates(gates, run.report_dir / "gate_by_word_class.png")
     if "knockout" in summary:
-        (out_dir / "knockout.md").write_text("".join(
+        write_atomically(run.report_dir / "knockout.md", "".join(
             f"{when.capitalize()} masked fine-tuning:\n\n{knockout_markdown(table)}\n"
             for when, table in summary["knockout"].items()))
+    write_json(run.report, {**summary, "gate_by_word_class": gates})

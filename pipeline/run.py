@@ -20,11 +20,29 @@ import datasets
 import numpy as np
 import transformers
 from transformers import TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
-from gatedgpt2.data import (GroundedCollator, ImageEmbeddings, ImageStore, WorldFiles, WorldSpec, caption_dataset,
-                            gpt2_tokenizer, iter_text_lines, load_caption_shards, load_tokenizer, parse_revision_words,
-                            read_captions, text_dataset, text_files, train_tokenizer, with_shuffled_images, write_world)
+from gatedgpt2.data import (
+    GroundedCollator,
+    ImageEmbeddings,
+    ImageStore,
+    WorldFiles,
+    WorldSpec,
+    caption_dataset,
+    gpt2_tokenizer,
+    iter_text_lines,
+    load_caption_shards,
+    load_tokenizer,
+    parse_revision_words,
+    read_captions,
+    text_dataset,
+    text_files,
+    train_tokenizer,
+    with_shuffled_images,
+    write_world,
+)
 from gatedgpt2.data.model_folder import check_local_model, check_weights_readable
+from gatedgpt2.data.run_files import RunFiles
 from gatedgpt2.eval.narrow_gate import knockout_table
 from gatedgpt2.eval.world import evaluate_world
 from gatedgpt2.hub_cards.card import write_card
@@ -204,11 +222,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         return summary
 
 
-# What a training run leaves in its output folder; another run into that folder would replace or mix with it.
-RUN_OUTPUTS = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors",
-               "trainer_state.json", "training_args.json", "checkpoint-*", "revisions", "report")
-
-
 @contextmanager
 def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Iterator[None]:
     """Step 0, before hours of data preparation: the output folder, held for the run's lifetime through
@@ -218,7 +231,7 @@ def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Ite
     outputs are deleted), or refused."""
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / ".lock", "a+") as lock:
+    with open(RunFiles(output_dir).lock, "a+") as lock:
         if training_args.process_index == 0:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -230,7 +243,7 @@ def claimed_output_dir(training_args: TrainingArguments, overwrite: bool) -> Ite
             lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
             lock.flush()
             remove_unfinished_saves(output_dir)
-        earlier = sorted(p for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern))
+        earlier = sorted(p for pattern in RunFiles.OUTPUTS for p in output_dir.glob(pattern))
         if training_args.resume_from_checkpoint in ("True", "true", True):
             training_args.resume_from_checkpoint = last_finished_checkpoint(output_dir)
         elif training_args.resume_from_checkpoint:
@@ -261,9 +274,9 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
     that safetensors cannot open, or resumable state (optimizer.pt, scheduler.pt, rng_state*.pth: torch.save's zip
     archives) that is empty or truncated."""
     try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
     except (OSError, ValueError):
-        return "its save did not finish (no readable trainer_state.json)"
+        return f"its save did not finish (no readable {TRAINER_STATE_NAME})"
     try:
         check_weights_readable(checkpoint)
     except ValueError as error:
@@ -375,7 +388,7 @@ def train_and_save(trainer: GatedGPT2Trainer, model_args: ModelArguments, data_a
     trainer.save_final_model()
     trainer.save_state()
     if model_args.save_gpt2 and trainer.is_world_process_zero():
-        gpt2_dir = Path(training_args.output_dir) / "gpt2"
+        gpt2_dir = RunFiles(training_args.output_dir).gpt2_dir
         trainer.accelerator.unwrap_model(model).to_gpt2().save_pretrained(gpt2_dir)
         tokenizer.save_pretrained(gpt2_dir)
     summary = {"train": trainer.run_totals.whole_run(train_result.metrics, trainer.state), "parameters": model.num_parameters(),
@@ -405,7 +418,7 @@ def report(trainer: GatedGPT2Trainer, tokenizer, data_args: DataArguments, summa
         captions = [c for f in data_args.eval_caption_files for c in read_captions(f)]
         store = ImageStore(data_args.eval_embedding_files)
         gates = gate_by_word_class(model, tokenizer, captions, store.rows(range(len(store))))
-    write_report(Path(trainer.args.output_dir) / "report", summary, trainer.state.log_history, gates)
+    write_report(RunFiles(trainer.args.output_dir), summary, trainer.state.log_history, gates)
 
 
 def publish(training_args: TrainingArguments, push_to_hub: bool) -> dict:

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import yaml
 
-from gatedgpt2.data import WorldFiles
+from gatedgpt2.data import RunFiles, WorldFiles, write_json
+from gatedgpt2.data.run_files import move_into_place, partial_path, write_atomically
 from gatedgpt2.eval.checkpoint import load_checkpoint
 from gatedgpt2.eval.gates import Norms
 from gatedgpt2.eval.metrics import factorial_metrics, gate_metrics, knockout_metrics, zero_shot_metrics
@@ -182,10 +183,10 @@ def prepare_shared_tokenizer(sweep: Sweep) -> None:
     if data_args.uses_world:
         resolve_world(data_args)
     tokenizer = build_tokenizer(data_args, ModelArguments())
-    partial = sweep.tokenizer_dir.with_name(sweep.tokenizer_dir.name + ".partial")
+    partial = partial_path(sweep.tokenizer_dir)
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer.save_pretrained(partial)
-    partial.rename(sweep.tokenizer_dir)  # whole or absent: a killed save leaves only the .partial folder
+    move_into_place(partial, sweep.tokenizer_dir)  # whole or absent: a killed save leaves only the .partial folder
 
 
 def dev_losses(model, tokenizer, config: dict, max_examples: int | None) -> dict:
@@ -207,7 +208,7 @@ def train(config: dict) -> None:
     out = Path(config["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep_config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_atomically(path, yaml.safe_dump(config, sort_keys=False))
     subprocess.run([sys.executable, str(ROOT / "train.py"), str(path)], check=True, cwd=ROOT)
 
 
@@ -217,11 +218,13 @@ def evaluate(sweep: Sweep, config: dict) -> dict:
     import torch
 
     out = Path(config["output_dir"])
-    report = json.loads((out / "report" / "report.json").read_text())
+    report = RunFiles(out).read_report()
+    if report is None:
+        raise FileNotFoundError(f"{RunFiles(out).report} is missing: the run {out} did not finish")
     metrics = {"train_loss": report["train"].get("train_loss"), "train_runtime_s": report["train"].get("train_runtime")}
     if "world" in sweep.evaluate:
         if "world_eval" not in report:
-            raise ValueError(f"{out}/report/report.json has no world_eval; the run must train on the world")
+            raise ValueError(f"{RunFiles(out).report} has no world_eval; the run must train on the world")
         metrics.update({k: v for k, v in report["world_eval"].items() if not isinstance(v, dict)})
     for stage, table in report.get("knockout", {}).items():  # masked fine-tuning measures before and after
         suffix = "" if stage == "after" else f"_{stage}"
@@ -289,7 +292,7 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: 
         out = Path(config["output_dir"])
         print(f"[{'' if lane is None else f'lane {lane}: '}{k}/{len(todo)}] {run} seed {seed} -> {out}", flush=True)
         started = time.time()
-        report = out / "report" / "report.json"  # written last, so its presence means training finished
+        report = RunFiles(out).report  # written last, so its presence means training finished
         trained_before = report.is_file()
         try:
             if not trained_before:
@@ -304,9 +307,7 @@ def run_sweep(sweep: Sweep, only: list[str] | None = None, jobs: int = 1, lane: 
             wall_time += json.loads(report.read_text()).get("wall_time_s", 0.0)
         record = {"run": run, "seed": seed, "overrides": sweep.runs[run], "metrics": metrics,
                   "wall_time_s": round(wall_time, 1)}
-        path = sweep.result_path(run, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
+        write_json(sweep.result_path(run, seed), record)  # whole or absent: its presence marks the run done
     payload = write_results(sweep) if lane is None else None
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed (tracebacks above): {', '.join(failed)}; rerun to retry them")

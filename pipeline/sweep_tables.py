@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
+from gatedgpt2.data.run_files import save_figure, write_atomically, write_json
+
 if TYPE_CHECKING:
     from .sweep import Sweep
 
@@ -162,8 +164,8 @@ def write_results(sweep: Sweep) -> dict:
     if sweep.comparisons:
         payload["comparisons"] = comparisons(sweep, records)
     sweep.results.mkdir(parents=True, exist_ok=True)
-    (sweep.results / "results.json").write_text(json.dumps(payload, indent=2))
-    (sweep.results / "results.md").write_text(results_markdown(sweep, results, curves, payload.get("comparisons")))
+    write_json(sweep.results / "results.json", payload)
+    write_atomically(sweep.results / "results.md", results_markdown(sweep, results, curves, payload.get("comparisons")))
     plot(sweep, results)
     if "curves" in payload:
         plot_curves(sweep, curves)
@@ -259,7 +261,7 @@ def plot(sweep: Sweep, results: dict) -> None:
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xticks(range(len(runs)), runs, rotation=60, ha="right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(sweep.results / "results.png", dpi=110)
+    save_figure(fig, sweep.results / "results.png", dpi=110)
     plt.close(fig)
 
 
@@ -286,5 +288,5 @@ def plot_curves(sweep: Sweep, curves: dict) -> None:
         ax.set_ylabel(f"{task} accuracy (%)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(sweep.results / "learning_curves.png", dpi=110)
+    save_figure(fig, sweep.results / "learning_curves.png", dpi=110)
     plt.close(fig)

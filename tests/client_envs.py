@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-
 CACHE = Path(os.environ.get("GATEDGPT2_ENV_CACHE", Path.home() / ".cache" / "gatedgpt2" / "envs"))
 LOCAL_WHEELS = Path("/opt/wheels")  # this project's machines keep the CPU torch build here
 FIND_LINKS = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []

@@ -6,7 +6,6 @@ import torch
 
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
 
-
 # the head of a script that must load checkpoints through their remote code, as where this package is not installed
 WITHOUT_THE_PACKAGE = textwrap.dedent(
     """

@@ -18,9 +18,9 @@ import torch.distributed as dist
 import yaml
 from safetensors.torch import save_file
 
-from modeling_gatedgpt import modeling_gatedgpt as modeling
 from gatedgpt2.trainer.sharding import any_process_has_images, with_placeholder_images
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
+from modeling_gatedgpt import modeling_gatedgpt as modeling
 
 ROWS = 8
 

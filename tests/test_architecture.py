@@ -3,6 +3,7 @@ Every import of every module counts, function-local ones included, so a cycle ca
 
 import ast
 import configparser
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,43 @@ def test_installed_import_names_are_namespaced():
     packages = setup["options"]["packages"].split()
     assert {p.split(".")[0] for p in packages} == {"modeling_gatedgpt", "gatedgpt2"}
     assert {p.split(".")[-1] for p in packages} == set(ALLOWED)
+
+
+# A run's folder layout is spelled once, in data/run_files.py (`RunFiles`) and data/revisions.py (`revision_name`):
+# a path component of it anywhere else is a second spelling that can drift from the first. File and revision names
+# count wherever they appear; the folder names where they build a path (`x / "report"`, `join(x, "revisions")`,
+# `glob("revisions/*")`), not as, say, a YAML key.
+RUN_FILE = re.compile(r"\.?(report\.json|trainer_state\.json|chck_.*)|(.*/)?(revisions|report)(/.*)?")
+RUN_FOLDER = re.compile(r"revisions|report")
+PATH_CALLS = {"join", "Path", "glob", "rglob", "joinpath", "with_name"}
+RUN_LAYOUT_OWNERS = {"data/run_files.py", "data/revisions.py"}
+
+
+def run_layout_literals(path: Path) -> list[str]:
+    """The string constants of a module that spell a component of a run's layout, with their line."""
+    tree = ast.parse(path.read_text(), str(path))
+    in_paths = {id(operand) for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+                for operand in (node.left, node.right)}
+    in_paths |= {id(arg) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and getattr(node.func, "attr", getattr(node.func, "id", None)) in PATH_CALLS for arg in node.args}
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return [f"{name}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and (RUN_FILE.fullmatch(node.value) and not RUN_FOLDER.fullmatch(node.value)
+                 or RUN_FOLDER.fullmatch(node.value) and id(node) in in_paths)]
+
+
+def test_a_runs_layout_is_spelled_only_by_its_owner():
+    spelled = [literal for package in [*ALLOWED, "bench", "experiments"] for path in sorted((ROOT / package).rglob("*.py"))
+               if str(path.relative_to(ROOT)) not in RUN_LAYOUT_OWNERS for literal in run_layout_literals(path)]
+    spelled += run_layout_literals(ROOT / "train.py")
+    assert not spelled, f"spell these through gatedgpt2.data.RunFiles / revision_name: {spelled}"
+
+
+def test_the_layout_check_sees_a_literal(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('"""Mentions revisions/chck_* in prose."""\nx = root / "report" / "report.json"\n'
+                      'y = options["revisions"], "chck_10M", os.path.join(root, "revisions"), root.glob("revisions/*")\n')
+    assert sorted(line.split(": ", 1)[1] for line in run_layout_literals(module)) == [
+        "'chck_10M'", "'report'", "'report.json'", "'revisions'", "'revisions/*'"]
+

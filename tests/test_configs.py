@@ -89,7 +89,8 @@ def test_accelerate_configs_load(name):
 def test_every_paper_config_builds_the_papers_model_file_with_its_recipe(name):
     """configs/paper/<name>.yaml: the paper_code preset and the variant's fields, none of them overridden by the
     GPT-2-architecture base config it takes data and optimiser from; the authors' warm-up and batch size."""
-    from modeling_gatedgpt.configuration_gatedgpt import PAPER_VARIANTS as FIELDS, PRESETS
+    from modeling_gatedgpt.configuration_gatedgpt import PAPER_VARIANTS as FIELDS
+    from modeling_gatedgpt.configuration_gatedgpt import PRESETS
 
     model_args, data_args, training_args = parse_args([str(CONFIGS / "paper" / f"{name}.yaml")])
     variant = model_args.variant

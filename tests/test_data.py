@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from gatedgpt2.data import (GroundedCollator, ImageStore, caption_dataset, iter_text_lines, load_caption_shards,
-                            read_captions, text_dataset, text_files, tokenize_examples, train_tokenizer)
+from gatedgpt2.data import (
+    GroundedCollator,
+    ImageStore,
+    caption_dataset,
+    iter_text_lines,
+    load_caption_shards,
+    read_captions,
+    text_dataset,
+    text_files,
+    tokenize_examples,
+    train_tokenizer,
+)
 from gatedgpt2.data.images import ImageEmbeddings, check_finite
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -262,3 +273,24 @@ def test_train_py_tokenizes_with_the_gpt2_vocabulary(gpt2_vocabulary_installed, 
 
     assert GatedGPT2Config.from_pretrained(tmp_path / "run").vocab_size == 50260
     assert load_tokenizer(str(tmp_path / "run"))("Hello world")["input_ids"] == [50257, 15496, 995, 50258]
+
+
+def test_run_files_list_finished_revisions_and_invert_their_names(tmp_path):
+    from gatedgpt2.data import BABYLM_REVISION_WORDS, RunFiles, revision_name, revision_words
+
+    for words in [*BABYLM_REVISION_WORDS, 1, 60, 150, 2500, 1_234_567]:
+        assert revision_words(revision_name(words)) == words
+    for bad in ("chck_", "chck_x", "checkpoint-10", "chck_1.5"):
+        with pytest.raises(ValueError, match="not a revision name"):
+            revision_words(bad)
+    run = RunFiles(tmp_path)
+    for words in (10**7, 10**6, 2 * 10**6):
+        run.revision(words).mkdir(parents=True)
+        (run.revision(words) / "config.json").write_text("{}")
+    run.revision(3 * 10**6).mkdir()  # a folder without a config is no saved revision
+    (run.revisions_dir / ".chck_4M.partial").mkdir()  # a save still in progress
+    assert [(r.words, r.folder.name) for r in run.revisions()] == [
+        (10**6, "chck_1M"), (2 * 10**6, "chck_2M"), (10**7, "chck_10M")]
+    assert run.log_history() == [] and run.final_words_seen() is None and run.read_report() is None
+    run.trainer_state.write_text(json.dumps({"log_history": [{"words_seen": 5}, {"loss": 1.0}, {"words_seen": 9}]}))
+    assert run.final_words_seen() == 9

@@ -5,7 +5,6 @@ import torch
 
 from tests.conftest import IMAGE_DIM, tiny_model
 
-
 VARIANTS = [
     dict(),
     dict(gate="hard", gate_granularity="token", fusion="residual"),

@@ -195,9 +195,10 @@ def test_the_input_value_errors_still_fire_by_default_and_only_there(batch):
 
 
 def test_the_trainer_leaves_value_checks_to_its_collator():
+    from transformers import TrainingArguments
+
     from gatedgpt2.data.collator import GroundedCollator
     from gatedgpt2.trainer.training import GatedGPT2Trainer
-    from transformers import TrainingArguments
 
     model = tiny_model()
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)

@@ -12,8 +12,15 @@ import torch
 from gatedgpt2.data import WorldFiles
 from gatedgpt2.data.factorial_world import cell, cell_name, describe_pair, random_pair
 from gatedgpt2.data.world import WorldSpec, describe, minimal_pairs, random_scene, write_world
-from gatedgpt2.eval.gate_controls import (caption_bootstrap, epsilon_squared, gate_controls, next_word_pairs,
-                                          untrained_gates, within_word_gap, word_gates_and_benefits)
+from gatedgpt2.eval.gate_controls import (
+    caption_bootstrap,
+    epsilon_squared,
+    gate_controls,
+    next_word_pairs,
+    untrained_gates,
+    within_word_gap,
+    word_gates_and_benefits,
+)
 from gatedgpt2.pipeline.sweep_tables import holm, mcnemar, paired_difference
 from tests.conftest import IMAGE_DIM, tiny_model
 

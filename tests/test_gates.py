@@ -10,11 +10,19 @@ import pytest
 import torch
 
 from gatedgpt2.data import load_caption_shards, train_tokenizer
-from gatedgpt2.eval.gates import (Norms, collect_word_gates, gate_analysis, load_spacy, pos_tests, regression,
-                                  within_word_type_null, word_frequencies, word_type_test)
+from gatedgpt2.eval.gates import (
+    Norms,
+    collect_word_gates,
+    gate_analysis,
+    load_spacy,
+    pos_tests,
+    regression,
+    within_word_type_null,
+    word_frequencies,
+    word_type_test,
+)
 from modeling_gatedgpt import gate_per_token
 from tests.conftest import tiny_model
-
 
 NORMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "norms" / "brysbaert_concreteness.tsv"
 

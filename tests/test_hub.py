@@ -25,7 +25,6 @@ from gatedgpt2.hub_cards.push import push, push_with_revisions
 from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model, tiny_train_args
 from tests.test_auto_and_remote_code import make_offline_hub_cache
 
-
 RESULTS = {"model": "x", "data": "evaluation_data", "fast": True, "vision": True, "tasks": {
     "blimp": {"dataset": "blimp_fast", "accuracy": 61.234, "micro_accuracy": 60.0, "items": 13400},
     "winoground": {"dataset": "winoground_filtered", "accuracy": 52.5, "micro_accuracy": 52.5, "items": 746}}}

@@ -298,7 +298,8 @@ def test_a_run_killed_mid_save_resumes_to_the_same_weights_and_reports_the_whole
 
 
 def test_a_replacement_cut_off_between_its_renames_restores_the_earlier_folder(tmp_path):
-    from gatedgpt2.trainer.training import move_into_place, partial_path, remove_unfinished_saves
+    from gatedgpt2.data.run_files import move_into_place, partial_path
+    from gatedgpt2.trainer.training import remove_unfinished_saves
 
     final = tmp_path / "revisions" / "chck_1M"
     (staged := Path(partial_path(str(final)))).mkdir(parents=True)
@@ -547,8 +548,8 @@ def test_fsdp_on_cpu_is_an_error_not_silently_unsharded_training(tiny_world, tmp
 def test_a_short_training_makes_the_image_matter(tmp_path):
     """About 30 s of training on captions of the grounded world: VQA-style questions are answered far better with the
     image than by the same model with `image_mask=False` (8 candidates: chance is 12.5%)."""
-    from tests.conftest import TINY_WORLD
     from gatedgpt2.data.world import WorldSpec, write_world
+    from tests.conftest import TINY_WORLD
 
     spec = WorldSpec(**{**TINY_WORLD, "train_captions": 2000, "train_sentences": 50, "vqa_items": 150})
     world = write_world(tmp_path / "world", spec)

@@ -7,7 +7,6 @@ import torch
 
 from tests.conftest import tiny_model
 
-
 GATES = [dict(gate="none")] + [
     dict(gate=gate, gate_granularity=granularity, fusion=fusion)
     for gate, granularity, fusion in itertools.product(["soft", "hard"], ["feature", "token"], ["paper", "residual"])

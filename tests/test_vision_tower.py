@@ -14,7 +14,6 @@ from transformers import Dinov2Config, Dinov2Model
 from modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Processor
 from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model
 
-
 VISION = dict(hidden_size=IMAGE_DIM, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
               image_size=28, patch_size=14)
 

@@ -18,7 +18,6 @@ from gatedgpt2.eval.tasks import read_task
 from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
 from tests.conftest import tiny_model
 
-
 EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
 BABYLM_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "text" / "dev"
 IMAGE_DIM = 24

@@ -11,7 +11,6 @@ import torch
 
 from modeling_gatedgpt import knockout
 
-
 # every projection of the text stream's self- and cross-attention; the image encoder keeps its weights
 LORA_TARGET_MODULES = r".*\.h\.\d+\.(attn|crossattention)\.(c_attn|q_attn|c_proj)"
 

@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from gatedgpt2.data.collator import GroundedCollator
 from gatedgpt2.data.model_folder import discard_cut_off_install, install_model
 from gatedgpt2.data.revisions import revision_name
+from gatedgpt2.data.run_files import RunFiles, move_into_place, partial_path
 from modeling_gatedgpt import gate_per_token
 
 from .curriculum import CurriculumBatchSampler
@@ -89,7 +90,7 @@ class WordsSeenRevisionsCallback(TrainerCallback):
         before = sampler.words_seen(state.global_step - 1, args.gradient_accumulation_steps)
         for threshold in self.thresholds:
             if before < threshold <= words:
-                final = os.path.join(args.output_dir, "revisions", revision_name(threshold))
+                final = RunFiles(args.output_dir).revision(threshold)
                 staged = partial_path(final)
                 with disk_full_explained(f"revision {revision_name(threshold)}", staged):
                     self.trainer.save_model(staged)
@@ -151,29 +152,6 @@ class RunTotals(TrainerCallback, ExportableState):
                 "resumed_from_step": self.first_step or None}
 
 
-def _hidden_beside(final: str, suffix: str) -> str:
-    parent, name = os.path.split(os.path.normpath(final))
-    return os.path.join(parent, f".{name}.{suffix}")
-
-
-def partial_path(final: str) -> str:
-    """Where a folder is written before it becomes `final`: beside it, hidden, so that neither the Trainer's
-    checkpoint list nor a resume takes it for a finished save."""
-    return _hidden_beside(final, "partial")
-
-
-def move_into_place(staged: str, final: str) -> None:
-    """Makes the complete folder `staged` the folder `final` by a rename, so that after a kill there is either the
-    earlier `final` or the new one, never half a save (an earlier `final` is first renamed aside, then deleted)."""
-    replaced = None
-    if os.path.lexists(final):
-        replaced = _hidden_beside(final, "replaced")
-        os.replace(final, replaced)
-    os.replace(staged, final)
-    if replaced:
-        shutil.rmtree(replaced)
-
-
 def remove_unfinished_saves(output_dir: str | os.PathLike) -> None:
     """Cleans up after saves that a kill cut off: the final model's files if their replacement was cut off
     (`install_model`), a partial folder (`.model.partial`, `.checkpoint-N.partial`, `revisions/.chck_*.partial`) is
@@ -184,7 +162,7 @@ def remove_unfinished_saves(output_dir: str | os.PathLike) -> None:
     if deleted:
         logger.warning("Deleting the final model of %s (%s): its save did not finish (the run was stopped while "
                        "writing it); resuming saves it again.", output_dir, ", ".join(p.name for p in deleted))
-    for folder in (output_dir, output_dir / "revisions"):
+    for folder in (output_dir, RunFiles(output_dir).revisions_dir):
         for unfinished in sorted(folder.glob(".*.partial")):
             logger.warning("Deleting %s: a save that did not finish (the run was stopped while writing it).",
                            unfinished)
