@@ -33,7 +33,8 @@ PIPELINE = ROOT.parent / "shared" / "vendor" / "babylm-evaluation-pipeline-2025"
 # (our task, the pipeline's --task, folder under evaluation_data)
 TASKS = [("blimp", "blimp", "fast_eval/blimp_fast"), ("supplement", "blimp", "fast_eval/supplement_fast"),
          ("ewok", "ewok", "fast_eval/ewok_fast"), ("entity_tracking", "entity_tracking", "full_eval/entity_tracking"),
-         ("wug_adj", "wug_adj", "full_eval/wug_adj_nominalization"), ("wug_past", "wug_past", "full_eval/wug_past_tense"),
+         ("wug_adj", "wug_adj", "full_eval/wug_adj_nominalization"),
+         ("wug_past", "wug_past", "full_eval/wug_past_tense"),
          ("comps", "comps", "full_eval/comps"), ("reading", "reading", "full_eval/reading")]
 
 PIPELINE_SIDE = textwrap.dedent("""
@@ -129,7 +130,8 @@ def run_side(python: Path, script: str, args: list[str], cwd: Path, env: dict | 
 
 def predictions(root: Path, model: Path, name: str, task: str, folder: str) -> dict:
     base = root / name / model.stem / "main" / "zero_shot" / "causal"
-    path = base / "reading" / "predictions.json" if task == "reading" else base / task / Path(folder).name / "predictions.json"
+    task_dir = base / "reading" if task == "reading" else base / task / Path(folder).name
+    path = task_dir / "predictions.json"
     return json.loads(path.read_text())
 
 
@@ -235,7 +237,8 @@ def main() -> None:
           "choices differing | max rel. difference |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['task']} | {r['items']:,} | {r['pipeline_s'] - r['pipeline_loading_s']:.2f} "
-              f"(+{r['pipeline_loading_s']:.2f}) | {r['ours_s'] - r['ours_loading_s']:.2f} (+{r['ours_loading_s']:.2f}) | "
+              f"(+{r['pipeline_loading_s']:.2f}) | {r['ours_s'] - r['ours_loading_s']:.2f} "
+              f"(+{r['ours_loading_s']:.2f}) | "
               f"{r['speedup']:.1f}x | {r['speedup_with_loading']:.1f}x | {r['choices_differing']} | "
               f"{r['max_relative_difference']:.1e} |")
     print(f"| all | | {total['pipeline_s'] - total['pipeline_loading_s']:.1f} | "

@@ -142,7 +142,8 @@ def bench_embeddings(sizes: list[int], image_tokens: list[int], batches: int, ba
                 write_shard(path, n, tokens)
                 for mode in ("mmap", "np.load"):
                     out = subprocess.run(
-                        [sys.executable, __file__, "--embedding-worker", str(path), mode, str(batches), str(batch_size)],
+                        [sys.executable, __file__, "--embedding-worker", str(path), mode, str(batches),
+                         str(batch_size)],
                         check=True, capture_output=True, text=True, cwd=ROOT,
                     ).stdout
                     result = json.loads(out.strip().splitlines()[-1])

@@ -81,7 +81,8 @@ def main():
                                  ours_vs_peer=medians["peer, cache"] / median if name.startswith("ours") else 1.0))
 
     print(f"{described['machine']}, {args.dtype}{', compiled' if args.compile else ''}, {described['clock']} clock, "
-          f"load {described['load_before']}; prompt {args.prompt}, {args.new_tokens} new tokens, {args.image_tokens} image tokens")
+          f"load {described['load_before']}; prompt {args.prompt}, {args.new_tokens} new tokens, "
+          f"{args.image_tokens} image tokens")
     print("| size | batch | run | new tokens/s | x no cache | ours/peer |\n| --- | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['size']} | {r['batch']} | {r['run']} | {r['new_tokens_per_s']:,.0f} | "

@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
-        sys.exit("bench/gpu.py needs a CUDA device (torch.cuda.is_available() is False); --tiny runs its plumbing on CPU")
+        sys.exit("bench/gpu.py needs a CUDA device (torch.cuda.is_available() is False); --tiny runs its plumbing "
+                 "on CPU")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results, started = {}, time.perf_counter()
     for name, (script, *script_args) in runs(args.tiny):

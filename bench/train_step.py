@@ -151,7 +151,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-configuration peak-memory processes")
     parser.add_argument("--sync-debug", action="store_true", help="CUDA: one step each with sync debug mode 'error'")
-    parser.add_argument("--profile", choices=list(VARIANTS), help="print torch.profiler op tables for this and the peer")
+    parser.add_argument("--profile", choices=list(VARIANTS),
+                        help="print torch.profiler op tables for this and the peer")
     parser.add_argument("--out", help="default: bench/results/train_step.json (gpu-train_step.json on CUDA)")
     parser.add_argument("--peak-memory-worker", nargs=3, help=argparse.SUPPRESS)
     add_arguments(parser)
@@ -205,13 +206,15 @@ def main():
             del runners
 
     memory = "peak allocated" if setup.device.type == "cuda" else "peak RSS"
-    print(f"| size | image tokens | model | params | tokens/s | ours/peer | FLOPs vs peer | MFU | {memory} | compile |\n"
+    print("| size | image tokens | model | params | tokens/s | ours/peer | FLOPs vs peer | MFU | "
+          f"{memory} | compile |\n"
           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         peak_mb = f"{r['peak_memory_mb']:,.0f} MB" if r["peak_memory_mb"] is not None else ""
         compile_s = f"{r['compile_s']:.0f} s" if r["compile_s"] is not None else ""
-        print(f"| {r['size']} | {r['image_tokens']} | {r['model']} | {r['params'] / 1e6:.1f} M | {r['tokens_per_s']:,.0f} | "
-              f"{r['ratio_to_peer']:.2f} | {r['flops_ratio_to_peer']:.2f}x | {r['mfu']:.0%} | {peak_mb} | {compile_s} |")
+        print(f"| {r['size']} | {r['image_tokens']} | {r['model']} | {r['params'] / 1e6:.1f} M | "
+              f"{r['tokens_per_s']:,.0f} | {r['ratio_to_peer']:.2f} | {r['flops_ratio_to_peer']:.2f}x | "
+              f"{r['mfu']:.0%} | {peak_mb} | {compile_s} |")
         if r["sync_free"] is not None:
             print(f"  sync debug mode: {'no host sync' if r['sync_free'] is True else r['sync_free']}")
     out = setup.out_path("train_step", args.out)

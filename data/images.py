@@ -3,8 +3,8 @@
 
 `ImageEmbeddings` has two forms: an `.npy` array of shape (N, D) or (N, P, D) (memory-mapped) with its N ids as a
 JSON list in `<stem>.ids.json` or `image_ids.json` beside it; or a `datasets` folder (`save_to_disk`) with columns
-`image_id` and `embedding`. Winoground records are keyed `"<image_idx>/<image_key>"` (e.g. `"0/image_1"`), VQA records by
-`str(idx_in_hf_dataset)`, and records that carry an `image_id` (the grounded world's) by that."""
+`image_id` and `embedding`. Winoground records are keyed `"<image_idx>/<image_key>"` (e.g. `"0/image_1"`), VQA
+records by `str(idx_in_hf_dataset)`, and records that carry an `image_id` (the grounded world's) by that."""
 
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ def _words_per_block(words_per_token: np.ndarray, block_size: int) -> list[int]:
 
 def tokenize_examples(batch: dict, tokenizer, block_size: int, packing: bool) -> dict:
     """Batched `datasets.map` function: text (+ image_index) -> blocks of at most `block_size` tokens."""
-    encoded = tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]  # long lines are split below
+    # long lines are split below
+    encoded = tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]
     image_index = batch.get("image_index", [-1] * len(encoded))
     words = [_words_per_token(len(text.split()), len(ids)) for text, ids in zip(batch["text"], encoded)]
     if packing:
@@ -232,7 +233,8 @@ def caption_dataset(captions: list[str], caption_files: Sequence[str], tokenizer
         cleaned = [clean_line(c) for c in captions]
         image_index = list(range(first_image_index, first_image_index + len(cleaned)))
         raw = datasets.Dataset.from_dict({"text": cleaned, "image_index": image_index})
-        raw = raw.filter(lambda t: [bool(x) for x in t], input_columns="text", batched=True, desc="Dropping empty captions")
+        raw = raw.filter(lambda t: [bool(x) for x in t], input_columns="text", batched=True,
+                         desc="Dropping empty captions")
         return raw.map(tokenize_examples, batched=True, batch_size=2000, remove_columns=["text"],
                        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, "packing": False},
                        desc=f"Tokenizing {len(cleaned)} captions")

@@ -129,7 +129,8 @@ class SceneEncoder(torch.nn.Module):
         self.register_buffer("patch_position", fixed(PATCH_GRID**2, embed_dim, fan_in=1) * 0.5)
         self.register_buffer("global_stats", torch.zeros(2, embed_dim))
         self.register_buffer("patch_stats", torch.zeros(2, embed_dim))
-        reference = torch.from_numpy(np.stack([render(random_scene(random.Random(seed * 7919 + i))) for i in range(256)]))
+        scenes = [random_scene(random.Random(seed * 7919 + i)) for i in range(256)]
+        reference = torch.from_numpy(np.stack([render(scene) for scene in scenes]))
         global_raw, patch_raw = self._raw(reference)
         self.global_stats.copy_(torch.stack([global_raw.mean(0), global_raw.std(0) + 1e-6]))
         flat = patch_raw.flatten(0, 1)
@@ -199,7 +200,8 @@ def describe(scene: Scene, rng: random.Random, version: int = 3) -> str:
         # Conjunctions ("a red circle and a blue square") are what teaches which colour goes with which shape.
         templates = (
             (4, lambda: f"there is {noun_phrase(a, rng)} and {noun_phrase(b, rng)} ."),
-            (2, lambda: f"{noun_phrase(a, rng, 'the', False)} is {relation(a, b)} {noun_phrase(b, rng, 'the', False)} ."),
+            (2, lambda: f"{noun_phrase(a, rng, 'the', False)} is {relation(a, b)} "
+                        f"{noun_phrase(b, rng, 'the', False)} ."),
             (1, lambda: f"there are {COUNTS[len(scene)]} objects ."),
             (2, lambda: f"what shape is the {a.colour} object ? {a.shape} ." if same_colour == 1
              else f"there are {COUNTS[len(scene)]} objects ."),
@@ -224,7 +226,8 @@ def minimal_pairs(rng: random.Random, per_uid: int, version: int = 3) -> list[di
         "existential_there_agreement": lambda s: (
             f"there are {COUNTS[len(s)]} objects .", f"there is {COUNTS[len(s)]} objects ."),
         "adjective_order": lambda s: (
-            f"i see one {s[0].size} {s[0].colour} {s[0].shape} .", f"i see one {s[0].colour} {s[0].size} {s[0].shape} ."),
+            f"i see one {s[0].size} {s[0].colour} {s[0].shape} .",
+            f"i see one {s[0].colour} {s[0].size} {s[0].shape} ."),
         "relation_word_order": lambda s: (
             f"the {s[0].colour} {s[0].shape} is {relation(s[0], s[1])} the {s[1].colour} {s[1].shape} .",
             f"the {s[0].colour} {s[0].shape} is the {relation(s[0], s[1])} {s[1].colour} {s[1].shape} ."),
@@ -236,8 +239,8 @@ def minimal_pairs(rng: random.Random, per_uid: int, version: int = 3) -> list[di
             good, bad = make(scene)
             records.append({"sentence_good": good, "sentence_bad": bad, "field": "world", "linguistics_term": uid,
                             "UID": uid, "simple_LM_method": True, "one_prefix_method": False,
-                            "two_prefix_method": False, "lexically_identical": sorted(good.split()) == sorted(bad.split()),
-                            "pair_id": pair_id})
+                            "two_prefix_method": False,
+                            "lexically_identical": sorted(good.split()) == sorted(bad.split()), "pair_id": pair_id})
     return records
 
 
@@ -431,7 +434,8 @@ def write_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     _write_jsonl(files.eval_dir / "winoground" / "winoground.jsonl", wino)
 
     vqa = [{"question_id": i, "question": q, "target_ans": answer, "distractors": distractors,
-            "image_id": add_image(scene)} for i, (scene, q, answer, distractors) in enumerate(vqa_items(rng, spec.vqa_items))]
+            "image_id": add_image(scene)}
+           for i, (scene, q, answer, distractors) in enumerate(vqa_items(rng, spec.vqa_items))]
     _write_jsonl(files.eval_dir / "vqa" / "vqa.jsonl", vqa)
 
     global_embeds, tokens = encode_scenes(eval_scenes, encoder, seed=rng.randrange(2**31))

@@ -55,7 +55,8 @@ def zero_shot_command(args: argparse.Namespace) -> None:
     print(f"Results: {Path(args.out) / 'results.json'}")
     if args.results_dir:
         write_pipeline_tree(results, args.results_dir, args.model, args.revision_name or args.revision)
-        print(f"Pipeline results tree: {args.results_dir / Path(args.model).stem / (args.revision_name or args.revision or 'main')}")
+        revision = args.revision_name or args.revision or "main"
+        print(f"Pipeline results tree: {args.results_dir / Path(args.model).stem / revision}")
 
 
 def babylm_command(args: argparse.Namespace) -> None:
@@ -322,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "repeatable (default with a world folder: its training text and captions)")
     gates.add_argument("--min-count", type=positive_int, default=5, help="occurrences a POS needs to enter the tests")
     gates.add_argument("--untrained-draws", type=non_negative_int, default=20,
-                       help="fresh gates drawn for the untrained null of the next-word analysis (controls/); 0 skips it")
+                       help="fresh gates drawn for the untrained null of the next-word analysis (controls/); 0 "
+                            "skips it")
 
     gate = command("narrow-gate", "attention profile, modality gap, knockout and activation patching",
                    narrow_gate_command)

@@ -197,10 +197,10 @@ def _grouped_report(pairs: dict, labels: np.ndarray, next_dependent: np.ndarray 
         return epsilon_squared(gates[keep], labels[keep])
 
     observed_effect = class_effect(pairs["gate"])
+    untrained_effect = (percentile_in(observed_effect, [class_effect(g) for g in nulls["untrained"]])
+                        if observed_effect is not None and nulls["untrained"] else None)
     report = {"occurrences": int(keep.sum()), "captions": captions, "mean_gate": float(pairs["gate"][keep].mean()),
-              "class_effect": {"epsilon_squared": observed_effect,
-                               "untrained": percentile_in(observed_effect, [class_effect(g) for g in nulls["untrained"]])
-                               if observed_effect is not None and nulls["untrained"] else None},
+              "class_effect": {"epsilon_squared": observed_effect, "untrained": untrained_effect},
               "classes": {}}
     for name in sorted(set(labels[keep])):
         mine = np.flatnonzero(labels == name)

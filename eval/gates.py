@@ -74,7 +74,8 @@ class Norms:
                 try:
                     values[row[word_column].strip().lower()] = float(row[value_column])
                 except ValueError:
-                    raise ValueError(f"{path}:{number}: {value_column}={row[value_column]!r} is not a number.") from None
+                    raise ValueError(f"{path}:{number}: {value_column}={row[value_column]!r} is not a "
+                                     f"number.") from None
         name = "concreteness" if value_column == "Conc.M" else value_column
         return cls(name, values)
 

@@ -148,8 +148,9 @@ def knockout_metrics(model, tokenizer, world: WorldFiles) -> dict:
 
 def zero_shot_metrics(model, tokenizer, data_dir: Path, tasks: list[str], fast: bool, run_dir: Path,
                       revisions: bool = False) -> dict:
-    """The zero-shot tasks' scores (accuracy; Spearman's rho for the WUG tasks); with `revisions` also a learning curve over the run's words-seen revisions
-    (train.py's `revision_words`) and the final model: {"words": [...], "<task>": [...]} under "curve"."""
+    """The zero-shot tasks' scores (accuracy; Spearman's rho for the WUG tasks); with `revisions` also a learning curve
+    over the run's words-seen revisions (train.py's `revision_words`) and the final model: {"words": [...], "<task>":
+    [...]} under "curve"."""
     def score(network, out_dir: Path) -> dict:
         results = zero_shot(network, tokenizer, data_dir, tasks, fast=fast, out_dir=out_dir, progress=False)
         return {name: task["score"] for name, task in results["tasks"].items()}

@@ -73,7 +73,8 @@ def attention_profile(model, tokenizer, texts, images: np.ndarray, image_rows, b
                 for name, share in (("plain", plain), ("gated", gated), ("valued", valued)):
                     share = share / share.sum(-1, keepdim=True).clamp_min(1e-12)
                     sums[i][f"{name}_cls"] += float(share[:, 0].sum())
-                    sums[i][f"{name}_max_patch"] += float(share[:, 1:].max(-1).values.sum()) if share.shape[1] > 1 else 0
+                    if share.shape[1] > 1:
+                        sums[i][f"{name}_max_patch"] += float(share[:, 1:].max(-1).values.sum())
                 sums[i]["n"] += len(rows)
     return {i: {"cls": s["plain_cls"] / s["n"], "patches": 1 - s["plain_cls"] / s["n"],
                 "max_patch": s["plain_max_patch"] / s["n"], "cls_gate_weighted": s["gated_cls"] / s["n"],

@@ -78,8 +78,8 @@ def word_surprisals(model, tokenizer, contexts: list[str], words: list[str], bat
     input_ids = [[*encoded[text], token] for text, token in unique]
     masks = [[0] * len(encoded[text]) + [1] for text, _ in unique]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    logp = score_token_sequences(model, input_ids, masks, pad, sources=[f"reading context {t!r:.60}" for t, _ in unique],
-                                 batch_size=batch_size, desc=desc)
+    sources = [f"reading context {t!r:.60}" for t, _ in unique]
+    logp = score_token_sequences(model, input_ids, masks, pad, sources=sources, batch_size=batch_size, desc=desc)
     # the pipeline takes each probability as a float32 softmax entry and multiplies them as Python floats
     probability = dict(zip(unique, np.exp(logp).astype(np.float32).astype(np.float64)))
     return np.array([-math.log(np.prod([probability[q] for q in queries])) for queries in per_word])

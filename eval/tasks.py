@@ -1,9 +1,9 @@
 """The BabyLM zero-shot tasks, read as the 2025 pipeline reads them.
 
-Every record becomes an `Item`: candidate sentences, the completion of each that is scored (the whole sentence for
-BLiMP / supplement / Winoground / WUG, " " + target for EWoK, " " + answer for VQA, the option after the prefix for
-entity tracking, the property phrase for COMPS), the candidate that is correct (always the first), its UID, the
-metadata the pipeline breaks accuracy down by and, for the WUG tasks, the human ratio. Two layouts are understood: the official
+Every record becomes an `Item`: candidate sentences, the completion of each that is scored (the whole sentence for BLiMP
+/ supplement / Winoground / WUG, " " + target for EWoK, " " + answer for VQA, the option after the prefix for entity
+tracking, the property phrase for COMPS), the candidate that is correct (always the first), its UID, the metadata the
+pipeline breaks accuracy down by and, for the WUG tasks, the human ratio. Two layouts are understood: the official
 `evaluation_data/` folder (`full_eval/blimp_filtered`, `fast_eval/blimp_fast`, ..., EWoK as a folder or as the
 distributed password-protected zip) and a flat folder with one sub-folder per task (the grounded world's `eval/`)."""
 
@@ -224,8 +224,9 @@ def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str
         if not members:
             raise FileNotFoundError(f"No *.jsonl files in {archive}.")
         try:
-            return [(Path(m).stem, f"{archive}:{m}", decode_utf8(zipped.read(m, pwd=password.encode()), f"{archive}:{m}")
-                     .splitlines()) for m in members]
+            return [(Path(m).stem, f"{archive}:{m}",
+                     decode_utf8(zipped.read(m, pwd=password.encode()), f"{archive}:{m}").splitlines())
+                    for m in members]
         # zipfile says "bad password" (RuntimeError) only when the password fails ZipCrypto's one check byte; a wrong
         # password that passes it (1 in 256) decrypts to garbage, which fails decompression or the CRC instead
         except (RuntimeError, zipfile.BadZipFile, zlib.error) as error:

@@ -66,7 +66,8 @@ def task_score(task: TaskData, chosen: list[int], probabilities: list[np.ndarray
         return "spearman", float(rho)
     per_uid = accuracy["per_group"]
     if task.name == "entity_tracking":
-        splits = [[value for uid, value in per_uid.items() if uid.startswith(split)] for split in ENTITY_TRACKING_SPLITS]
+        splits = [[value for uid, value in per_uid.items() if uid.startswith(split)]
+                  for split in ENTITY_TRACKING_SPLITS]
         return "accuracy (mean over splits)", float(np.mean([np.mean(s) for s in splits if s]))
     return "accuracy", accuracy["accuracy"]
 
@@ -135,14 +136,14 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     }
 
 
-def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str] = ("blimp", "supplement", "ewok"), fast: bool = False,
-              images: str | Path | ImageEmbeddings | None = None, no_image: bool = False, batch_size: int = 64,
-              out_dir: str | Path | None = None, ewok_password: str = EWOK_PASSWORD, progress: bool = True,
-              model_name: str | None = None) -> dict:
+def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str] = ("blimp", "supplement", "ewok"),
+              fast: bool = False, images: str | Path | ImageEmbeddings | None = None, no_image: bool = False,
+              batch_size: int = 64, out_dir: str | Path | None = None, ewok_password: str = EWOK_PASSWORD,
+              progress: bool = True, model_name: str | None = None) -> dict:
     """Run the zero-shot tasks on a model and its tokenizer; return (and with `out_dir`, write) the results.
 
-    images: embeddings for Winoground / VQA (see `gatedgpt2.data.images`); with a grounded-world eval folder the
-        default is its `images/embeddings.npy`. no_image: score those tasks without images (BabyLM's "no vision" rows)."""
+    images: embeddings for Winoground / VQA (see `gatedgpt2.data.images`); with a grounded-world eval folder the default
+    is its `images/embeddings.npy`. no_image: score those tasks without images (BabyLM's "no vision" rows)."""
     tasks = parse_tasks(tasks)
     data_dir = Path(data_dir)
     model.eval()
@@ -178,8 +179,8 @@ def results_table(results: dict) -> str:
     for name, r in results["tasks"].items():
         score = (f"{r['eye_tracking']:.2f} / {r['self_paced_reading']:.2f}" if name == "reading"
                  else f"{r['score']:.{3 if name in WUG_TASKS else 2}f}")
-        lines.append(f"| {name}{vision if name in MULTIMODAL_TASKS else ''} | {r['dataset']} | {r['items']} | {score} | "
-                     f"{r['metric']} | {r.get('exact_ties', '-')} |")
+        lines.append(f"| {name}{vision if name in MULTIMODAL_TASKS else ''} | {r['dataset']} | {r['items']} | "
+                     f"{score} | {r['metric']} | {r.get('exact_ties', '-')} |")
     return "\n".join(lines) + "\n"
 
 

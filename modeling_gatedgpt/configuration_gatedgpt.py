@@ -427,7 +427,7 @@ class GatedGPT2Config(PreTrainedConfig):
 # "paper_code": the architecture of the paper's code (biancaganescu/looking-to-learn at 15a9c6e), where it departs
 # from GPT-2: scaled and normalised embeddings, no final LayerNorm, an untied output layer with a bias, exact GELU,
 # post-LN image encoder layers without a final LayerNorm; its dropout placement and PyTorch's default initialisation.
-# Its defects stay fixed (see README, "Reproducing the paper").
+# Its defects stay fixed (see docs/reproducing_the_paper.md).
 PRESETS = {
     "gpt2": {},
     "paper_code": dict(scale_embedding=True, embedding_norm=True, final_norm=False, tie_word_embeddings=False,

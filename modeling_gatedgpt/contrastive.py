@@ -29,7 +29,9 @@ class ContrastiveHead(nn.Module):
 
     def _project(self, projection: nn.Linear, states: torch.Tensor) -> torch.Tensor:
         projected = projection(states)
-        return nn.functional.normalize(projected, dim=-1) if self.config.contrastive_similarity == "cosine" else projected
+        if self.config.contrastive_similarity == "cosine":
+            return nn.functional.normalize(projected, dim=-1)
+        return projected
 
     def forward(
         self,

@@ -127,11 +127,11 @@ class GatedGPT2Attention(nn.Module):
         return key, value
 
     def _one_image_token(self, seq_len: int, key_value_states: torch.Tensor | None, past_key_values) -> torch.Tensor:
-        """Cross-attention over a single image token per row, as the general path computes it but without queries: softmax
-        over one key is exactly 1, so each position's output is c_proj(v) of its row's token, (B, 1, D), computed
-        once per row and broadcast over positions; images given per position (B, T, 1, D) give (B, T, D). Dropout
-        draws what `forward` draws, in the same order and shape (attention dropout on the weight 1 of each head and
-        position, then residual dropout), so while either is active the output is per position, (B, T, D)."""
+        """Cross-attention over a single image token per row, as the general path computes it but without queries:
+        softmax over one key is exactly 1, so each position's output is c_proj(v) of its row's token, (B, 1, D),
+        computed once per row and broadcast over positions; images given per position (B, T, 1, D) give (B, T, D).
+        Dropout draws what `forward` draws, in the same order and shape (attention dropout on the weight 1 of each head
+        and position, then residual dropout), so while either is active the output is per position, (B, T, D)."""
         per_position_images = key_value_states is not None and key_value_states.dim() == 4
         if per_position_images:
             batch_size = key_value_states.shape[0]

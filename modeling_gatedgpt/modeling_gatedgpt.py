@@ -4,7 +4,8 @@ Each decoder layer is GPT-2's (same parameter names, so GPT-2 weights load uncha
 `config.cross_attention_layers` add, between self-attention and MLP:
 
     h = LN(x);  c = CrossAttention(h -> image tokens);  g = Gate([h; c])
-    x = x + LN(g*h + (1-g)*c)   (fusion="paper")   or   x = x + (1-g)*c   (fusion="residual")   or   x = x + c (gate="none")
+    x = x + LN(g*h + (1-g)*c)   (fusion="paper")   or   x = x + (1-g)*c   (fusion="residual")
+    x = x + c                   (gate="none")
 
 Rows without an image (`image_mask` false) skip that sub-layer and get exactly the text-only computation.
 
@@ -68,7 +69,8 @@ class GatedGPT2ModelOutput(BaseModelOutputWithPastAndCrossAttentions):
 
 @dataclass
 class GatedGPT2CausalLMOutput(CausalLMOutputWithCrossAttentions):
-    """`loss` = `lm_loss` + config.contrastive_weight * `contrastive_loss`; other fields as in `GatedGPT2ModelOutput`."""
+    """`loss` = `lm_loss` + config.contrastive_weight * `contrastive_loss`; other fields as in
+    `GatedGPT2ModelOutput`."""
 
     lm_loss: torch.Tensor | None = None
     contrastive_loss: torch.Tensor | None = None
@@ -110,7 +112,8 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             )
             paper_dropout = self.ln_fused is not None and config.dropout_placement == "paper_code"
             self.fused_dropout = nn.Dropout(config.resid_pdrop) if paper_dropout else nn.Identity()
-            self.modulation = MODULATION_CLASSES[config.modulation](hidden_size, hidden_size) if config.modulation else None
+            self.modulation = (MODULATION_CLASSES[config.modulation](hidden_size, hidden_size) if config.modulation
+                               else None)
             self.modulation_target = config.modulation_target
             self.modulate_cross_by_image = config.cross_attn_modulation_condition == "image"
             self.modulated_text_queries_image = config.modulated_text_queries_image
@@ -390,7 +393,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             token_mask = image_attention_mask.to(device=image_embeds.device, dtype=torch.bool)
             empty = (rows & ~token_mask.any(-1)).nonzero().flatten().tolist() if self._checks_input_values() else []
             if empty:
-                raise ValueError(f"`image_attention_mask` masks every image token of rows {empty}, which have an image.")
+                raise ValueError(f"`image_attention_mask` masks every image token of rows {empty}, which have an "
+                                 f"image.")
             # Rows without an image attend to (zeroed) tokens anyway, so that no softmax sees an all-masked row.
             token_mask = token_mask | ~rows[:, None]
         return image_embeds, rows, token_mask
@@ -525,8 +529,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         if self.ln_embd is not None:
             hidden_states = self.ln_embd(hidden_states)
         self_mask = causal_mask(
-            attention_mask, batch_size, seq_len, past_length, inputs_embeds.device, config._attn_implementation == "sdpa",
-            check_values=self._checks_input_values(),
+            attention_mask, batch_size, seq_len, past_length, inputs_embeds.device,
+            config._attn_implementation == "sdpa", check_values=self._checks_input_values(),
         )
 
         all_hidden_states, attentions, cross_attentions, gates = [], [], [], []
@@ -690,7 +694,8 @@ class GatedGPT2ForCausalLM(GatedGPT2PreTrainedModel, GenerationMixin):
             gpt2 = GPT2LMHeadModel.from_pretrained(gpt2_model_or_path)
         source = gpt2.config
         if source.scale_attn_by_inverse_layer_idx or source.reorder_and_upcast_attn:
-            raise ValueError("GPT-2 checkpoints with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported.")
+            raise ValueError("GPT-2 checkpoints with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not "
+                             "supported.")
         text = {name: getattr(source, name) for name in _GPT2_TEXT_FIELDS}
         text.update(_GPT2_ARCHITECTURE)
         clashes = sorted(name for name, value in config_overrides.items()

@@ -44,7 +44,8 @@ def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray
                                                                    [span for _, span in words])):
                 if pieces:
                     per_class[word_class(word)].append(float(gate))
-    return {c: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)} for c, v in sorted(per_class.items())}
+    return {c: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)}
+            for c, v in sorted(per_class.items())}
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:

@@ -3,6 +3,7 @@ and the push)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -48,7 +49,6 @@ from gatedgpt2.eval.world import evaluate_world
 from gatedgpt2.hub_cards.card import write_card
 from gatedgpt2.hub_cards.push import push_with_revisions
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
-from gatedgpt2.trainer.curriculum import CurriculumBatchSampler
 from gatedgpt2.trainer.launch import check_process_count, end_with_launcher
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
 from gatedgpt2.trainer.run_definition import check_resumed_run, run_definition
@@ -60,19 +60,27 @@ from .report import gate_by_word_class, write_report
 logger = logging.getLogger(__name__)
 
 
-def resolve_world(data_args: DataArguments) -> None:
-    """Point the data arguments at the embedded world, generating it if needed."""
+def generate_world(data_args: DataArguments) -> WorldFiles:
+    """The embedded world of the data arguments (`world_*`), generated into `world_dir` unless it is there."""
     spec = WorldSpec(seed=data_args.world_seed, train_captions=data_args.world_captions,
                      train_sentences=data_args.world_sentences, version=data_args.world_version,
                      design=data_args.world_design)
-    world = WorldFiles(write_world(data_args.world_dir, spec))
-    kind = data_args.image_kind
-    data_args.text_dir, data_args.text_pattern = str(world.text_dir("train")), world.text_pattern("train")
-    data_args.eval_text_dir, data_args.eval_text_pattern = str(world.text_dir("dev")), world.text_pattern("dev")
-    data_args.caption_files = [str(world.captions("train"))]
-    data_args.embedding_files = [str(world.caption_images("train", kind))]
-    data_args.eval_caption_files = [str(world.captions("dev"))]
-    data_args.eval_embedding_files = [str(world.caption_images("dev", kind))]
+    return WorldFiles(write_world(data_args.world_dir, spec))
+
+
+def training_data(data_args: DataArguments) -> DataArguments:
+    """The data a run reads: `data_args` itself, or, for a run on the embedded world (no text_dir, no caption_files),
+    a copy pointed at the world's files (generated if missing). `data_args` is never changed, and the copy keeps its
+    `evaluates_world`."""
+    if not data_args.uses_world:
+        return data_args
+    world, kind = generate_world(data_args), data_args.image_kind
+    return dataclasses.replace(
+        data_args, text_dir=str(world.text_dir("train")), text_pattern=world.text_pattern("train"),
+        eval_text_dir=str(world.text_dir("dev")), eval_text_pattern=world.text_pattern("dev"),
+        caption_files=[str(world.captions("train"))], embedding_files=[str(world.caption_images("train", kind))],
+        eval_caption_files=[str(world.captions("dev"))], eval_embedding_files=[str(world.caption_images("dev", kind))],
+        eval_world=data_args.evaluates_world)
 
 
 def build_tokenizer(data_args: DataArguments, model_args: ModelArguments):
@@ -192,32 +200,28 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     with claimed_output_dir(training_args, data_args.overwrite_output_dir):
         # the Trainer would push the whole output folder; the package pushes the checkpoint, its card and revisions
         push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
-        # before the world is resolved, which points the data arguments at its files
-        evaluates_world = data_args.evaluates_world
         with training_args.main_process_first(desc="grounded world, tokenizer and datasets"):
-            tokenizer, train, num_text, evals, images = prepare_data(model_args, data_args)
+            data = training_data(data_args)
+            tokenizer, train, num_text, evals, images = prepare_data(model_args, data)
         set_seed(training_args.seed)
-        trainer = build_trainer(model_args, data_args, training_args, tokenizer, train, num_text, evals, images,
-                                callbacks)
-        trainer.run_definition = run_definition(trainer.model.config, tokenizer, data_args, training_args,
-                                                text_files(data_args.text_dir, data_args.text_pattern)
-                                                if data_args.text_dir else [])
+        trainer = build_trainer(model_args, data, training_args, tokenizer, train, num_text, evals, images, callbacks)
+        trainer.run_definition = run_definition(trainer.model.config, tokenizer, data, training_args,
+                                                text_files(data.text_dir, data.text_pattern) if data.text_dir else [])
         if training_args.resume_from_checkpoint:
-            check_resumed_run(training_args.resume_from_checkpoint, trainer.run_definition,
-                              data_args.resume_with_changes)
+            check_resumed_run(training_args.resume_from_checkpoint, trainer.run_definition, data.resume_with_changes)
         knockout_before = None
-        if trainer.image_key_masking is not None and evaluates_world and trainer.is_world_process_zero():
-            knockout_before = world_knockout(trainer.model, tokenizer, data_args)
+        if trainer.image_key_masking is not None and data.evaluates_world and trainer.is_world_process_zero():
+            knockout_before = world_knockout(trainer.model, tokenizer, data)
 
-        summary = train_and_save(trainer, model_args, data_args, training_args, tokenizer, images)
+        summary = train_and_save(trainer, model_args, data, training_args, tokenizer, images)
         if not trainer.is_world_process_zero():
             return summary
-        if evaluates_world:
-            summary.update(evaluate(trainer.model, tokenizer, data_args, images, knockout_before))
-        if data_args.report:
+        if data.evaluates_world:
+            summary.update(evaluate(trainer.model, tokenizer, data, images, knockout_before))
+        if data.report:
             summary["wall_time_s"] = round(time.time() - started, 1)
-            report(trainer, tokenizer, data_args, summary)
-        if data_args.report or push_to_hub:
+            report(trainer, tokenizer, data, summary)
+        if data.report or push_to_hub:
             summary.update(publish(training_args, push_to_hub))
         return summary
 
@@ -317,8 +321,6 @@ def prepare_data(model_args: ModelArguments, data_args: DataArguments):
     """Step 1. -> tokenizer, train dataset, number of text rows, eval datasets by modality, image store."""
     if model_args.model_name_or_path:
         check_local_model(model_args.model_name_or_path)
-    if data_args.uses_world:
-        resolve_world(data_args)
     tokenizer = build_tokenizer(data_args, model_args)
     image_dim = None
     if model_args.model_name_or_path:
@@ -336,13 +338,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     global_batch = training_args.per_device_train_batch_size * processes
     num_batches = int(np.ceil(len(train) / global_batch))  # the alternating round; mixed curricula are close
     model = build_model(model_args, data_args, tokenizer, images.row_shape if images else None)
+    curriculum = Curriculum(data_args.curriculum, num_text, data_args.mix_ratio)
     run_steps = _total_steps(num_batches, training_args)
     if model.config.gate_temperature_clock == "image_batches":  # the curriculum's batches with images in the run
-        run_steps = CurriculumBatchSampler(
-            num_text, len(train) - num_text, data_args.curriculum, training_args.per_device_train_batch_size,
-            processes, seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-            mix_ratio=data_args.mix_ratio,
-        ).image_batches_seen(run_steps, training_args.gradient_accumulation_steps)
+        sampler = curriculum.sampler(len(train), training_args.per_device_train_batch_size, training_args, processes)
+        run_steps = sampler.image_batches_seen(run_steps, training_args.gradient_accumulation_steps)
     model.config.gate_temperature_steps = model_args.gate_temperature_steps_of(run_steps)
     check_vocabulary(model, tokenizer)
     masking = None
@@ -365,7 +365,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
         eval_dataset=evals or None,
         data_collator=GroundedCollator(tokenizer.pad_token_id, images, max_length=model.config.n_positions),
         processing_class=tokenizer,
-        curriculum=Curriculum(data_args.curriculum, num_text, data_args.mix_ratio),
+        curriculum=curriculum,
         revision_words=parse_revision_words(data_args.revision_words),
         image_key_masking=masking,
         callbacks=callbacks,
@@ -391,9 +391,9 @@ def train_and_save(trainer: GatedGPT2Trainer, model_args: ModelArguments, data_a
         gpt2_dir = RunFiles(training_args.output_dir).gpt2_dir
         trainer.accelerator.unwrap_model(model).to_gpt2().save_pretrained(gpt2_dir)
         tokenizer.save_pretrained(gpt2_dir)
-    summary = {"train": trainer.run_totals.whole_run(train_result.metrics, trainer.state), "parameters": model.num_parameters(),
-               "model_arguments": asdict(model_args), "data_arguments": asdict(data_args),
-               "image_shape": list(images.row_shape) if images else None}
+    summary = {"train": trainer.run_totals.whole_run(train_result.metrics, trainer.state),
+               "parameters": model.num_parameters(), "model_arguments": asdict(model_args),
+               "data_arguments": asdict(data_args), "image_shape": list(images.row_shape) if images else None}
     if trainer.eval_dataset is not None:
         summary["eval"] = trainer.evaluate()
     return summary

@@ -47,10 +47,17 @@ from gatedgpt2.data.run_files import move_into_place, partial_path, write_atomic
 from gatedgpt2.eval.checkpoint import load_checkpoint
 from gatedgpt2.eval.gates import Norms
 from gatedgpt2.eval.metrics import factorial_metrics, gate_metrics, knockout_metrics, zero_shot_metrics
-from gatedgpt2.trainer.arguments import DataArguments, ModelArguments, load_yaml
+from gatedgpt2.trainer.arguments import (
+    DataArguments,
+    ModelArguments,
+    check_model_fields,
+    legacy_config_fields,
+    load_yaml,
+    merge_configs,
+)
 from modeling_gatedgpt import ImageKind
 
-from .run import build_datasets, build_tokenizer, resolve_world
+from .run import build_datasets, build_tokenizer, generate_world, training_data
 from .sweep_tables import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +69,8 @@ class Sweep:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         spec = yaml.safe_load(self.path.read_text()) or {}
-        known = {"config", "common", "seeds", "evaluate", "work_dir", "results", "runs", "zero_shot", "metrics", "tables",
-                 "comparisons", "shared_tokenizer", "factorial"}
+        known = {"config", "common", "seeds", "evaluate", "work_dir", "results", "runs", "zero_shot", "metrics",
+                 "tables", "comparisons", "shared_tokenizer", "factorial"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ValueError(f"{self.path}: unknown keys {unknown}; expected some of {sorted(known)}")
@@ -109,15 +116,18 @@ class Sweep:
             unknown_runs = sorted(set(comparison["runs"]) - set(self.runs))
             if unknown_runs:
                 raise ValueError(f"{self.path}: comparison {title!r} names runs not in `runs`: {unknown_runs}")
-        for run in self.runs:
-            self.ancestry(run)  # a run that starts from a missing run is an error now, not hours into the sweep
+        for run in self.runs:  # a run that starts from a missing run, or a bad model field, is an error now, not
+            self.ancestry(run)  # hours into the sweep
+            self.train_config(run, self.seeds[0])
 
     def train_config(self, run: str, seed: int) -> dict:
         """The full train.py config of one (run, seed): base config, then the shared budget, then the run. String
         values may name `{seed}` and `{work_dir}`, so that a run can continue from an earlier run's checkpoint."""
         overrides = {key: value.format(seed=seed, work_dir=self.work_dir) if isinstance(value, str) else value
                      for key, value in self.runs[run].items()}
-        values = {**load_yaml(self.config), **self.common, **overrides}
+        values = merge_configs(load_yaml(self.config), legacy_config_fields(self.common, f"{self.path}: common"),
+                               legacy_config_fields(overrides, f"{self.path}: run {run}"))
+        check_model_fields(values.get("model", {}), f"{self.path}: run {run}")
         if self.shared_tokenizer:
             values["tokenizer_name"] = str(self.tokenizer_dir)
         # a run without results is trained again from the start: replace what an interrupted attempt left
@@ -142,7 +152,8 @@ class Sweep:
         chain = [run]
         while parent := self.depends_on(chain[-1]):
             if parent in chain:
-                raise ValueError(f"{self.path}: runs start from each other in a circle: {' -> '.join([*chain, parent])}")
+                raise ValueError(f"{self.path}: runs start from each other in a circle: "
+                                 f"{' -> '.join([*chain, parent])}")
             chain.append(parent)
         return chain
 
@@ -165,7 +176,7 @@ def prepare_world(config: dict) -> None:
     # A run that names the world's files directly gets the world generated only if it is missing: an existing world
     # there may have been written with another spec, which only its own files describe.
     if data_args.uses_world or ("world_dir" in config and not WorldFiles(data_args.world_dir).manifest.is_file()):
-        resolve_world(data_args)
+        generate_world(data_args)
 
 
 def data_arguments(config: dict) -> DataArguments:
@@ -179,9 +190,7 @@ def prepare_shared_tokenizer(sweep: Sweep) -> None:
         return
     config = sweep.train_config(next(iter(sweep.runs)), sweep.seeds[0])
     prepare_world(config)
-    data_args = data_arguments({k: v for k, v in config.items() if k != "tokenizer_name"})
-    if data_args.uses_world:
-        resolve_world(data_args)
+    data_args = training_data(data_arguments({k: v for k, v in config.items() if k != "tokenizer_name"}))
     tokenizer = build_tokenizer(data_args, ModelArguments())
     partial = partial_path(sweep.tokenizer_dir)
     shutil.rmtree(partial, ignore_errors=True)
@@ -194,9 +203,7 @@ def dev_losses(model, tokenizer, config: dict, max_examples: int | None) -> dict
     from gatedgpt2.data import GroundedCollator
     from gatedgpt2.eval.metrics import loss_per_token
 
-    data_args = data_arguments({**config, "max_eval_examples": None})
-    if data_args.uses_world:
-        resolve_world(data_args)
+    data_args = training_data(data_arguments({**config, "max_eval_examples": None}))
     _, _, evals, images = build_datasets(data_args, tokenizer, model.config.image_embed_dim)
     collator = GroundedCollator(tokenizer.pad_token_id, images)
     return {f"dev_{name}_loss_per_token": loss_per_token(model, examples, collator, max_examples=max_examples)["loss"]
@@ -329,7 +336,8 @@ def run_lanes(sweep: Sweep, lanes: list[list[tuple[str, int]]], only: list[str] 
     processes = [subprocess.Popen([*command, "--lane", str(k)], cwd=ROOT, env=env) for k in range(jobs)]
     failed = [k for k, process in enumerate(processes) if process.wait() != 0]
     if failed:
-        raise RuntimeError(f"sweep lanes {failed} failed (see their output above); finished runs are kept, rerun to resume")
+        raise RuntimeError(f"sweep lanes {failed} failed (see their output above); finished runs are kept, rerun to "
+                           f"resume")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -339,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="comma list of runs to do now (the table still lists every finished run)")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table and plots from finished runs")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs side by side, each with its share of the CPU threads (2 suits tiny models on 2 cores)")
+                        help="runs side by side, each with its share of the CPU threads (2 suits tiny models on 2 "
+                             "cores)")
     parser.add_argument("--lane", type=int, help=argparse.SUPPRESS)  # one of --jobs' processes
     args = parser.parse_args(argv)
     if args.jobs < 1 or (args.lane is not None and not 0 <= args.lane < args.jobs):

@@ -70,7 +70,8 @@ def comps(rng: random.Random, count: int, distractor: str | None) -> list[dict]:
         if distractor is None:
             prefixes = (f"A {good}", f"A {bad}")
         elif distractor == "wugs":
-            prefixes = (f"A {wug_word} is a {good}. Therefore, a {wug_word}", f"A {wug_word} is a {bad}. Therefore, a {wug_word}")
+            prefixes = (f"A {wug_word} is a {good}. Therefore, a {wug_word}",
+                        f"A {wug_word} is a {bad}. Therefore, a {wug_word}")
         elif distractor == "before":
             prefixes = (f"A {bad} is nice. A {wug_word} is a {good}. Therefore, a {wug_word}",
                         f"A {good} is nice. A {wug_word} is a {bad}. Therefore, a {wug_word}")

@@ -87,8 +87,9 @@ def tiny_train_args(world, out_dir, *extra: str) -> list[str]:
     """train.py arguments for a 2-layer, 32-wide run of a few steps on the tiny world."""
     world = str(world)
     return [
-        "--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--n_inner", "64", "--image_encoder_layers", "1",
-        "--dropout", "0.0",
+        "--model.n_layer", "2", "--model.n_embd", "32", "--model.n_head", "2", "--model.n_inner", "64",
+        "--model.image_encoder_layers", "1",
+        "--model.resid_pdrop", "0.0", "--model.embd_pdrop", "0.0", "--model.attn_pdrop", "0.0",
         "--text_dir", f"{world}/text/train", "--eval_text_dir", f"{world}/text/dev",
         "--caption_files", f"{world}/captions/train_captions.json",
         "--embedding_files", f"{world}/captions/train_embeddings.npy",

@@ -57,7 +57,8 @@ REMOTE_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
         args = dict(input_ids=inputs["input_ids"], image_embeds=inputs["image_embeds"])
         assert torch.equal(lm(**args).logits, inputs["logits"]), "causal LM logits differ"
         assert torch.equal(base(**args).last_hidden_state, inputs["hidden"]), "base model states differ"
-        generated = lm.generate(inputs["input_ids"], image_embeds=inputs["image_embeds"], max_new_tokens=4, do_sample=False)
+        generated = lm.generate(inputs["input_ids"], image_embeds=inputs["image_embeds"], max_new_tokens=4,
+                                do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
     print("REMOTE-CODE-OK", type(config).__name__, type(lm).__name__, type(base).__name__)
     """

@@ -38,7 +38,9 @@ def test_text_only_rows_send_no_gradient_to_the_image_path(batch):
     ids = batch["input_ids"]
     labels = ids.clone()
     labels[0] = -100  # only the text-only row is scored
-    model(ids, image_embeds=batch["image_global"], image_mask=torch.tensor([True, False, False]), labels=labels).loss.backward()
+    loss = model(ids, image_embeds=batch["image_global"], image_mask=torch.tensor([True, False, False]),
+                 labels=labels).loss
+    loss.backward()
     for name, parameter in model.named_parameters():
         if "crossattention" in name or "image_encoder" in name or ".gate." in name:
             assert parameter.grad is None or parameter.grad.abs().max() == 0, name
@@ -89,9 +91,10 @@ def test_cached_and_uncached_generation_agree(overrides):
     assert cached.shape == (3, 17)
     assert torch.equal(cached, uncached)
     # the image steers generation; the text-only row ignores it
-    scores = lambda images: torch.stack(model.generate(
-        prompts, use_cache=True, output_scores=True, return_dict_in_generate=True, **{**kwargs, "image_embeds": images}
-    ).scores)
+    def scores(images):
+        return torch.stack(model.generate(
+            prompts, use_cache=True, output_scores=True, return_dict_in_generate=True,
+            **{**kwargs, "image_embeds": images}).scores)
     changed = scores(images) - scores(torch.randn_like(images))
     assert changed[:, :2].abs().max() > 1e-4 and changed[:, 2].abs().max() == 0
 
@@ -131,7 +134,8 @@ def test_beam_search_and_sampling_expand_the_image_inputs(decoding):
     """generate() repeats image_embeds/image_mask per beam or sample and reorders the cross-attention cache."""
     model = tiny_model()
     prompts, images = torch.randint(3, 90, (2, 5)), torch.randn(2, 5, IMAGE_DIM)
-    kwargs = dict(image_embeds=images, image_mask=torch.tensor([True, False]), max_new_tokens=6, pad_token_id=2, **decoding)
+    kwargs = dict(image_embeds=images, image_mask=torch.tensor([True, False]), max_new_tokens=6, pad_token_id=2,
+                  **decoding)
     torch.manual_seed(0)
     cached = model.generate(prompts, **kwargs)
     torch.manual_seed(0)

@@ -44,7 +44,8 @@ def test_word_gates_average_their_pieces_and_pos_is_tagged_in_context(nlp):
 
     encoded = tokenizer(caption, return_offsets_mapping=True)
     with torch.no_grad():
-        gates = model(torch.tensor([encoded["input_ids"]]), image_embeds=torch.from_numpy(image), output_gates=True).gates
+        gates = model(torch.tensor([encoded["input_ids"]]), image_embeds=torch.from_numpy(image),
+                      output_gates=True).gates
     per_layer = torch.stack([gate_per_token(g)[0] for g in gates], -1).numpy()
     start = caption.index("cats")
     pieces = [t for t, (s, e) in enumerate(encoded["offset_mapping"]) if e > start and s < start + 4 and e > s]

@@ -77,7 +77,8 @@ def test_from_gpt2_round_trips(tmp_path):
         if not name.endswith(".attn.bias"):
             assert torch.equal(ours[name], tensor), name
     # the text weights go back into a GPT-2 unchanged, and a save/load keeps everything
-    assert torch.equal(gpt2_with_text_weights_of(model).transformer.h[1].mlp.c_fc.weight, gpt2.transformer.h[1].mlp.c_fc.weight)
+    returned = gpt2_with_text_weights_of(model)
+    assert torch.equal(returned.transformer.h[1].mlp.c_fc.weight, gpt2.transformer.h[1].mlp.c_fc.weight)
     model.save_pretrained(tmp_path)
     reloaded = GatedGPT2ForCausalLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(3, VOCAB, (2, 7))
@@ -96,7 +97,8 @@ def test_from_gpt2_image_path_learns():
 
 
 def test_from_gpt2_refuses_to_override_text_fields():
-    with pytest.raises(ValueError, match=r"\['n_embd'\] are fixed by the GPT-2 checkpoint .* \(checkpoint: \[32\], given: \[64\]\)"):
+    clash = r"\['n_embd'\] are fixed by the GPT-2 checkpoint .* \(checkpoint: \[32\], given: \[64\]\)"
+    with pytest.raises(ValueError, match=clash):
         GatedGPT2ForCausalLM.from_gpt2(random_gpt2(), n_embd=64, n_layer=3)  # an equal value is no clash
     model = GatedGPT2ForCausalLM.from_gpt2(random_gpt2(), n_embd=32, resid_pdrop=0.3)  # dropout is the run's choice
     assert model.config.resid_pdrop == 0.3

@@ -28,9 +28,9 @@ from tests.test_auto_and_remote_code import make_offline_hub_cache
 RESULTS = {"model": "x", "data": "evaluation_data", "fast": True, "vision": True, "tasks": {
     "blimp": {"dataset": "blimp_fast", "accuracy": 61.234, "micro_accuracy": 60.0, "items": 13400},
     "winoground": {"dataset": "winoground_filtered", "accuracy": 52.5, "micro_accuracy": 52.5, "items": 746}}}
-EXPECTED_FILES = ["README.md", "compat.py", "config.json", "configuration_gatedgpt.py", "contrastive.py", "figures/gates.png",
-                  "gating.py", "generation_config.json", "image_encoder.py", "interventions.py", "layers.py",
-                  "model.safetensors", "modeling_gatedgpt.py", "modulation.py", "tokenizer.json",
+EXPECTED_FILES = ["README.md", "compat.py", "config.json", "configuration_gatedgpt.py", "contrastive.py",
+                  "figures/gates.png", "gating.py", "generation_config.json", "image_encoder.py", "interventions.py",
+                  "layers.py", "model.safetensors", "modeling_gatedgpt.py", "modulation.py", "tokenizer.json",
                   "tokenizer_config.json"]
 
 
@@ -233,8 +233,8 @@ def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(che
     image_embeds = torch.randn(1, IMAGE_DIM)
     save_file({"image_embeds": image_embeds}, tmp_path / "inputs.safetensors")
     result = subprocess.run([sys.executable, "-c", HUB_LOADER, "org/tiny", str(tmp_path / "inputs.safetensors"),
-                             str(tmp_path / "out.safetensors")], cwd=tmp_path, env=offline_hub_env(hf_home), capture_output=True,
-                            text=True, timeout=300)
+                             str(tmp_path / "out.safetensors")], cwd=tmp_path, env=offline_hub_env(hf_home),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     processor = "GatedGPT2Processor" if with_tower else "None"
     assert f"HUB-OK GatedGPT2Config GatedGPT2ForCausalLM GatedGPT2Model {processor}" in result.stdout

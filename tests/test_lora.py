@@ -114,7 +114,7 @@ def test_masked_lora_fine_tunes_a_trained_checkpoint_through_train_py(tiny_world
                "--eval_embedding_files", f"{tiny_world}/captions/dev_tokens.npy"]
     # bitsandbytes' CPU 4-bit kernel for AVX512-BF16 machines needs every quantised input width to be a multiple of
     # its block of 64 (narrower layers fail inside bitsandbytes with a reshape error)
-    width = ["--n_embd", "64", "--n_inner", "128"] if quantised else []
+    width = ["--model.n_embd", "64", "--model.n_inner", "128"] if quantised else []
     train.main(tiny_train_args(tiny_world, tmp_path / "base", *patches, *width))
     run = tmp_path / "base" / "run"
     extra = ["--model_name_or_path", str(run), "--lora_r", "4", "--mask_cls_probability", "0.5",

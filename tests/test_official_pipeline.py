@@ -412,7 +412,8 @@ def test_babylm_command_scores_each_revision_once_and_summarises(babylm_run, sub
         assert (causal / "blimp" / "supplement_fast" / "predictions.json").is_file()
         assert not (causal / "comps").exists()  # not in the fast suite
     main = model_dir / "main" / "zero_shot" / "causal"
-    assert (main / "comps" / "comps" / "predictions.json").is_file() and (main / "reading" / "predictions.json").is_file()
+    assert (main / "comps" / "comps" / "predictions.json").is_file()
+    assert (main / "reading" / "predictions.json").is_file()
     assert set(summary["main"]["tasks"]) == {"blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past",
                                              "comps", "reading"}
     table = (model_dir / "summary.md").read_text()
@@ -437,7 +438,8 @@ def test_the_pipelines_fine_tuning_runs_on_our_checkpoint(checkpoint, fixture_da
               "1", "--batch_size", "8", "--valid_batch_size", "16", "--sequence_length", "128",
               "--metric_for_valid", "accuracy", "--seed", "42"]
     invocations = [("evaluation_pipeline.finetune.run",
-                    ["--train_data", str(glue / f"{task}.train.jsonl"), "--valid_data", str(glue / f"{task}.valid.jsonl"),
+                    ["--train_data", str(glue / f"{task}.train.jsonl"),
+                     "--valid_data", str(glue / f"{task}.valid.jsonl"),
                      "--predict_data", str(glue / f"{task}.valid.jsonl"), "--task", task, "--num_labels", labels,
                      *common, *flags])
                    for task, labels, flags in [  # the metrics eval_finetuning.sh asks of each
@@ -519,7 +521,8 @@ def test_collate_preds_builds_the_leaderboard_file_from_our_outputs(babylm_run, 
 
     words = json.loads((full / "aoa" / "cdi_childes.json").read_text())
     sizes = {
-        "fast": {"blimp": 10, "blimp_supplement": 10, "ewok": 10, "entity_tracking": per_ops(fast / "entity_tracking_fast"),
+        "fast": {"blimp": 10, "blimp_supplement": 10, "ewok": 10,
+                 "entity_tracking": per_ops(fast / "entity_tracking_fast"),
                  "reading": len((fast / "reading" / "reading_data.csv").read_text().splitlines()) - 1,
                  "wug_adj": 20, "wug_past": 10},
         "full": {"blimp": record_counts(full / "blimp_filtered", "UID"),

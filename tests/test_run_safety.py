@@ -126,7 +126,7 @@ def test_installing_a_model_replaces_every_file_of_the_earlier_save(tmp_path, fi
 @pytest.mark.parametrize("change, named", [
     (["--per_device_train_batch_size", "4"], r"batch.per_device_train_batch_size: 8 in the checkpoint, 4 now"),
     (["--curriculum", "mixed_uniform"], r"data.curriculum: 'alternating' in the checkpoint, 'mixed_uniform' now"),
-    (["--n_layer", "3"], r"model.n_layer: 2 in the checkpoint, 3 now"),
+    (["--model.n_layer", "3"], r"model.n_layer: 2 in the checkpoint, 3 now"),
     ("new_text", r"data_files.world.train.sha256_ends: '[0-9a-f]+' in the checkpoint, '[0-9a-f]+' now"),
 ], ids=["batch", "curriculum", "n_layer", "text"])
 def test_a_resume_refuses_a_run_defined_differently_by_name(tiny_world, tmp_path, finished_run, change, named):
@@ -244,7 +244,7 @@ def test_evals_into_one_folder_join_their_tasks_and_never_mix_two_models(tmp_pat
     (["--per_device_train_batch_size", "0"], ValueError, r"per_device_train_batch_size must be at least 1, got 0"),
     (["--revision_words=-5K"], ValueError, r"revision_words: '-5K' is -5000 words; each revision is a whole"),
     (["--revision_words", "0.0001K"], ValueError, r"revision_words: '0.0001K' is 0.1 words"),
-    (["--contrastive", "clip", "--contrastive_weight", "nan"], ValueError,
+    (["--model.contrastive", "clip", "--model.contrastive_weight", "nan"], ValueError,
      r"`contrastive_weight` must be a finite number >= 0, got nan"),
     (["--model_name_or_path", "/nonexistent"], FileNotFoundError, r"/nonexistent is not a model folder"),
 ], ids=["block_0", "block_1", "batch_0", "negative_words", "fractional_words", "nan_weight", "no_model"])

@@ -23,7 +23,8 @@ def world_files(world, kind: str) -> dict:
 
 def write_sweep(tmp_path, world, runs: dict, seeds=(0, 1)) -> Path:
     base = {
-        "n_layer": 2, "n_embd": 32, "n_head": 2, "n_inner": 64, "image_encoder_layers": 1, "dropout": 0.0,
+        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_inner": 64, "image_encoder_layers": 1,
+                  "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
         "world_dir": str(world), "eval_world": True, **world_files(world, "embeddings"),
         "cache_dir": str(tmp_path / "cache"), "vocab_size": 200, "block_size": 64,
         "per_device_train_batch_size": 16, "max_steps": 6, "learning_rate": 3e-3, "eval_strategy": "no",
@@ -40,7 +41,8 @@ def write_sweep(tmp_path, world, runs: dict, seeds=(0, 1)) -> Path:
 
 
 def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, capsys):
-    patches = {"image_tokens": "cls_patches", "gate_granularity": "token", **world_files(tiny_world, "tokens")}
+    patches = {"image_tokens": "cls_patches", "model": {"gate_granularity": "token"},
+               **world_files(tiny_world, "tokens")}
     path = write_sweep(tmp_path, tiny_world, {"patches": patches, "not_run": {}})
     spec = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**spec, "tables": {"Knockout": {"runs": ["patches", "not_run"],
@@ -66,7 +68,8 @@ def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, ca
     table = (results / "results.md").read_text()
     main_table, knockout_table = table.split("### Knockout")
     assert "| patches |" in main_table and "±" in main_table and "not_run" not in main_table
-    assert "| run | vqa | vqa_knockout_cls |" in knockout_table and "| not_run (not run yet) | - | - |" in knockout_table
+    assert "| run | vqa | vqa_knockout_cls |" in knockout_table
+    assert "| not_run (not run yet) | - | - |" in knockout_table
     assert (results / "results.png").stat().st_size > 0
     assert (tmp_path / "work" / "patches" / "seed1" / "gates" / "gates.csv").is_file()
     record = json.loads((results / "runs" / "patches" / "seed0.json").read_text())
@@ -92,7 +95,21 @@ def test_runs_can_start_from_an_earlier_runs_checkpoint(tiny_world, tmp_path):
     config = sweep.train_config("lora", 1)
     assert config["model_name_or_path"] == f"{tmp_path / 'work'}/patches/seed1"
     assert config["seed"] == 1 and config["output_dir"] == f"{tmp_path / 'work'}/lora/seed1"
-    assert config["max_steps"] == 4 and config["n_embd"] == 32 and config["report"] is True
+    assert config["max_steps"] == 4 and config["model"]["n_embd"] == 32 and config["report"] is True
+
+
+def test_a_runs_model_fields_go_over_the_base_configs_field_by_field(tiny_world, tmp_path, caplog):
+    path = write_sweep(tmp_path, tiny_world, {"none": {"model": {"gate": "none"}}, "old": {"fusion": "residual"}})
+    sweep = Sweep(path)
+    assert sweep.train_config("none", 0)["model"] == {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_inner": 64,
+                                                      "image_encoder_layers": 1, "resid_pdrop": 0.0,
+                                                      "embd_pdrop": 0.0, "attn_pdrop": 0.0, "gate": "none"}
+    with caplog.at_level("WARNING"):  # a sweep written before `model:` still runs
+        assert sweep.train_config("old", 0)["model"]["fusion"] == "residual"
+    assert "run old: `fusion` is a model config field; write it as `model: {fusion: residual}`" in caplog.text
+    path.write_text(path.read_text().replace("gate: none", "gaet: none"))
+    with pytest.raises(ValueError, match=r"run none: model\.gaet is not a GatedGPT2Config field"):
+        Sweep(path)
 
 
 def test_the_plan_covers_every_run_seed_by_seed_and_keeps_a_run_behind_the_one_it_starts_from(tiny_world, tmp_path):
@@ -118,7 +135,8 @@ def test_the_plan_covers_every_run_seed_by_seed_and_keeps_a_run_behind_the_one_i
 
 def test_zero_shot_with_revisions_gives_learning_curves(tiny_world, tmp_path):
     data = tmp_path / "evaluation_data" / "fast_eval"
-    for task, files in (("blimp_fast", ["anaphor_gender_agreement", "adjunct_island"]), ("supplement_fast", ["hypernym"])):
+    for task, files in (("blimp_fast", ["anaphor_gender_agreement", "adjunct_island"]),
+                        ("supplement_fast", ["hypernym"])):
         (data / task).mkdir(parents=True)
         for name in files:
             lines = (EVAL_DATA / "fast_eval" / task / f"{name}.jsonl").read_text().splitlines()[:6]

@@ -116,7 +116,8 @@ def test_accelerate_launch_runs_the_demo_pipeline(tmp_path):
     result = run_subprocess([
         sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "train.py",
-        "--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--n_inner", "64", "--image_encoder_layers", "1",
+        "--model.n_layer", "2", "--model.n_embd", "32", "--model.n_head", "2", "--model.n_inner", "64",
+        "--model.image_encoder_layers", "1",
         "--world_dir", str(tmp_path / "world"), "--world_captions", "200", "--world_sentences", "200",
         "--cache_dir", str(tmp_path / "cache"), "--vocab_size", "200", "--output_dir", str(out),
         "--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "6", "--save_strategy", "no",
@@ -143,10 +144,10 @@ def test_hard_gate_temperature_is_annealed_from_the_global_step(tiny_world, tmp_
     """Annealed from 1 to 0.1 over 6 steps; after 4 steps the temperature set before the last one is step 3's."""
     from transformers import AutoModelForCausalLM
 
-    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--gate", "hard", "--curriculum", "mixed_uniform",
-                                            "--max_steps", "4", "--gate_temperature_steps", "6",
-                                            "--gate_temperature_schedule", schedule, "--gate_straight_through",
-                                            "false")])
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--model.gate", "hard", "--curriculum",
+                                            "mixed_uniform", "--max_steps", "4", "--model.gate_temperature_steps", "6",
+                                            "--model.gate_temperature_schedule", schedule,
+                                            "--model.gate_straight_through", "false")])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert model.config.gate_temperature_schedule == schedule and not model.config.gate_straight_through
     assert model.config.gate_temperature_at(3) == pytest.approx(halfway)
@@ -161,9 +162,9 @@ def test_the_papers_hard_gate_recipe_anneals_over_the_batches_with_images(tiny_w
     from transformers import AutoModelForCausalLM
 
     train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--variant", "gate_hard_per_token",
-                                            "--gate_temperature_clock", clock, "--curriculum", "alternating",
+                                            "--model.gate_temperature_clock", clock, "--curriculum", "alternating",
                                             "--max_text_examples", "16", "--max_steps", "5",
-                                            "--gate_temperature_steps", "4")])
+                                            "--model.gate_temperature_steps", "4")])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     config = model.config
     assert (config.gate, config.gate_granularity, config.gate_straight_through, config.gate_temperature_schedule,
@@ -172,8 +173,8 @@ def test_the_papers_hard_gate_recipe_anneals_over_the_batches_with_images(tiny_w
 
 
 def test_train_py_sets_the_initialisation_and_dropout_placement(tiny_world, tmp_path):
-    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--initialization", "gpt2", "--dropout_placement",
-                                            "paper_code", "--max_steps", "1")])
+    train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--model.initialization", "gpt2",
+                                            "--model.dropout_placement", "paper_code", "--max_steps", "1")])
     config = GatedGPT2Config.from_pretrained(tmp_path / "run")
     assert (config.initialization, config.dropout_placement) == ("gpt2", "paper_code")
 
@@ -185,7 +186,8 @@ def test_train_py_with_torch_compile_trains_as_eager_does(tiny_world, tmp_path):
     from torch._dynamo.utils import counters
 
     losses = {}
-    for name, extra in {"eager": [], "compiled": ["--torch_compile", "true", "--torch_compile_backend", "aot_eager"]}.items():
+    runs = {"eager": [], "compiled": ["--torch_compile", "true", "--torch_compile_backend", "aot_eager"]}
+    for name, extra in runs.items():
         torch._dynamo.reset()
         counters.clear()
         train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path / name, "--curriculum", "mixed_uniform",
@@ -213,12 +215,12 @@ def test_a_fractional_gate_temperature_steps_is_that_share_of_the_runs_batches_w
     """0.8 (the paper's share) of the 3 caption batches of a 5-step alternating run with 2 text batches: 3."""
     train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path, "--variant", "gate_hard_per_feature",
                                             "--curriculum", "alternating", "--max_text_examples", "16",
-                                            "--max_steps", "5", "--gate_temperature_steps", "0.8")])
+                                            "--max_steps", "5", "--model.gate_temperature_steps", "0.8")])
     assert GatedGPT2Config.from_pretrained(tmp_path / "run").gate_temperature_steps == 3
     with pytest.raises(ValueError, match=r"gate_temperature_steps must be a whole number of steps or a fraction in "
                                          r"\[0, 1\) of the run's, got 2.5"):
-        train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path / "b", "--gate", "hard",
-                                                "--gate_temperature_steps", "2.5")])
+        train.main([TINY_YAML, *tiny_train_args(tiny_world, tmp_path / "b", "--model.gate", "hard",
+                                                "--model.gate_temperature_steps", "2.5")])
 
 
 def test_words_seen_revisions_are_saved_with_babylm_names(tiny_world, tmp_path):
@@ -251,8 +253,9 @@ def test_a_run_killed_mid_save_resumes_to_the_same_weights_and_reports_the_whole
     finished; the resume deletes it, naming it, and restarts from `checkpoint-4`. Tolerance: 1e-6 absolute on every
     weight and step loss; the whole run's mean training loss to 1e-4 (the earlier session's part is summed from its
     logs, rounded to 4 digits); the training time sums both sessions."""
-    common = ["--gate", "hard", "--dropout", "0.1", "--curriculum", "mixed_non_uniform", "--max_steps", "8",
-              "--save_strategy", "steps", "--save_steps", "4", "--gradient_accumulation_steps", "2"]
+    common = ["--model.gate", "hard", "--model.resid_pdrop", "0.1", "--model.embd_pdrop", "0.1", "--model.attn_pdrop",
+              "0.1", "--curriculum", "mixed_non_uniform", "--max_steps", "8", "--save_strategy", "steps",
+              "--save_steps", "4", "--gradient_accumulation_steps", "2"]
     reference = tmp_path / "reference"
     expected_summary = train.main([TINY_YAML, *tiny_train_args(tiny_world, reference, *common)])
 
@@ -286,7 +289,8 @@ def test_a_run_killed_mid_save_resumes_to_the_same_weights_and_reports_the_whole
     expected, actual = weights(reference / "run"), weights(run_dir)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
-    losses = lambda d: [h["loss"] for h in log_history(d / "run") if "loss" in h]
+    def losses(d):
+        return [h["loss"] for h in log_history(d / "run") if "loss" in h]
     assert losses(interrupted)[-4:] == pytest.approx(losses(reference)[-4:], abs=1e-6)
     whole, session = summary["train"], summary["train"]["session_train_loss"]
     assert whole["resumed_from_step"] == 4 and whole["loss_steps"] == whole["global_step"] == 8
@@ -373,10 +377,12 @@ def assert_same_model(actual_dir: Path, expected_dir: Path, atol: float = 1e-5) 
 
 def assert_same_run(actual: Path, expected: Path) -> None:
     """The same step losses, final model, checkpoints and revisions (weights to 1e-5)."""
-    losses = lambda d: [h["loss"] for h in log_history(d) if "loss" in h]
+    def losses(d):
+        return [h["loss"] for h in log_history(d) if "loss" in h]
     assert losses(actual) == pytest.approx(losses(expected), abs=1e-5)
     assert_same_model(actual, expected)
-    saved = lambda d: sorted(str(p.relative_to(d)) for p in [*d.glob("checkpoint-*"), *d.glob("revisions/*")])
+    def saved(d):
+        return sorted(str(p.relative_to(d)) for p in [*d.glob("checkpoint-*"), *d.glob("revisions/*")])
     assert saved(actual) == saved(expected) == ["checkpoint-4", "checkpoint-8", "revisions/chck_150",
                                                 "revisions/chck_60"]
     for folder in saved(expected):
@@ -446,7 +452,8 @@ def test_the_trainers_sharding_rule_changes_no_gradient(tiny_world, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     placeholders = [json.loads((tmp_path / f"placeholders.{rank}").read_text()) for rank in (0, 1)]
     assert sum(placeholders) > 0, placeholders  # the natural 4:1 mix gives some rank a text-only part
-    losses = lambda d: [h["loss"] for h in log_history(d / "run") if "loss" in h]
+    def losses(d):
+        return [h["loss"] for h in log_history(d / "run") if "loss" in h]
     assert losses(tmp_path / "double") == pytest.approx(losses(single), abs=1e-5)
     assert_same_model(tmp_path / "double" / "run", single / "run")
 
@@ -475,7 +482,8 @@ def test_accelerate_launch_gives_a_run_the_processes_it_asked_for_or_fails(tiny_
     two = accelerate_launch("--config_file", config, "train.py", TINY_YAML, *args, "--log_level", "info",
                             extra_env={"OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
-    assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 16", two.stdout + two.stderr)
+    assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 16",
+                     two.stdout + two.stderr)
 
 
 def test_sigterm_to_accelerate_launch_ends_the_training_worker(tiny_world, tmp_path):
@@ -554,7 +562,8 @@ def test_a_short_training_makes_the_image_matter(tmp_path):
     spec = WorldSpec(**{**TINY_WORLD, "train_captions": 2000, "train_sentences": 50, "vqa_items": 150})
     world = write_world(tmp_path / "world", spec)
     summary = train.main([TINY_YAML, *tiny_train_args(
-        world, tmp_path, "--n_embd", "64", "--n_inner", "256", "--curriculum", "captions_only", "--max_steps", "250",
+        world, tmp_path, "--model.n_embd", "64", "--model.n_inner", "256", "--curriculum", "captions_only",
+        "--max_steps", "250",
         "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--logging_steps", "50",
         "--block_size", "64", "--world_dir", str(world), "--eval_world", "true")])
     scores = summary["world_eval"]

@@ -88,7 +88,8 @@ def test_the_old_checkpoint_is_what_fails_without_the_update(tmp_path):
 def test_a_hub_repository_is_updated_in_one_commit(old_checkpoint):
     api = mock.Mock()
     api.snapshot_download.side_effect = lambda repo_id, revision, local_dir, allow_patterns: str(
-        shutil.copytree(old_checkpoint, Path(local_dir), dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors")))
+        shutil.copytree(old_checkpoint, Path(local_dir), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.safetensors")))
     report = update_code("babylm-org/gatedgpt2-old", revision="chck_10M", api=api)
     assert [call[0] for call in api.method_calls] == ["snapshot_download", "create_commit"]
     commit = api.create_commit.call_args

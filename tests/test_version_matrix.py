@@ -5,7 +5,7 @@ its processor) are saved in the locked environment. For each release in MATRIX, 
 (tests/client_envs.py: torch, that transformers, its tokenizers, safetensors, pillow; not this package) loads them
 through the Auto classes and their remote code from an offline Hub cache, in a subprocess that cannot import this
 package, and must reproduce the locked environment: logits within 1e-5, the same greedy tokens with and without the
-cache, the same token ids and pixel values. README's "Supported versions" table lists the same releases.
+cache, the same token ids and pixel values. docs/versions.md's table lists the same releases.
 """
 
 from __future__ import annotations
@@ -212,9 +212,9 @@ def test_a_client_release_loads_and_computes_the_same(saved, version, extra, tmp
         assert difference <= 1e-5, f"{name} differ by {difference:.2e} under transformers {version}"
 
 
-def test_the_readme_table_lists_exactly_the_tested_releases():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### Supported versions", 1)[1].split("\n\n", 2)[2]
+def test_the_versions_table_lists_exactly_the_tested_releases():
+    page = (Path(__file__).parents[1] / "docs" / "versions.md").read_text()
+    section = page.split("# Supported versions", 1)[1].split("\n\n", 2)[2]
     rows = re.findall(r"^\| (\d+\.\d+\.\d+) \| (\S+) \|", section.split("\n\n", 1)[0], re.MULTILINE)
     assert [version for version, _ in rows] == [version for version, _ in MATRIX]
     for (version, tokenizers), (_, extra) in zip(rows, MATRIX):

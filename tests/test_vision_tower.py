@@ -1,4 +1,5 @@
-"""A model with a `vision_config` takes `pixel_values` through a frozen DINOv2 tower; with a processor, it runs the\nway the BabyLM pipeline runs multimodal models."""
+"""A model with a `vision_config` takes `pixel_values` through a frozen DINOv2 tower; with a processor, it runs the
+way the BabyLM pipeline runs multimodal models."""
 
 import subprocess
 import sys
@@ -91,7 +92,8 @@ def test_a_checkpoint_with_an_attached_tower_runs_the_babylm_pipeline_way(tmp_pa
     image.save(tmp_path / "image.png")
     result = subprocess.run([sys.executable, "-c", PIPELINE_LOADER, str(tmp_path / "pipeline"),
                              str(tmp_path / "image.png"), str(tmp_path / "out.safetensors")],
-                            cwd=tmp_path, env=offline_hub_env(tmp_path / "hf_home"), capture_output=True, text=True, timeout=300)
+                            cwd=tmp_path, env=offline_hub_env(tmp_path / "hf_home"), capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PIPELINE-OK GatedGPT2Processor" in result.stdout
 

@@ -13,7 +13,8 @@ from gatedgpt2.data.world import COLOURS, SHAPES, SceneEncoder, WorldSpec, encod
 def ridge_probe(features, labels, train: int, classes: int) -> float:
     """Held-out accuracy of a one-vs-all ridge regression probe."""
     x = np.c_[features, np.ones(len(features))]
-    w = np.linalg.solve(x[:train].T @ x[:train] + 0.1 * np.eye(x.shape[1]), x[:train].T @ np.eye(classes)[labels[:train]])
+    w = np.linalg.solve(x[:train].T @ x[:train] + 0.1 * np.eye(x.shape[1]),
+                        x[:train].T @ np.eye(classes)[labels[:train]])
     return float((np.argmax(x[train:] @ w, 1) == labels[train:]).mean())
 
 

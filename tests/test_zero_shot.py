@@ -82,7 +82,8 @@ def test_blimp_and_supplement_fast_equal_a_naive_scorer(model, babylm_tokenizer,
         written = json.loads((tmp_path / task / "predictions.json").read_text())
         assert set(written) == set(expected)
         for uid, predictions in written.items():
-            assert [p["id"] for p in predictions["predictions"]] == [f"{uid}_{n}" for n in range(len(predictions["predictions"]))]
+            ids = [p["id"] for p in predictions["predictions"]]
+            assert ids == [f"{uid}_{n}" for n in range(len(ids))]
             assert [p["pred"] for p in predictions["predictions"][:first]] == expected[uid], uid
 
         accuracies = json.loads((tmp_path / task / "accuracies.json").read_text())
@@ -217,7 +218,8 @@ def test_malformed_jsonl_names_file_line_and_field(tmp_path, bad_line, message):
 
 def test_a_task_file_that_is_not_utf8_names_file_line_and_column(tmp_path):
     write_task(tmp_path, "supplement", [GOOD, GOOD])
-    (tmp_path / "supplement" / "part.jsonl").write_bytes(f"{GOOD}\n{{\"sentence_good\": \"caf\xe9\"}}\n".encode("latin-1"))
+    bad_line = f"{GOOD}\n{{\"sentence_good\": \"caf\xe9\"}}\n"
+    (tmp_path / "supplement" / "part.jsonl").write_bytes(bad_line.encode("latin-1"))
     with pytest.raises(ValueError, match=r"part.jsonl:2: not UTF-8 text \(byte 0xe9 at column 23\)"):
         read_task(tmp_path, "supplement")
 

@@ -79,8 +79,10 @@ class CurriculumBatchSampler:
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        text = lambda n: self._cycled(rng, self.num_text, n, 0)
-        captions = lambda n: self._cycled(rng, self.num_captions, n, self.num_text)
+        def text(n):
+            return self._cycled(rng, self.num_text, n, 0)
+        def captions(n):
+            return self._cycled(rng, self.num_captions, n, self.num_text)
         if self.curriculum == "text_only":
             return self._chunks(text(self.num_text))
         if self.curriculum == "captions_only":

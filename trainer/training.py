@@ -41,9 +41,20 @@ FINAL_MODEL_STAGING = ".model.partial"  # inside output_dir, hidden: a resume's 
 
 @dataclass
 class Curriculum:
+    """The order of a run's batches: the text rows first in the dataset, then the caption rows."""
+
     name: str
     num_text: int
     mix_ratio: str = "natural"
+
+    def sampler(self, num_rows: int, batch_size: int, args, num_processes: int,
+                num_words: np.ndarray | None = None) -> CurriculumBatchSampler:
+        """The batch sampler of a run over `num_rows` rows (its seed: the TrainingArguments' data_seed, else seed)."""
+        return CurriculumBatchSampler(
+            num_text=self.num_text, num_captions=num_rows - self.num_text, curriculum=self.name,
+            batch_size=batch_size, num_processes=num_processes,
+            seed=args.data_seed if args.data_seed is not None else args.seed, mix_ratio=self.mix_ratio,
+            num_words=num_words)
 
 
 class GateTemperatureCallback(TrainerCallback):
@@ -240,17 +251,10 @@ class GatedGPT2Trainer(Trainer):
         if self.curriculum is None:
             return super().get_train_dataloader()
         dataset = self._remove_unused_columns(self.train_dataset, description="training")
-        self.curriculum_sampler = CurriculumBatchSampler(
-            num_text=self.curriculum.num_text,
-            num_captions=len(dataset) - self.curriculum.num_text,
-            curriculum=self.curriculum.name,
-            batch_size=self._train_batch_size,
-            num_processes=self.accelerator.num_processes,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            mix_ratio=self.curriculum.mix_ratio,
+        self.curriculum_sampler = self.curriculum.sampler(
+            len(dataset), self._train_batch_size, self.args, self.accelerator.num_processes,
             num_words=(np.asarray(self.train_dataset["num_words"])
-                       if "num_words" in self.train_dataset.column_names else None),
-        )
+                       if "num_words" in self.train_dataset.column_names else None))
         loader = DataLoader(
             dataset,
             batch_sampler=self.curriculum_sampler,
@@ -376,7 +380,8 @@ class GatedGPT2Trainer(Trainer):
         # The same names on every process, whatever its batches held, so the reduction at logging time lines up.
         config = self.model.config
         names = ["loss_text", "loss_captions"] + (["contrastive_loss"] if config.contrastive else [])
-        names += [f"gate_mean/layer_{i}" for i in (config.cross_attention_layer_indices if config.gate != "none" else [])]
+        gated_layers = config.cross_attention_layer_indices if config.gate != "none" else []
+        names += [f"gate_mean/layer_{i}" for i in gated_layers]
         return {key: torch.zeros((), device=self.args.device) for n in names for key in (n, f"{n}/count")}
 
     @torch.no_grad()

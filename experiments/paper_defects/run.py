@@ -124,7 +124,8 @@ def ignored_exclamations() -> dict:
     tokenizer = gpt2_tokenizer(128)
     targets = exclamations = 0
     for line in iter_text_lines(text_files(str(BABYLM_TEXT), "*.train")):
-        ids = tokenizer(line, verbose=False)["input_ids"][1:]  # next-token targets: everything after [BOS], [EOS] included
+        # next-token targets: everything after [BOS], [EOS] included
+        ids = tokenizer(line, verbose=False)["input_ids"][1:]
         targets += len(ids)
         exclamations += sum(i == 0 for i in ids)
     return {"targets": targets, "dropped_by_ignore_index_0": exclamations, "share": exclamations / targets,

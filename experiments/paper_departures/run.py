@@ -1,7 +1,8 @@
 """How far each of GPT-2's choices moves GatedGPT2 from the function of the paper's code, alone: random weights in the
 reference's layout (its base size), converted to the `paper_code` preset (which is the reference's function, as
-tests/test_paper_fidelity.py checks), then one departure switched back to GPT-2's choice with the same weights. Max |logit difference| over a batch of 4 x 32
-tokens with a global image, per seed; the null is the paper_code preset itself (0 up to float32 rounding).
+tests/test_paper_fidelity.py checks), then one departure switched back to GPT-2's choice with the same weights. Max
+|logit difference| over a batch of 4 x 32 tokens with a global image, per seed; the null is the paper_code preset itself
+(0 up to float32 rounding).
 
     python experiments/paper_departures/run.py   # -> results.json and results.md beside it
 """
