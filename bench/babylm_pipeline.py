@@ -13,7 +13,7 @@ every ranking task, surprisals and probabilities within float tolerance.
     python bench/babylm_pipeline.py --model outputs/babylm_text --profile
 
 Data: BLiMP, supplement and EWoK fast are the real files (../shared/data); entity tracking, WUG, COMPS and reading
-are the test fixtures (tests/babylm_fixtures.py) at `--scale`, since their real files are not distributed here.
+are the test fixtures (tests/helpers/babylm_fixtures.py) at `--scale`, since their real files are not distributed here.
 """
 
 import argparse
@@ -99,7 +99,7 @@ OUR_SIDE = textwrap.dedent("""
 
 
 def pipeline_python() -> Path:
-    from tests.test_official_pipeline import pipeline_python as cached_env
+    from tests.helpers.client_envs import pipeline_python as cached_env
 
     return cached_env()
 
@@ -107,7 +107,7 @@ def pipeline_python() -> Path:
 def prepare_data(root: Path, scale: int) -> Path:
     """The real fast BLiMP / supplement / EWoK (EWoK unzipped: the pipeline reads a folder) and the fixtures."""
     from gatedgpt2.eval.tasks import EWOK_PASSWORD
-    from tests.babylm_fixtures import write_evaluation_data
+    from tests.helpers.babylm_fixtures import write_evaluation_data
 
     data = write_evaluation_data(root / "evaluation_data", scale=scale)
     for folder in ("fast_eval/blimp_fast", "fast_eval/supplement_fast"):
@@ -195,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [t for t in TASKS if t[0] in args.tasks.split(",")]
 
-    from tests.conftest import offline_hub_env
+    from tests.helpers.remote_code import offline_hub_env
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -30,7 +30,7 @@ import numpy as np
 
 from modeling_gatedgpt import ImageKind
 
-from .world import GRID, Scene, SceneEncoder, SceneObject, encode_scenes
+from .scenes import GRID, Scene, SceneEncoder, SceneObject, encode_scenes
 
 COLOURS = ("red", "blue", "green", "yellow")
 SHAPES = ("square", "circle", "triangle", "cross")

@@ -18,7 +18,7 @@ from gatedgpt2.data.run_files import RunFiles, save_figure, write_atomically, wr
 
 from .aoa import curve_fitness, read_cdi_contexts, surprisal_file, word_surprisals
 from .checkpoint import load_checkpoint
-from .zero_shot import write_pipeline_tree, zero_shot
+from .zero_shot import scoring_of, write_pipeline_tree, zero_shot
 
 SCORES = "scores.json"  # ours, beside the pipeline's zero_shot/ folder: the revision's scores, written last
 AOA_ROWS = "aoa_surprisal.json"  # ours: the revision's AoA rows, gathered into main's AoA_word/surprisal.json
@@ -30,10 +30,7 @@ def score_revision(model, tokenizer, checkpoint: Path, revision: str, suite: str
     results = zero_shot(model, tokenizer, data_dir, suite, fast=suite == "fast", batch_size=batch_size,
                         progress=False, model_name=str(checkpoint))
     write_pipeline_tree(results, model_dir.parent, model_dir.name, revision)
-    scores = {name: ({"eye_tracking": r["eye_tracking"], "self_paced_reading": r["self_paced_reading"]}
-                     if name == "reading" else {"score": r["score"], "metric": r["metric"],
-                                                "exact_ties": r["exact_ties"], "items": r["items"]})
-              for name, r in results["tasks"].items()}
+    scores = {name: scoring_of(name).scores(r) for name, r in results["tasks"].items()}
     write_json(model_dir / revision / SCORES, {"suite": suite, "tasks": scores})
     return scores
 
@@ -80,10 +77,6 @@ def score_run(run_dir: str | Path, data_dir: str | Path, results_dir: str | Path
     return summary
 
 
-def _headline(name: str, scores: dict) -> float:
-    return scores["eye_tracking"] if name == "reading" else scores["score"]
-
-
 def write_summary(summary: dict, model_dir: Path) -> None:
     """summary.md (a row per checkpoint, a column per task, exact ties beside each score) and learning_curves.png."""
     checkpoints = {k: v for k, v in summary.items() if k != "aoa"}
@@ -96,11 +89,9 @@ def write_summary(summary: dict, model_dir: Path) -> None:
             scores = entry["tasks"].get(task)
             if scores is None:
                 cells.append("-")
-            elif task == "reading":
-                cells.append(f"{scores['eye_tracking']:.2f} / {scores['self_paced_reading']:.2f}")
             else:
-                decimals = 3 if scores["metric"] == "spearman" else 2
-                cells.append(f"{scores['score']:.{decimals}f} ({scores['exact_ties']} ties)")
+                ties = f" ({scores['exact_ties']} ties)" if "exact_ties" in scores else ""
+                cells.append(scoring_of(task).format(scores) + ties)
         words = f"{entry['words']:,}" if entry["words"] is not None else "?"
         lines.append(f"| {revision} | {words} | {entry['suite']} | " + " | ".join(cells) + " |")
     notes = ["", "Scores: accuracy in % (entity tracking: mean over its splits), Spearman's rho for the WUG tasks, "
@@ -129,7 +120,7 @@ def plot_learning_curves(checkpoints: dict, tasks: list[str], path: Path) -> Non
     rows = -(-len(tasks) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
     for axis, task in zip(axes.flat, tasks):
-        points = [(entry["words"], _headline(task, entry["tasks"][task]), entry["suite"])
+        points = [(entry["words"], scoring_of(task).headline(entry["tasks"][task]), entry["suite"])
                   for entry in checkpoints.values() if task in entry["tasks"] and entry["words"]]
         fast = [(w, s) for w, s, suite in points if suite == "fast"]
         if fast:
@@ -139,7 +130,7 @@ def plot_learning_curves(checkpoints: dict, tasks: list[str], path: Path) -> Non
                 axis.plot([w], [s], marker="*", markersize=10, color="C3", linestyle="", label="final (full)")
         axis.set_xscale("log")
         axis.xaxis.set_minor_formatter(NullFormatter())
-        unit = "rho" if task.startswith("wug") else "eye-tracking R² gain, %" if task == "reading" else "accuracy, %"
+        unit = scoring_of(task).unit
         axis.set_title(f"{task} ({unit})", fontsize=9)
         axis.set_xlabel("words seen", fontsize=8)
         axis.tick_params(labelsize=7)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gatedgpt2.data.run_files import save_figure, write_json
-from gatedgpt2.data.world import COLOURS, SHAPES, SceneEncoder, encode_scenes, random_scene
+from gatedgpt2.data.scenes import COLOURS, SHAPES, SceneEncoder, encode_scenes, random_scene
 
 from .topk_fusion import TopKCrossModalFusion, topk_fusion_loss
 

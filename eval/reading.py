@@ -13,7 +13,6 @@ self-paced reading with the previous word's length and surprisal as spillover te
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from gatedgpt2.data.run_files import write_atomically, write_json
 
 from .scoring import score_token_sequences
+from .statistics import r_squared_gain
 
 EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 SELF_PACED = "self_paced_reading_time"
@@ -84,26 +84,6 @@ def word_surprisals(model, tokenizer, contexts: list[str], words: list[str], bat
     probability = dict(zip(unique, np.exp(logp).astype(np.float32).astype(np.float64)))
     return np.array([-math.log(np.prod([probability[q] for q in queries])) for queries in per_word])
 
-
-def r_squared(frame, outcome: str, predictors: tuple[str, ...], linear: tuple[str, ...] = ()) -> float:
-    """R^2 of an OLS of `outcome` on an intercept, the predictors, every pairwise product of them and the `linear`
-    terms (the statsmodels formula `y ~ a + b + a:b + c`), over the rows where none of them is missing."""
-    rows = frame[[outcome, *predictors, *linear]].dropna()
-    columns = [rows[p].to_numpy(float) for p in predictors]
-    columns += [a * b for a, b in itertools.combinations(columns, 2)]
-    design = np.column_stack([np.ones(len(rows)), *columns, *(rows[p].to_numpy(float) for p in linear)])
-    y = rows[outcome].to_numpy(float)
-    coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
-    residual = y - design @ coefficients
-    centred = y - y.mean()
-    return float(1.0 - residual @ residual / (centred @ centred))
-
-
-def r_squared_gain(frame, outcome: str, baseline: tuple[str, ...]) -> float:
-    """(R^2 with surprisal - R^2 without) / (1 - R^2 without), in %. Surprisal (`pred`) enters alone, without
-    interactions, as in the pipeline's formulas; each model is fit on its own complete rows, as there."""
-    without = r_squared(frame, outcome, baseline)
-    return 100.0 * (r_squared(frame, outcome, baseline, ("pred",)) - without) / (1.0 - without)
 
 
 def reading_scores(frame) -> dict[str, float]:

@@ -12,39 +12,15 @@ from __future__ import annotations
 import json
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from gatedgpt2.data import decode_utf8
 
-TASKS = ("blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "winoground", "vqa")
-MULTIMODAL_TASKS = ("winoground", "vqa")
-WUG_TASKS = ("wug_adj", "wug_past")  # scored by Spearman's rho against human ratios, not accuracy
-ALL_TASKS = (*TASKS, "reading")  # reading is scored by eval/reading.py
-# the pipeline's eval_zero_shot_fast.sh (every words-seen revision) and eval_zero_shot.sh (the final model)
-SUITES = {"fast": ("blimp", "supplement", "ewok", "wug_adj", "wug_past", "entity_tracking", "reading"),
-          "full": ("blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "reading")}
-# the folder `sentence_zero_shot.run --task` is given for each (the supplement is its `blimp` task)
-PIPELINE_TASK = {"supplement": "blimp"}
 ENTITY_TRACKING_SPLITS = ("regular", "ambiref", "move_contents")
 EWOK_PASSWORD = "BabyLM2025"  # published with the evaluation data
-
-# task -> (full folder, fast folder), as the pipeline's eval_zero_shot*.sh name them; COMPS, Winoground and VQA have
-# no fast version
-OFFICIAL_FOLDERS = {
-    "blimp": ("full_eval/blimp_filtered", "fast_eval/blimp_fast"),
-    "supplement": ("full_eval/supplement_filtered", "fast_eval/supplement_fast"),
-    "ewok": ("full_eval/ewok_filtered", "fast_eval/ewok_fast"),
-    "entity_tracking": ("full_eval/entity_tracking", "fast_eval/entity_tracking_fast"),
-    "wug_adj": ("full_eval/wug_adj_nominalization", "fast_eval/wug_adj_nominalization"),
-    "wug_past": ("full_eval/wug_past_tense", "fast_eval/wug_past_tense"),
-    "comps": ("full_eval/comps", "full_eval/comps"),
-    "reading": ("full_eval/reading", "fast_eval/reading"),  # reading_data.csv, scored by eval/reading.py
-    "winoground": ("full_eval/winoground_filtered", "full_eval/winoground_filtered"),
-    "vqa": ("full_eval/vqa_filtered", "full_eval/vqa_filtered"),
-}
 
 
 @dataclass(frozen=True)
@@ -203,10 +179,54 @@ def _decode_comps(record: dict, stem: str, where: str) -> Item:
                 source=where)
 
 
-DECODERS = {"blimp": _decode_minimal_pair, "supplement": _decode_minimal_pair, "ewok": _decode_ewok,
-            "entity_tracking": _decode_entity_tracking, "wug_adj": partial(_decode_wug, task="wug_adj"),
-            "wug_past": partial(_decode_wug, task="wug_past"),
-            "comps": _decode_comps, "winoground": _decode_winoground, "vqa": _decode_vqa}
+@dataclass(frozen=True)
+class Task:
+    """One BabyLM task, whole: where its files are, how a record becomes an `Item`, and how it is scored
+    (`scoring`: "choice", the pipeline's accuracy over UIDs; "correlation", Spearman's rho between the first form's
+    probability and the human ratio; "reading", R^2 gains of surprisal; the strategies are `zero_shot.SCORINGS`).
+    Adding a task is adding its record to `TASKS` (and, if the pipeline's scripts run it, its name to `SUITES`)."""
+
+    name: str
+    folders: tuple[str, str]  # its folder in the official layout: (full_eval/..., fast_eval/...)
+    decode: Callable[[dict, str, str], Item] | None = None  # (record, file stem, "file:line") -> Item; reading: None
+    scoring: str = "choice"
+    multimodal: bool = False  # scored with each record's image embedding
+    pipeline_task: str | None = None  # the folder `sentence_zero_shot.run --task` writes, if not the task's name
+    predicts_sentence: bool = False  # the pipeline's prediction is the chosen sentence, not its completion
+    uid_splits: tuple[str, ...] = ()  # the score is the mean over these UID prefixes of their UIDs' mean accuracy
+
+    @property
+    def pipeline_name(self) -> str:
+        return self.pipeline_task or self.name
+
+
+TASKS = {task.name: task for task in (
+    Task("blimp", ("full_eval/blimp_filtered", "fast_eval/blimp_fast"), _decode_minimal_pair),
+    Task("supplement", ("full_eval/supplement_filtered", "fast_eval/supplement_fast"), _decode_minimal_pair,
+         pipeline_task="blimp"),
+    Task("ewok", ("full_eval/ewok_filtered", "fast_eval/ewok_fast"), _decode_ewok),
+    Task("entity_tracking", ("full_eval/entity_tracking", "fast_eval/entity_tracking_fast"), _decode_entity_tracking,
+         uid_splits=ENTITY_TRACKING_SPLITS),
+    Task("wug_adj", ("full_eval/wug_adj_nominalization", "fast_eval/wug_adj_nominalization"),
+         partial(_decode_wug, task="wug_adj"), scoring="correlation"),
+    Task("wug_past", ("full_eval/wug_past_tense", "fast_eval/wug_past_tense"), partial(_decode_wug, task="wug_past"),
+         scoring="correlation"),
+    Task("comps", ("full_eval/comps", "full_eval/comps"), _decode_comps, predicts_sentence=True),  # no fast version
+    Task("winoground", ("full_eval/winoground_filtered", "full_eval/winoground_filtered"), _decode_winoground,
+         multimodal=True),
+    Task("vqa", ("full_eval/vqa_filtered", "full_eval/vqa_filtered"), _decode_vqa, multimodal=True),
+    Task("reading", ("full_eval/reading", "fast_eval/reading"), scoring="reading"),  # reading_data.csv
+)}
+ALL_TASKS = tuple(TASKS)
+# the pipeline's eval_zero_shot_fast.sh (every words-seen revision) and eval_zero_shot.sh (the final model)
+SUITES = {"fast": ("blimp", "supplement", "ewok", "wug_adj", "wug_past", "entity_tracking", "reading"),
+          "full": ("blimp", "supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "reading")}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}; choose from {', '.join(TASKS)}.")
+    return TASKS[name]
 
 
 def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str]]]:
@@ -236,24 +256,26 @@ def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str
 def task_folder(data_dir: str | Path, task: str, fast: bool = False) -> Path:
     """Where a task's files are: the official layout's folder, or `data_dir/<task>` in a flat layout (the world's
     `blimp/` also serves as its minimal-pair set). A zip archive stands in for a missing folder."""
-    if task not in OFFICIAL_FOLDERS:
-        raise ValueError(f"Unknown task {task!r}; choose from {', '.join(OFFICIAL_FOLDERS)}.")
+    folders = get_task(task).folders
     data_dir = Path(data_dir)
     official = (data_dir / "full_eval").is_dir() or (data_dir / "fast_eval").is_dir()
-    folder = data_dir / OFFICIAL_FOLDERS[task][int(fast)] if official else data_dir / task
+    folder = data_dir / folders[int(fast)] if official else data_dir / task
     if folder.is_dir() or folder.with_suffix(".zip").is_file():
         return folder
     raise FileNotFoundError(
         f"No data for task {task!r} in {data_dir}: looked for {folder} ("
-        f"{'holding reading_data.csv' if task == 'reading' else 'a folder of *.jsonl files'}"
+        f"{'holding reading_data.csv' if get_task(task).decode is None else 'a folder of *.jsonl files'}"
         f"{' or a .zip of them' if task == 'ewok' else ''})."
     )
 
 
 def read_task(data_dir: str | Path, task: str, fast: bool = False, password: str = EWOK_PASSWORD) -> TaskData:
     """All records of one task, in file order (files sorted by name), decoded as the pipeline decodes them."""
+    decode = get_task(task).decode
+    if decode is None:
+        raise ValueError(f"Task {task!r} has no records to read as items (it is scored from its files directly).")
     folder = task_folder(data_dir, task, fast)
-    items = [DECODERS[task](record, stem, where)
+    items = [decode(record, stem, where)
              for stem, name, lines in _jsonl_sources(folder, password)
              for record, where in jsonl_records(lines, name)]
     if not items:

@@ -20,18 +20,7 @@ from modeling_gatedgpt import ImageKind
 
 from .reading import evaluate_reading, write_reading
 from .scoring import score_candidates
-from .tasks import (
-    ALL_TASKS,
-    ENTITY_TRACKING_SPLITS,
-    EWOK_PASSWORD,
-    MULTIMODAL_TASKS,
-    PIPELINE_TASK,
-    SUITES,
-    WUG_TASKS,
-    TaskData,
-    read_task,
-    task_folder,
-)
+from .tasks import EWOK_PASSWORD, SUITES, TASKS, Item, Task, TaskData, get_task, read_task, task_folder
 
 ACCURACY_METRIC = Path(__file__).with_name("babylm_accuracy.py")
 
@@ -49,33 +38,143 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
     """A comma list (or a list) of task names; "fast" and "full" stand for the pipeline's suites."""
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     names = list(dict.fromkeys(n for name in names for n in SUITES.get(name, (name,))))
-    unknown = [t for t in names if t not in ALL_TASKS]
+    unknown = [t for t in names if t not in TASKS]
     if unknown or not names:
-        raise ValueError(f"--tasks: unknown task(s) {unknown}; choose from {', '.join(ALL_TASKS)}, or fast / full "
+        raise ValueError(f"--tasks: unknown task(s) {unknown}; choose from {', '.join(TASKS)}, or fast / full "
                          f"(the pipeline's suites: {', '.join(SUITES['fast'])} / {', '.join(SUITES['full'])}).")
     return names
 
 
-def task_score(task: TaskData, chosen: list[int], probabilities: list[np.ndarray], accuracy: dict) -> tuple[str, float]:
-    """The task's headline number as the pipeline's `sentence_zero_shot.run` reports it: the mean over UIDs of their
-    accuracies; for entity tracking the mean over its splits (regular, ambiref, move_contents) of the mean over each
-    split's UIDs (0-5 operations); for the WUG tasks Spearman's rho between the probability of the first form and the
-    human ratio."""
-    if task.name in WUG_TASKS:
-        rho = spearmanr([p[0] for p in probabilities], [item.ratio for item in task.items])[0]
-        return "spearman", float(rho)
-    per_uid = accuracy["per_group"]
-    if task.name == "entity_tracking":
-        splits = [[value for uid, value in per_uid.items() if uid.startswith(split)]
-                  for split in ENTITY_TRACKING_SPLITS]
-        return "accuracy (mean over splits)", float(np.mean([np.mean(s) for s in splits if s]))
-    return "accuracy", accuracy["accuracy"]
+def metadata_accuracies(items: Sequence[Item], chosen: list[int]) -> dict:
+    """{metadata field: {value: accuracy in %}}, as the pipeline breaks a task down."""
+    breakdown = {}
+    for key in dict.fromkeys(k for item in items for k in item.metadata):
+        hits = defaultdict(list)
+        for item, choice in zip(items, chosen):
+            hits[item.metadata[key]].append(choice == item.label)
+        breakdown[key] = {value: 100.0 * float(np.mean(h)) for value, h in hits.items()}
+    return breakdown
+
+
+class ChoiceScoring:
+    """Each item picks its best candidate; the task's number is the pipeline's accuracy: the mean over UIDs of their
+    accuracies (with `Task.uid_splits`, the mean over the splits of the mean of each split's UIDs)."""
+
+    unit = "accuracy, %"
+    report_metric = "ACCURACY"
+    dataset_level = True  # the pipeline writes <task>/<dataset>/...
+
+    def evaluate(self, model, tokenizer, task: Task, data_dir: Path, fast: bool, images, batch_size: int, metric,
+                 progress: bool, password: str) -> dict:
+        data = read_task(data_dir, task.name, fast, password)
+        return evaluate_task(model, tokenizer, data, images if task.multimodal else None, batch_size, metric, progress)
+
+    def summarise(self, task: Task, items: Sequence[Item], chosen: list[int], probabilities: list[np.ndarray],
+                  metric) -> dict:
+        metric = metric or load_accuracy_metric()
+        computed = metric.compute(predictions=chosen, references=[item.label for item in items],
+                                  groups=[item.uid for item in items])
+        score, name = computed["accuracy"], "accuracy"
+        if task.uid_splits:
+            splits = [[value for uid, value in computed["per_group"].items() if uid.startswith(split)]
+                      for split in task.uid_splits]
+            score, name = float(np.mean([np.mean(s) for s in splits if s])), "accuracy (mean over splits)"
+        return {"metric": name, "score": score, "accuracy": score, "micro_accuracy": computed["micro_accuracy"],
+                "accuracies": {"UID": computed["per_group"], **metadata_accuracies(items, chosen)}}
+
+    def prediction_extras(self, probability: np.ndarray) -> dict:
+        return {}
+
+    def scores(self, result: dict) -> dict:
+        """What scores.json keeps of a result."""
+        return {key: result[key] for key in ("score", "metric", "exact_ties", "items")}
+
+    def headline(self, scores: dict) -> float:
+        return scores["score"]
+
+    def format(self, scores: dict) -> str:
+        return f"{scores['score']:.2f}"
+
+    def write(self, result: dict, folder: Path) -> None:
+        """Ours: predictions.json (the pipeline's format), accuracies.json, correct.json (1 or 0 per item, in order)."""
+        write_json(folder / "predictions.json", result["predictions"], indent=None)
+        write_json(folder / "accuracies.json", result["accuracies"])
+        write_json(folder / "correct.json", result["correct"], indent=None)
+
+    def write_pipeline(self, result: dict, folder: Path) -> None:
+        """The pipeline's: predictions.json and best_temperature_report.txt (its breakdowns, score at temperature 1)."""
+        write_json(folder / "predictions.json", result["predictions"], indent=None)
+        lines = ["TEMPERATURE: 1.00", ""]
+        for domain, values in self.report_breakdowns(result).items():
+            lines += [f"### {domain.upper()} {self.report_metric}",
+                      *(f"{key}: {value:.2f}" for key, value in values.items()), ""]
+        report = "\n".join([*lines, f"### AVERAGE {self.report_metric}", f"{result['score']:.2f}", "", ""])
+        write_atomically(folder / "best_temperature_report.txt", report)
+
+    def report_breakdowns(self, result: dict) -> dict:
+        return result["accuracies"]
+
+
+class CorrelationScoring(ChoiceScoring):
+    """The WUG tasks: Spearman's rho between the probability of the first form and the human ratio (an accuracy over
+    which form is likelier would mean nothing); each prediction carries that probability, from which the
+    leaderboard computes rho."""
+
+    unit = "rho"
+    report_metric = "SPEARMAN'S RHO"
+
+    def summarise(self, task, items, chosen, probabilities, metric) -> dict:
+        rho = spearmanr([p[0] for p in probabilities], [item.ratio for item in items])[0]
+        return {"metric": "spearman", "score": float(rho), "accuracies": metadata_accuracies(items, chosen)}
+
+    def prediction_extras(self, probability: np.ndarray) -> dict:
+        return {"prob": float(probability[0])}
+
+    def format(self, scores: dict) -> str:
+        return f"{scores['score']:.3f}"
+
+    def report_breakdowns(self, result: dict) -> dict:
+        return {"UID": {"avg": result["score"]}}
+
+
+class ReadingScoring:
+    """Reading (`eval/reading.py`): the R^2 gains of surprisal on eye tracking and self-paced reading."""
+
+    unit = "eye-tracking R² gain, %"
+    dataset_level = False  # the pipeline writes reading/...
+
+    def evaluate(self, model, tokenizer, task: Task, data_dir: Path, fast: bool, images, batch_size: int, metric,
+                 progress: bool, password: str) -> dict:
+        csv = task_folder(data_dir, task.name, fast) / "reading_data.csv"
+        return evaluate_reading(model, tokenizer, csv, batch_size, progress)
+
+    def scores(self, result: dict) -> dict:
+        return {key: result[key] for key in ("eye_tracking", "self_paced_reading")}
+
+    def headline(self, scores: dict) -> float:
+        return scores["eye_tracking"]
+
+    def format(self, scores: dict) -> str:
+        return f"{scores['eye_tracking']:.2f} / {scores['self_paced_reading']:.2f}"
+
+    def write(self, result: dict, folder: Path) -> None:
+        write_reading(result, folder)
+
+    write_pipeline = write
+
+
+SCORINGS = {"choice": ChoiceScoring(), "correlation": CorrelationScoring(), "reading": ReadingScoring()}
+
+
+def scoring_of(task: str) -> ChoiceScoring | ReadingScoring:
+    return SCORINGS[get_task(task).scoring]
 
 
 def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | None = None, batch_size: int = 64,
                   metric=None, progress: bool = True) -> dict:
-    """The task's score (see `task_score`), per-UID and per-metadata accuracies and the pipeline's predictions.
+    """The task's score (its `Task.scoring`'s), per-UID and per-metadata accuracies and the pipeline's predictions.
     `images`: score each candidate with its record's image embedding; None scores the text alone."""
+    definition, scoring = get_task(task.name), scoring_of(task.name)
     items = task.items
     sentences = [s for item in items for s in item.sentences]
     completions = [c for item in items for c in item.completions]
@@ -97,40 +196,23 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     # that scores nothing).
     ties = sum(int(np.sum(candidates == candidates.max()) > 1) for candidates in per_item)
     probabilities = [softmax(candidates) for candidates in per_item]
-
-    if task.name in WUG_TASKS:  # a correlation: an accuracy over which form is likelier would mean nothing
-        computed = {}
-        breakdown = {}
-    else:
-        metric = metric or load_accuracy_metric()
-        computed = metric.compute(predictions=chosen, references=[item.label for item in items],
-                                  groups=[item.uid for item in items])
-        breakdown = {"UID": computed["per_group"]}
-    for key in dict.fromkeys(k for item in items for k in item.metadata):
-        hits = defaultdict(list)
-        for item, choice in zip(items, chosen):
-            hits[item.metadata[key]].append(choice == item.label)
-        breakdown[key] = {value: 100.0 * float(np.mean(h)) for value, h in hits.items()}
-    metric_name, score = task_score(task, chosen, probabilities, computed)
+    summary = scoring.summarise(definition, items, chosen, probabilities, metric)
 
     predictions = defaultdict(list)
     for item, choice, probability in zip(items, chosen, probabilities):
-        # what the pipeline writes as the prediction: the chosen completion (COMPS: the chosen sentence), and for
-        # the WUG tasks the probability of the first form, from which the leaderboard computes rho
+        # what the pipeline writes as the prediction: the chosen completion (COMPS: the chosen sentence)
         prediction = {"id": f"{item.uid}_{len(predictions[item.uid])}",
-                      "pred": (item.sentences if task.name == "comps" else item.completions)[choice]}
-        if task.name in WUG_TASKS:
-            prediction["prob"] = float(probability[0])
+                      "pred": (item.sentences if definition.predicts_sentence else item.completions)[choice],
+                      **scoring.prediction_extras(probability)}
         predictions[item.uid].append(prediction)
     return {
         "dataset": task.dataset,
-        "metric": metric_name,
-        "score": score,
-        **({} if task.name in WUG_TASKS else {"accuracy": score}),
-        **({"micro_accuracy": computed["micro_accuracy"]} if computed else {}),
+        "metric": summary["metric"],
+        "score": summary["score"],
+        **{key: summary[key] for key in ("accuracy", "micro_accuracy") if key in summary},
         "items": len(items),
         "exact_ties": ties,
-        "accuracies": breakdown,
+        "accuracies": summary["accuracies"],
         "predictions": {uid: {"predictions": p} for uid, p in predictions.items()},
         "correct": [int(choice == item.label) for item, choice in zip(items, chosen)],  # in item order
     }
@@ -152,7 +234,7 @@ def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str]
         images = world_images
     if isinstance(images, (str, Path)):
         images = ImageEmbeddings.load(images)
-    needs_images = [t for t in tasks if t in MULTIMODAL_TASKS]
+    needs_images = [t for t in tasks if get_task(t).multimodal]
     if needs_images and images is None and not no_image:
         raise ValueError(f"Tasks {needs_images} need image embeddings: pass `images` (--images) or score them "
                          f"without images with `no_image=True` (--no-image).")
@@ -160,13 +242,9 @@ def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str]
     metric = load_accuracy_metric()
     results = {"model": model_name, "data": str(data_dir), "fast": fast, "vision": not no_image, "tasks": {}}
     for name in tasks:
-        if name == "reading":
-            csv = task_folder(data_dir, name, fast) / "reading_data.csv"
-            results["tasks"][name] = evaluate_reading(model, tokenizer, csv, batch_size, progress)
-            continue
-        task = read_task(data_dir, name, fast, ewok_password)
-        task_images = images if name in MULTIMODAL_TASKS and not no_image else None
-        results["tasks"][name] = evaluate_task(model, tokenizer, task, task_images, batch_size, metric, progress)
+        results["tasks"][name] = scoring_of(name).evaluate(model, tokenizer, get_task(name), data_dir, fast,
+                                                           None if no_image else images, batch_size, metric,
+                                                           progress, ewok_password)
     if out_dir is not None:
         write_results(results, out_dir)
     return results
@@ -177,10 +255,8 @@ def results_table(results: dict) -> str:
     lines = ["| task | data | items | score | metric | exact ties (counted right, as the pipeline does) |",
              "| --- | --- | ---: | ---: | --- | ---: |"]
     for name, r in results["tasks"].items():
-        score = (f"{r['eye_tracking']:.2f} / {r['self_paced_reading']:.2f}" if name == "reading"
-                 else f"{r['score']:.{3 if name in WUG_TASKS else 2}f}")
-        lines.append(f"| {name}{vision if name in MULTIMODAL_TASKS else ''} | {r['dataset']} | {r['items']} | "
-                     f"{score} | {r['metric']} | {r.get('exact_ties', '-')} |")
+        lines.append(f"| {name}{vision if get_task(name).multimodal else ''} | {r['dataset']} | {r['items']} | "
+                     f"{scoring_of(name).format(r)} | {r['metric']} | {r.get('exact_ties', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -196,13 +272,7 @@ def write_results(results: dict, out_dir: str | Path) -> None:
         for name, task in results["tasks"].items():
             folder = out_dir / name
             summary["tasks"][name] = {k: v for k, v in task.items() if k not in ("predictions", "correct")}
-            if name == "reading":
-                write_reading(task, folder)
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "predictions.json", task["predictions"], indent=None)
-            write_json(folder / "accuracies.json", task["accuracies"])
-            write_json(folder / "correct.json", task["correct"], indent=None)
+            scoring_of(name).write(task, folder)
         write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
         write_atomically(out_dir / "results.md", results_table(summary))
 
@@ -229,17 +299,8 @@ def pipeline_folder(results_dir: str | Path, model: str, revision: str | None, t
     (reading has no dataset level). `model` is named by its path's stem, as the pipeline and its collate_preds.py
     name it."""
     folder = Path(results_dir) / Path(model).stem / (revision or "main") / "zero_shot" / "causal"
-    return folder / "reading" if task == "reading" else folder / PIPELINE_TASK.get(task, task) / dataset
-
-
-def pipeline_report(name: str, result: dict) -> str:
-    """The pipeline's best_temperature_report.txt: the metadata breakdowns and the task's score at temperature 1."""
-    metric = "SPEARMAN'S RHO" if name in WUG_TASKS else "ACCURACY"
-    breakdowns = {"UID": {"avg": result["score"]}} if name in WUG_TASKS else result["accuracies"]
-    lines = ["TEMPERATURE: 1.00", ""]
-    for domain, values in breakdowns.items():
-        lines += [f"### {domain.upper()} {metric}", *(f"{key}: {value:.2f}" for key, value in values.items()), ""]
-    return "\n".join([*lines, f"### AVERAGE {metric}", f"{result['score']:.2f}", "", ""])
+    folder = folder / get_task(task).pipeline_name
+    return folder / dataset if scoring_of(task).dataset_level else folder
 
 
 def write_pipeline_tree(results: dict, results_dir: str | Path, model: str, revision: str | None = None) -> list[Path]:
@@ -248,11 +309,6 @@ def write_pipeline_tree(results: dict, results_dir: str | Path, model: str, revi
     folders = []
     for name, task in results["tasks"].items():
         folder = pipeline_folder(results_dir, model, revision, name, task["dataset"])
-        if name == "reading":
-            write_reading(task, folder)
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "predictions.json", task["predictions"], indent=None)
-            write_atomically(folder / "best_temperature_report.txt", pipeline_report(name, task))
+        scoring_of(name).write_pipeline(task, folder)
         folders.append(folder)
     return folders

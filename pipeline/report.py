@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,39 +10,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from gatedgpt2.data.run_files import RunFiles, save_figure, write_atomically, write_json  # noqa: E402
 from gatedgpt2.data.world import word_class  # noqa: E402
-from gatedgpt2.eval.gates import word_gates  # noqa: E402
+from gatedgpt2.eval.gates import read_word_gates, whitespace_words  # noqa: E402
 from gatedgpt2.eval.narrow_gate import knockout_markdown  # noqa: E402
-from modeling_gatedgpt import gate_per_token  # noqa: E402
 
 
-@torch.no_grad()
 def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray, batch_size: int = 64) -> dict:
-    """Mean gate (over features and cross-attention layers) per word, pooled by word class.
-
-    Words are split at whitespace, and a word's gate is the gate analysis' (`gatedgpt2.eval.gates.word_gates`: the
-    mean over its BPE pieces). The gate weighs the text stream: 1 = the word ignores the image, 0 = it is replaced by
-    the image.
-    """
-    model.eval()
+    """Mean gate (over features and cross-attention layers) per whitespace word, pooled by word class; a word's gate
+    is the mean over its BPE pieces, as in the gate analysis (`gatedgpt2.eval.gates.read_word_gates`). The gate
+    weighs the text stream: 1 = the word ignores the image, 0 = it is replaced by the image."""
     per_class = defaultdict(list)
-    for start in range(0, len(captions), batch_size):
-        texts = captions[start : start + batch_size]
-        enc = tokenizer(texts, return_offsets_mapping=True, padding=True, return_tensors="pt")
-        out = model(input_ids=enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
-                    image_embeds=torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(
-                        model.device), output_gates=True, use_cache=False)
-        gates = torch.stack([gate_per_token(g) for g in out.gates]).mean(0).cpu().double().numpy()
-        for b, text in enumerate(texts):
-            words = [(m.group(), m.span()) for m in re.finditer(r"\S+", text)]
-            real = enc["attention_mask"][b].bool().tolist()
-            for (word, _), (pieces, gate) in zip(words, word_gates(gates[b], enc["offset_mapping"][b].tolist(), real,
-                                                                   [span for _, span in words])):
-                if pieces:
-                    per_class[word_class(word)].append(float(gate))
+    for gate in read_word_gates(model, tokenizer, captions, images, whitespace_words, "mean", batch_size=batch_size):
+        per_class[word_class(gate.word.text)].append(float(gate.gates.mean()))
     return {c: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)}
             for c, v in sorted(per_class.items())}
 

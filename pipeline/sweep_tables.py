@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 
 from gatedgpt2.data.run_files import save_figure, write_atomically, write_json
+from gatedgpt2.eval.statistics import holm, mcnemar, paired_difference, pooled_variance
 
-if TYPE_CHECKING:
-    from .sweep import Sweep
+from .sweep_spec import Sweep
 
 
 def aggregate(records: list[dict]) -> dict:
@@ -28,67 +26,6 @@ def aggregate(records: list[dict]) -> dict:
                              else 0.0, "n": len(values), "values": values}
     return summary
 
-
-def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
-    """b - a over the seeds both runs have (a seed is the same initialisation and data order in both): the mean
-    difference, its std, the 95% t interval, the paired t-test's p, the effect size d_z = mean / std, and Welch's p
-    for the two samples taken as unpaired."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return None
-    first, second = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
-    difference = second - first
-    mean, std = float(difference.mean()), float(difference.std(ddof=1))
-    half_width = float(stats.t.ppf(0.975, len(seeds) - 1) * std / math.sqrt(len(seeds)))
-    if std > 0:
-        p = float(stats.ttest_rel(second, first).pvalue)
-    else:  # every seed moved by the same amount: certain if it moved, no evidence if it did not
-        p = 0.0 if mean != 0 else 1.0
-    unpaired = stats.ttest_ind(second, first, equal_var=False).pvalue if np.ptp(np.r_[first, second]) > 0 else 1.0
-    return {"seeds": seeds, "a_mean": float(first.mean()), "b_mean": float(second.mean()), "mean": mean, "std": std,
-            "ci95": [mean - half_width, mean + half_width], "half_width": half_width, "p_paired_t": p,
-            "d_z": mean / std if std > 0 else None, "p_welch": float(np.nan_to_num(unpaired, nan=1.0)),
-            "differences": difference.tolist()}
-
-
-def mcnemar(correct_a: list[int], correct_b: list[int]) -> dict:
-    """Item-by-item comparison of two models on the same items: the items only one gets right, and the exact
-    two-sided binomial p of that split (McNemar's exact test)."""
-    if len(correct_a) != len(correct_b):
-        raise ValueError(f"the two runs scored different item lists ({len(correct_a)} and {len(correct_b)} items)")
-    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
-    p = float(stats.binomtest(only_b, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
-    return {"items": int(len(a)), "only_a": only_a, "only_b": only_b, "p": p}
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment of a family of p-values (for comparisons of several runs with one reference)."""
-    order = np.argsort(p_values)
-    adjusted, running = np.empty(len(p_values)), 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted.tolist()
-
-
-def pooled_variance(entries: dict, samples: list[dict[int, float]]) -> None:
-    """Adds to each paired-difference entry the test with the seed variance pooled over every run of the family
-    (one-way ANOVA's residual variance, df = N - k): the runs' seeds vary alike, and a pooled estimate over many runs
-    is far steadier than one from 3 seeds. The difference of means, its 95% CI and p (t with df = N - k)."""
-    samples = [np.array(list(s.values())) for s in samples if len(s) > 0]
-    dof = sum(len(s) for s in samples) - len(samples)
-    if dof < 1:
-        return
-    variance = sum(float(((s - s.mean()) ** 2).sum()) for s in samples) / dof
-    critical = float(stats.t.ppf(0.975, dof))
-    for e in entries.values():
-        n = len(e["seeds"])
-        difference = e["b_mean"] - e["a_mean"]
-        se = math.sqrt(variance * 2 / n)
-        e.update(pooled_std=math.sqrt(variance), pooled_dof=dof,
-                 ci95_pooled=[difference - critical * se, difference + critical * se],
-                 p_pooled=float(2 * stats.t.sf(abs(difference) / se, dof)) if se > 0 else float(difference == 0))
 
 
 def comparisons(sweep: Sweep, records: dict) -> dict:

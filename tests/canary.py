@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import subprocess
@@ -18,31 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.client_envs import FIND_LINKS, build_env, torch_requirement, uv
+from tests.helpers.client_envs import FIND_LINKS, build_env, torch_requirement, uv
+from tests.helpers.lock import locked_pins, pins, setup_requirements
 
 ROOT = Path(__file__).parents[1]
 EXTRAS = ["train", "test", "analysis", "qlora"]
-
-
-def pins(text: str) -> dict[str, str]:
-    """{canonical package name: version} of a requirements file's `name==version` lines."""
-    return {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", text, re.MULTILINE)}
-
-
-def locked_pins() -> dict[str, str]:
-    return pins((ROOT / "requirements.lock").read_text())
-
-
-def setup_requirements() -> list[Requirement]:
-    """What setup.cfg asks for: install_requires and every extra."""
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
-    lines = setup["options"]["install_requires"].splitlines()
-    lines += [line for extra in setup["options.extras_require"].values() for line in extra.splitlines()]
-    return [Requirement(line) for line in lines if line.strip()]
 
 
 def direct_dependencies() -> set[str]:

@@ -2,7 +2,7 @@
 
 import torch
 
-from tests.conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 
 def test_word_embeddings_are_tied_unless_asked_not_to():

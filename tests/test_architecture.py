@@ -128,3 +128,87 @@ def test_the_layout_check_sees_a_literal(tmp_path):
     assert sorted(line.split(": ", 1)[1] for line in run_layout_literals(module)) == [
         "'chck_10M'", "'report'", "'report.json'", "'revisions'", "'revisions/*'"]
 
+
+
+def module_imports(package: str) -> dict[str, set[str]]:
+    """{module: the modules of the same package it imports}, relative and absolute imports alike, anywhere in it
+    (function-local and TYPE_CHECKING imports too: a cycle there is still two modules that need each other)."""
+    modules = {path.stem: path for path in (ROOT / package).glob("*.py")}
+    absolute = package if package == "modeling_gatedgpt" else f"gatedgpt2.{package}"
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level == 1:
+                    targets = [base] if base else [alias.name for alias in node.names]
+                elif node.level == 0 and base.startswith(absolute + "."):
+                    targets = [base.removeprefix(absolute + ".")]
+                elif node.level == 0 and base == absolute:
+                    targets = [alias.name for alias in node.names]
+                else:
+                    continue
+                found |= {t.split(".")[0] for t in targets if t.split(".")[0] in modules}
+        graph[name] = found - {name}
+    return graph
+
+
+def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+
+    def visit(node, chain):
+        if state.get(node) == "open":
+            return [*chain[chain.index(node):], node]
+        if node in state:
+            return None
+        state[node] = "open"
+        for dependency in sorted(graph[node]):
+            found = visit(dependency, [*chain, node])
+            if found:
+                return found
+        state[node] = "done"
+        return None
+
+    return next((c for node in sorted(graph) if (c := visit(node, [])) is not None), None)
+
+
+@pytest.mark.parametrize("package", list(ALLOWED))
+def test_no_import_cycle_inside_a_package(package):
+    cycle = cycle_in(module_imports(package))
+    assert cycle is None, f"{package}/: modules import each other: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_check_sees_a_cycle():
+    assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert cycle_in({"a": {"b"}, "b": set()}) is None
+
+
+def imported_test_modules(path: Path) -> list[str]:
+    """The modules under tests/ that a module imports, other than the shared helpers (tests.helpers)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" if node.module == "tests" else node.module for alias in node.names]
+        else:
+            continue
+        found += [n for n in names if (n == "tests" or n.startswith("tests.")) and not n.startswith("tests.helpers")]
+    return found
+
+
+def test_only_the_shared_helpers_are_imported_across_modules():
+    """bench/, experiments/ and every test import what they share from tests/helpers/, never a test module (or
+    conftest, whose fixtures pytest injects); tests/canary.py is a command, imported by nothing."""
+    importers = {str(path.relative_to(ROOT)): imported for path in sorted(ROOT.rglob("*.py"))
+                 if ".venv" not in path.parts and "fixtures" not in path.parts and "outputs" not in path.parts
+                 and (imported := imported_test_modules(path))}
+    assert not importers, f"import shared test code from tests.helpers instead: {importers}"
+
+
+def test_the_helper_check_sees_a_test_module_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from tests.conftest import x\nfrom tests import test_a\nfrom tests.helpers.models import y\n"
+                      "import tests.test_b\n")
+    assert imported_test_modules(module) == ["tests.conftest", "tests.test_a", "tests.test_b"]

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,8 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM, GatedGPT2ForSequenceClassification, GatedGPT2Model
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_config, tiny_model
+from tests.helpers.models import IMAGE_DIM, tiny_config, tiny_model
+from tests.helpers.remote_code import WITHOUT_THE_PACKAGE, make_offline_hub_cache, offline_hub_env
 
 
 def test_auto_classes_know_the_model(tmp_path):
@@ -63,15 +63,6 @@ REMOTE_LOADER = WITHOUT_THE_PACKAGE + textwrap.dedent(
     print("REMOTE-CODE-OK", type(config).__name__, type(lm).__name__, type(base).__name__)
     """
 )
-
-
-def make_offline_hub_cache(checkpoint_dir, hf_home, repo_id, commit="0123456789abcdef0123456789abcdef01234567",
-                           ref="main"):
-    """Lay a folder out as the Hub cache would after a download: models--org--name/{refs/<ref>, snapshots/<sha>}."""
-    repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / ref).write_text(commit)
-    shutil.copytree(checkpoint_dir, repo_dir / "snapshots" / commit)
 
 
 def test_checkpoint_loads_through_remote_code_without_the_package(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import IMAGE_DIM, tiny_config, tiny_model
+from tests.helpers.models import IMAGE_DIM, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")

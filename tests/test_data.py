@@ -264,7 +264,7 @@ def test_without_the_gpt2_vocabulary_installed_the_error_says_how_to_get_it(monk
 
 def test_train_py_tokenizes_with_the_gpt2_vocabulary(gpt2_vocabulary_installed, tiny_world, tmp_path):
     import train
-    from tests.conftest import tiny_train_args
+    from tests.helpers.training import tiny_train_args
 
     train.main([str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
                 *tiny_train_args(tiny_world, tmp_path, "--gpt2_vocabulary", "true", "--max_steps", "1")])

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from tests.conftest import tiny_model
-from tests.test_variants import GRID, grid_id
+from tests.helpers.models import tiny_model
+from tests.helpers.variants import GRID, grid_id
 
 DROPOUT = dict(attn_pdrop=0.1, resid_pdrop=0.1, embd_pdrop=0.1, attn_implementation="eager")
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)

@@ -11,18 +11,17 @@ import torch
 
 from gatedgpt2.data import WorldFiles
 from gatedgpt2.data.factorial_world import cell, cell_name, describe_pair, random_pair
-from gatedgpt2.data.world import WorldSpec, describe, minimal_pairs, random_scene, write_world
+from gatedgpt2.data.scenes import random_scene
+from gatedgpt2.data.world import WorldSpec, describe, minimal_pairs, write_world
 from gatedgpt2.eval.gate_controls import (
-    caption_bootstrap,
-    epsilon_squared,
     gate_controls,
     next_word_pairs,
     untrained_gates,
     within_word_gap,
     word_gates_and_benefits,
 )
-from gatedgpt2.pipeline.sweep_tables import holm, mcnemar, paired_difference
-from tests.conftest import IMAGE_DIM, tiny_model
+from gatedgpt2.eval.statistics import caption_bootstrap, epsilon_squared, holm, mcnemar, paired_difference
+from tests.helpers.models import IMAGE_DIM, tiny_model
 
 NULL_REPEATS = 60
 # a statistic at the 5% level comes out significant in at most 9 of 60 null repeats with probability 0.99
@@ -294,7 +293,7 @@ def test_holm_adjusts_a_family_step_down_and_keeps_the_order():
 
 
 def test_the_pooled_variance_test_finds_a_planted_run_and_holds_its_rate_under_the_null():
-    from gatedgpt2.pipeline.sweep_tables import pooled_variance
+    from gatedgpt2.eval.statistics import pooled_variance
 
     def family(rng, shift):
         runs = [dict(enumerate(rng.normal(50, 3, 3))) for _ in range(8)]
@@ -310,7 +309,7 @@ def test_the_pooled_variance_test_finds_a_planted_run_and_holds_its_rate_under_t
 
 
 def test_the_next_word_correlation_finds_a_planted_link_and_its_ci_holds_its_rate_under_the_null():
-    from gatedgpt2.eval.gates import spearman
+    from gatedgpt2.eval.statistics import spearman
 
     def sample(rng, link):
         """80 captions of 6 words; gates and benefits each shift by caption (independently), so occurrences are

@@ -15,14 +15,15 @@ from gatedgpt2.eval.gates import (
     collect_word_gates,
     gate_analysis,
     load_spacy,
-    pos_tests,
+    read_word_gates,
     regression,
-    within_word_type_null,
+    spacy_words,
+    whitespace_words,
     word_frequencies,
-    word_type_test,
 )
+from gatedgpt2.eval.statistics import pos_tests, within_word_type_null, word_type_test
 from modeling_gatedgpt import gate_per_token
-from tests.conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 NORMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "norms" / "brysbaert_concreteness.tsv"
 
@@ -42,14 +43,40 @@ def test_word_gates_average_their_pieces_and_pos_is_tagged_in_context(nlp):
     assert [rows[1]["pos"], rows[4]["pos"]] == ["AUX", "NOUN"]  # the same string, two parts of speech
     assert rows[6]["pieces"] > 1  # "cats" is split: its gate is the mean of its pieces'
 
+    per_layer, pieces = token_gates_of(model, tokenizer, caption, image, "cats")
+    np.testing.assert_allclose(rows[6]["gates"], per_layer[pieces].mean(0), rtol=1e-6)
+
+
+def token_gates_of(model, tokenizer, caption: str, image, word: str) -> tuple[np.ndarray, list[int]]:
+    """The caption's gates (T, layers), computed directly, and the positions of `word`'s pieces."""
     encoded = tokenizer(caption, return_offsets_mapping=True)
     with torch.no_grad():
         gates = model(torch.tensor([encoded["input_ids"]]), image_embeds=torch.from_numpy(image),
                       output_gates=True).gates
     per_layer = torch.stack([gate_per_token(g)[0] for g in gates], -1).numpy()
-    start = caption.index("cats")
-    pieces = [t for t, (s, e) in enumerate(encoded["offset_mapping"]) if e > start and s < start + 4 and e > s]
-    np.testing.assert_allclose(rows[6]["gates"], per_layer[pieces].mean(0), rtol=1e-6)
+    start = caption.index(word)
+    return per_layer, [t for t, (s, e) in enumerate(encoded["offset_mapping"])
+                       if e > start and s < start + len(word) and e > s]
+
+
+def test_one_reader_takes_the_word_rule_and_the_piece_rule_as_arguments(nlp):
+    """The analysis (spaCy words, mean of pieces), the run report (whitespace, mean) and the controls (whitespace,
+    last piece) read the same gates."""
+    tokenizer = train_tokenizer(["i can see a can", "the cat sat"] * 5, vocab_size=270, model_max_length=32)
+    model = tiny_model(vocab_size=len(tokenizer), gate_granularity="feature")
+    caption, image = "I can see a can of cats.", torch.randn(1, 24).numpy()
+
+    def read(words=whitespace_words, piece="mean"):
+        return list(read_word_gates(model, tokenizer, [caption], image, words, piece))
+
+    assert [g.word.text for g in read()] == caption.split()
+    assert [(g.word.text, g.word.pos) for g in read(spacy_words(nlp))][-2:] == [("cats", "NOUN"), (".", "PUNCT")]
+    per_layer, pieces = token_gates_of(model, tokenizer, caption, image, "cats.")
+    assert len(pieces) > 1 and read()[-1].pieces == len(pieces)
+    np.testing.assert_allclose(read()[-1].gates, per_layer[pieces].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(read(piece="last")[-1].gates, per_layer[pieces[-1]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"piece must be one of \('mean', 'last'\), got 'first'"):
+        read(piece="first")
 
 
 def test_regression_recovers_known_effects():

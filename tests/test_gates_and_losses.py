@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modeling_gatedgpt.configuration_gatedgpt import GatedGPT2Config
-from tests.conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 
 def test_hard_gate_is_deterministic_and_binary_at_inference(batch):

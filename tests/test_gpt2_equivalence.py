@@ -5,7 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from modeling_gatedgpt import GatedGPT2ForCausalLM
-from tests.conftest import IMAGE_DIM, VOCAB, tiny_model
+from tests.helpers.models import IMAGE_DIM, VOCAB, tiny_model
 
 
 def gpt2_with_text_weights_of(model: GatedGPT2ForCausalLM) -> GPT2LMHeadModel:

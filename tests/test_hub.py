@@ -22,8 +22,9 @@ from gatedgpt2.data import train_tokenizer
 from gatedgpt2.hub_cards.__main__ import main as hub_main
 from gatedgpt2.hub_cards.card import write_card
 from gatedgpt2.hub_cards.push import push, push_with_revisions
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model, tiny_train_args
-from tests.test_auto_and_remote_code import make_offline_hub_cache
+from tests.helpers.models import IMAGE_DIM, tiny_model
+from tests.helpers.remote_code import WITHOUT_THE_PACKAGE, make_offline_hub_cache, offline_hub_env
+from tests.helpers.training import tiny_train_args
 
 RESULTS = {"model": "x", "data": "evaluation_data", "fast": True, "vision": True, "tasks": {
     "blimp": {"dataset": "blimp_fast", "accuracy": 61.234, "micro_accuracy": 60.0, "items": 13400},
@@ -221,7 +222,7 @@ def test_a_staged_upload_loads_from_an_offline_hub_cache_without_the_package(che
         from transformers import Dinov2Config, Dinov2Model
 
         from gatedgpt2.eval.__main__ import main as eval_main
-        from tests.test_vision_tower import VISION
+        from tests.helpers.models import VISION
 
         Dinov2Model(Dinov2Config(**VISION)).save_pretrained(tmp_path / "dinov2")
         eval_main(["attach-vision-tower", "--model", str(checkpoint), "--vision-tower", str(tmp_path / "dinov2"),

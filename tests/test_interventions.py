@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_gatedgpt import knockout, patch_image_path, record_image_path
-from tests.conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from packaging.utils import canonicalize_name
 
-from tests.canary import locked_pins, setup_requirements
+from tests.helpers.lock import locked_pins, setup_requirements
 
 
 def test_every_locked_package_is_installed_at_its_locked_version():

@@ -13,7 +13,8 @@ from gatedgpt2.data import train_tokenizer
 from gatedgpt2.eval.checkpoint import load_checkpoint
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model
 from modeling_gatedgpt import knockout
-from tests.conftest import tiny_model, tiny_train_args
+from tests.helpers.models import tiny_model
+from tests.helpers.training import tiny_train_args
 
 
 @pytest.fixture

@@ -26,10 +26,10 @@ from gatedgpt2.data import iter_text_lines, text_files, train_tokenizer
 from gatedgpt2.eval.reading import EYE_TRACKING
 from gatedgpt2.eval.tasks import EWOK_PASSWORD
 from modeling_gatedgpt import GatedGPT2Processor
-from tests.babylm_fixtures import add_text_task_subsets, write_evaluation_data
-from tests.client_envs import client_env, torch_requirement
-from tests.conftest import offline_hub_env, tiny_model
-from tests.test_vision_tower import VISION
+from tests.helpers.babylm_fixtures import add_text_task_subsets, write_evaluation_data
+from tests.helpers.client_envs import pipeline_python
+from tests.helpers.models import VISION, tiny_model
+from tests.helpers.remote_code import offline_hub_env
 
 ROOT = Path(__file__).parents[1]
 PIPELINE = ROOT.parent / "shared" / "vendor" / "babylm-evaluation-pipeline-2025"
@@ -38,12 +38,6 @@ EVALUATION_DATA = DATA / "evaluation_data"
 
 pytestmark = pytest.mark.skipif(not PIPELINE.is_dir() or not EVALUATION_DATA.is_dir(),
                                 reason="needs ../shared (the vendored pipeline and the BabyLM evaluation data)")
-
-
-def pipeline_python() -> Path:
-    pins = [line.strip() for line in (PIPELINE / "requirements.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("torch==")]
-    return client_env("babylm-pipeline-2025", [torch_requirement(), *pins])
 
 
 def run_pipeline(model: Path, task: str, data: Path, out: Path, *extra: str) -> dict:
@@ -173,7 +167,7 @@ def test_winoground_images_through_the_tower_predict_what_our_embeddings_predict
 
 @pytest.fixture(scope="module")
 def fixture_data(tmp_path_factory):
-    """Entity tracking, WUG, COMPS and reading files in the pipeline's formats (tests/babylm_fixtures.py)."""
+    """Entity tracking, WUG, COMPS and reading files in the pipeline's formats (tests/helpers/babylm_fixtures.py)."""
     return write_evaluation_data(tmp_path_factory.mktemp("fixtures") / "evaluation_data")
 
 
@@ -310,7 +304,7 @@ def babylm_run(checkpoint, tmp_path_factory):
     revisions as branches of a Hub repository in an offline cache, which is how the pipeline's AoA script loads
     them (`revision=chck_1M`)."""
     from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
-    from tests.test_auto_and_remote_code import make_offline_hub_cache
+    from tests.helpers.remote_code import make_offline_hub_cache
 
     root = tmp_path_factory.mktemp("babylm_run")
     run = root / "gatedgpt2-run"

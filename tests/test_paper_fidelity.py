@@ -13,8 +13,8 @@ from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM
 from modeling_gatedgpt.configuration_gatedgpt import PAPER_VARIANTS, PRESETS
 from modeling_gatedgpt.convert_looking_to_learn import VARIANTS as CONVERTED
 from modeling_gatedgpt.convert_looking_to_learn import main as convert_main
-from tests import looking_to_learn_port as port
-from tests.conftest import tiny_model
+from tests.helpers import looking_to_learn_port as port
+from tests.helpers.models import tiny_model
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_0_1"
 
@@ -204,7 +204,7 @@ def test_the_converter_names_what_does_not_fit(tmp_path):
 
 def test_train_py_builds_the_paper_code_preset_and_gpt2_conversions_refuse_it(tiny_world, tmp_path):
     import train
-    from tests.conftest import tiny_train_args
+    from tests.helpers.training import tiny_train_args
 
     args = tiny_train_args(tiny_world, tmp_path, "--preset", "paper_code", "--max_steps", "1")
     train.main([str(Path(__file__).parents[1] / "configs" / "demo.yaml"), *args])

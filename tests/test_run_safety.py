@@ -18,8 +18,7 @@ import train
 from gatedgpt2.data.model_folder import INCOMPLETE, install_model
 from gatedgpt2.eval.__main__ import main as eval_main
 from gatedgpt2.eval.checkpoint import load_checkpoint
-from tests.conftest import tiny_train_args
-from tests.test_training import TINY_YAML, log_history, run_subprocess, weights
+from tests.helpers.training import TINY_YAML, log_history, run_subprocess, tiny_train_args, weights
 
 RUN = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3"]
 

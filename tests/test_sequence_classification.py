@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
 from modeling_gatedgpt import GatedGPT2ForSequenceClassification
-from tests.conftest import IMAGE_DIM, VOCAB, tiny_config, tiny_model
+from tests.helpers.models import IMAGE_DIM, VOCAB, tiny_config, tiny_model
 
 PAD = 0
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gatedgpt2.pipeline.sweep import Sweep, main, plan
+from gatedgpt2.pipeline.sweep import main, plan
+from gatedgpt2.pipeline.sweep_spec import Sweep
 from gatedgpt2.pipeline.sweep_tables import aggregate
 
 EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
@@ -271,7 +272,7 @@ def test_the_factorial_evaluation_reports_the_gate_against_its_nulls(tmp_path):
     from gatedgpt2.data import WorldFiles, WorldSpec, train_tokenizer, write_world
     from gatedgpt2.eval.metrics import factorial_metrics
     from gatedgpt2.trainer.arguments import DataArguments
-    from tests.conftest import tiny_model
+    from tests.helpers.models import tiny_model
 
     world = WorldFiles(write_world(tmp_path / "factorial", WorldSpec(seed=2, train_captions=60, train_sentences=30,
                                                                      dev_captions=60, dev_sentences=5, embed_dim=32,

@@ -9,7 +9,7 @@ import torch
 from gatedgpt2.data import train_tokenizer
 from gatedgpt2.eval.fewshot import class_text_features, fewshot, split, write
 from gatedgpt2.eval.topk_fusion import TopKCrossModalFusion, topk_fusion_loss
-from tests.conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 
 def relu(x):

@@ -20,23 +20,9 @@ from transformers.trainer_pt_utils import safe_globals
 import train
 from gatedgpt2.trainer.arguments import parse_args
 from modeling_gatedgpt import GatedGPT2Config
-from tests.conftest import tiny_train_args
+from tests.helpers.training import TINY_YAML, log_history, run_subprocess, tiny_train_args, weights
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_YAML = str(ROOT / "configs" / "demo.yaml")
-
-
-def log_history(run_dir) -> list[dict]:
-    return json.loads((Path(run_dir) / "trainer_state.json").read_text())["log_history"]
-
-
-def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(Path(run_dir) / "model.safetensors")
-
-
-def run_subprocess(args, extra_env=None, timeout=300, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 @pytest.mark.parametrize("curriculum", ["alternating", "mixed_uniform", "mixed_non_uniform"])
@@ -524,7 +510,7 @@ def test_fsdp2_sharded_training_on_cpu_matches_one_process(tmp_path):
     reduce-scatter (on GPUs NCCL would hang). The second step is text-only on both ranks, so the image parameters get
     no gradient and AdamW must leave them as one process does. This is the model under FSDP with the rule the
     Trainer applies; the Trainer's FSDP path needs GPUs (accelerate does not shard on CPU; see the next test)."""
-    from tests import fsdp2_worker
+    from tests.helpers import fsdp2_worker
 
     fsdp2_worker.main(str(tmp_path / "one"))
     worker = fsdp2_worker.__file__
@@ -557,7 +543,7 @@ def test_a_short_training_makes_the_image_matter(tmp_path):
     """About 30 s of training on captions of the grounded world: VQA-style questions are answered far better with the
     image than by the same model with `image_mask=False` (8 candidates: chance is 12.5%)."""
     from gatedgpt2.data.world import WorldSpec, write_world
-    from tests.conftest import TINY_WORLD
+    from tests.helpers.training import TINY_WORLD
 
     spec = WorldSpec(**{**TINY_WORLD, "train_captions": 2000, "train_sentences": 50, "vqa_items": 150})
     world = write_world(tmp_path / "world", spec)

@@ -11,8 +11,8 @@ import pytest
 
 from gatedgpt2.hub_cards.__main__ import main as hub_main
 from gatedgpt2.hub_cards.update_code import planned_updates, update_code
-from tests.test_auto_and_remote_code import make_offline_hub_cache
-from tests.test_version_matrix import MATRIX, client_python, run_client_script
+from tests.helpers.client_envs import MATRIX, client_python, run_client_script
+from tests.helpers.remote_code import make_offline_hub_cache
 
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_v0.1.0"
 EXPECTED = FIXTURE.parent / "checkpoint_v0.1.0.expected.safetensors"

@@ -2,8 +2,8 @@
 
 A checkpoint (with its tokenizer), a sequence classifier made from it, and one with a tiny attached DINOv2 tower (with
 its processor) are saved in the locked environment. For each release in MATRIX, a cached client environment
-(tests/client_envs.py: torch, that transformers, its tokenizers, safetensors, pillow; not this package) loads them
-through the Auto classes and their remote code from an offline Hub cache, in a subprocess that cannot import this
+(tests/helpers/client_envs.py: torch, that transformers, its tokenizers, safetensors, pillow; not this package) loads
+them through the Auto classes and their remote code from an offline Hub cache, in a subprocess that cannot import this
 package, and must reproduce the locked environment: logits within 1e-5, the same greedy tokens with and without the
 cache, the same token ids and pixel values. docs/versions.md's table lists the same releases.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -26,33 +25,12 @@ from transformers import Dinov2Config, Dinov2Model
 
 from gatedgpt2.data import train_tokenizer
 from modeling_gatedgpt import GatedGPT2ForSequenceClassification, GatedGPT2Processor
-from tests.canary import locked_pins
-from tests.client_envs import client_env, torch_requirement
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model
-from tests.test_auto_and_remote_code import make_offline_hub_cache
-from tests.test_vision_tower import VISION
+from tests.helpers.client_envs import MATRIX, client_python, locked_version, run_client_script
+from tests.helpers.models import IMAGE_DIM, VISION, tiny_model
+from tests.helpers.remote_code import make_offline_hub_cache
 
-
-def locked_version(package: str) -> str:
-    return locked_pins()[package]
-
-
-# (transformers release, what else that client pins): the BabyLM 2025 pipeline's pin (with its tokenizers), the last
-# 4.x, the first 5.x, the locked release, and the newest release when this list was written.
-MATRIX = [
-    ("4.51.3", ["tokenizers==0.21.1"]),
-    ("4.57.6", []),
-    ("5.0.0", []),
-    (locked_version("transformers"), []),
-    ("5.24.0", []),
-]
 TEXTS = ["a red circle left of a blue cube", "the cat sat", "unseen wörds 12"]
 MAX_NEW_TOKENS = 6
-
-
-def client_python(version: str, extra: list[str]) -> Path:
-    return client_env(f"transformers-{version}",
-                      [torch_requirement(), f"transformers=={version}", "safetensors", "pillow", *extra])
 
 
 CLIENT = textwrap.dedent(
@@ -163,17 +141,6 @@ def saved(tmp_path_factory):
     reference = root / "reference.safetensors"
     run_client(Path(sys.executable), hf_home, inputs_file, reference, allow_package=True)
     return hf_home, inputs_file, load_file(reference)
-
-
-def run_client_script(python: Path, hf_home: Path, script: str, args: list[str], cwd: Path,
-                      allow_package: bool = False) -> str:
-    """Run `script` under `python` offline against the Hub cache in `hf_home`, unable to import this package."""
-    env = offline_hub_env(hf_home, TOKENIZERS_PARALLELISM="false")
-    guard = "" if allow_package else WITHOUT_THE_PACKAGE
-    result = subprocess.run([str(python), "-c", "import sys\n" + guard + script, *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{python}:\n{result.stderr[-4000:]}"
-    return result.stdout
 
 
 def run_client(python: Path, hf_home: Path, inputs_file: Path, out_file: Path, allow_package: bool = False) -> str:

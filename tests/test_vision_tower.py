@@ -13,10 +13,8 @@ from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
 from modeling_gatedgpt import GatedGPT2ForCausalLM, GatedGPT2Processor
-from tests.conftest import IMAGE_DIM, WITHOUT_THE_PACKAGE, offline_hub_env, tiny_model
-
-VISION = dict(hidden_size=IMAGE_DIM, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-              image_size=28, patch_size=14)
+from tests.helpers.models import IMAGE_DIM, VISION, tiny_model
+from tests.helpers.remote_code import WITHOUT_THE_PACKAGE, offline_hub_env
 
 
 @pytest.mark.parametrize("vision_feature, tokens", [("cls", 1), ("cls_patches", 5)])

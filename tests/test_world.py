@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gatedgpt2.data import load_caption_shards, text_files
-from gatedgpt2.data.world import COLOURS, SHAPES, SceneEncoder, WorldSpec, encode_scenes, random_scene, write_world
+from gatedgpt2.data.scenes import COLOURS, SHAPES, SceneEncoder, encode_scenes, random_scene
+from gatedgpt2.data.world import WorldSpec, write_world
 
 
 def ridge_probe(features, labels, train: int, classes: int) -> float:
@@ -48,7 +49,7 @@ def test_patch_tokens_keep_left_right_but_the_global_embedding_loses_it(encoder)
 
 
 def test_world_is_deterministic_and_written_in_the_babylm_formats(tmp_path, tiny_world):
-    from tests.conftest import TINY_WORLD
+    from tests.helpers.training import TINY_WORLD
 
     again = write_world(tmp_path / "again", WorldSpec(**TINY_WORLD))
     for path in sorted(p.relative_to(tiny_world) for p in tiny_world.rglob("*") if p.is_file()):

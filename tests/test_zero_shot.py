@@ -16,7 +16,7 @@ from gatedgpt2.eval.checkpoint import load_checkpoint
 from gatedgpt2.eval.scoring import score_candidates
 from gatedgpt2.eval.tasks import read_task
 from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
-from tests.conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
 BABYLM_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "text" / "dev"
@@ -409,3 +409,45 @@ def test_a_model_that_computes_nan_is_an_error_naming_the_item_not_a_perfect_sco
     task = type(task)(task.name, task.dataset, [type(i)(**{**i.__dict__, "image_id": "0"}) for i in task.items])
     with pytest.raises(ValueError, match=r"no finite log-probability"):
         evaluate_task(sane, babylm_tokenizer, task, huge, progress=False)
+
+
+def test_a_new_task_is_one_task_record_and_scores_through_every_writer(model, babylm_tokenizer, tmp_path, monkeypatch):
+    """A task the package has never seen, in a format of its own, added by one `Task` record: zero-shot scores it as
+    the pipeline would, and babylm's per-revision scoring, its summary and the pipeline's results tree carry it."""
+    from gatedgpt2.eval import tasks
+    from gatedgpt2.eval.babylm import score_revision, write_summary
+
+    def decode_word_order(record, stem, where):
+        right, wrong = tasks._texts(record, ("right", "wrong"), where)
+        return tasks.Item(uid=stem, sentences=(right, wrong), completions=(right, wrong), source=where,
+                          metadata={"kind": record["kind"]})
+
+    monkeypatch.setitem(tasks.TASKS, "word_order", tasks.Task(
+        "word_order", ("full_eval/word_order", "fast_eval/word_order"), decode_word_order))
+    monkeypatch.setitem(tasks.SUITES, "fast", ("word_order",))
+    records = [{"right": f"the {a} sat on the {b} .", "wrong": f"the {a} on sat the {b} .", "kind": kind}
+               for a, b, kind in [("cat", "mat", "verb"), ("dog", "rug", "verb"), ("bird", "tree", "noun"),
+                                  ("child", "chair", "noun")]]
+    write_task(tmp_path / "data", "word_order", [json.dumps(r) for r in records])
+
+    results = zero_shot(model, babylm_tokenizer, tmp_path / "data", "word_order", out_dir=tmp_path / "out",
+                        progress=False)
+    task = results["tasks"]["word_order"]
+    expected = [r[("right", "wrong")[pipeline_choice(model, babylm_tokenizer, [r["right"], r["wrong"]],
+                                                     [r["right"], r["wrong"]])]] for r in records]
+    assert [p["pred"] for p in task["predictions"]["part"]["predictions"]] == expected
+    correct = [e == r["right"] for e, r in zip(expected, records)]
+    assert task["score"] == pytest.approx(100 * np.mean(correct)) and set(task["accuracies"]) == {"UID", "kind"}
+    assert json.loads((tmp_path / "out" / "word_order" / "correct.json").read_text()) == [int(c) for c in correct]
+    assert "| word_order |" in (tmp_path / "out" / "results.md").read_text()
+
+    model_dir = tmp_path / "results" / "run"
+    scores = score_revision(model, babylm_tokenizer, tmp_path / "checkpoint", "chck_1M", "fast", tmp_path / "data",
+                            model_dir, batch_size=8)
+    assert scores == {"word_order": {"score": task["score"], "metric": "accuracy", "exact_ties": task["exact_ties"],
+                                     "items": 4}}
+    tree = model_dir / "chck_1M" / "zero_shot" / "causal" / "word_order" / "word_order"
+    assert json.loads((tree / "predictions.json").read_text()) == task["predictions"]
+    assert "### AVERAGE ACCURACY" in (tree / "best_temperature_report.txt").read_text()
+    write_summary({"chck_1M": {"words": 10**6, "suite": "fast", "tasks": scores}}, model_dir)
+    assert "| chck_1M | 1,000,000 | fast |" in (model_dir / "summary.md").read_text()

@@ -2,7 +2,7 @@
 
 1. The hard gate samples Gumbel noise at inference: two evaluations of the same input differ. Random weights of the
    reference's gate_hard_per_feature at its base size (768 wide, 8 + 5 layers, 16k vocabulary), 4 x 32 tokens with a
-   global image, via the independent port (tests/looking_to_learn_port.py); the null is the argmax gate.
+   global image, via the independent port (tests/helpers/looking_to_learn_port.py); the null is the argmax gate.
 2. The LCG loss is the mean of the two likelihoods, minimised: it pushes each token away from its own image. Two
    linear projections trained for 300 Adam steps on 16-row batches of synthetic groundable features (a token is its
    image through a fixed random map, plus noise) with that loss and with -log of each term (GatedGPT2's); the measure
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from gatedgpt2.data import gpt2_tokenizer, iter_text_lines, text_files  # noqa: E402
 from modeling_gatedgpt import GatedGPT2Config, GatedGPT2ForCausalLM  # noqa: E402
 from modeling_gatedgpt.contrastive import two_way_grounding_loss  # noqa: E402
-from tests import looking_to_learn_port as port  # noqa: E402
+from tests.helpers import looking_to_learn_port as port  # noqa: E402
 
 SEEDS = (0, 1, 2)
 BASE = dict(vocab=16000, d=768, hidden=3072, encoder_layers=5, decoder_layers=8, image_dim=768)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from modeling_gatedgpt import GatedGPT2ForCausalLM  # noqa: E402
 from modeling_gatedgpt.convert_looking_to_learn import config_for, convert_state_dict  # noqa: E402
-from tests.looking_to_learn_port import random_state_dict  # noqa: E402
+from tests.helpers.looking_to_learn_port import random_state_dict  # noqa: E402
 
 DEPARTURES = {
     "none (paper_code preset)": {},

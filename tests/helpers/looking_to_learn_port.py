@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
+
+
 class Variant:
     """What a variant of the reference changes (its `models/model_<name>.py`), and the parameter names it uses."""
     gate: str = "soft"  # soft | hard | none
@@ -53,6 +55,8 @@ VARIANTS = {
     "with_lcg": Variant(auxiliary="lcg", gate_name="gate", tied_output=True, first_cross_layer=1),
 }
 # The files the converter refuses: FiLM of the projected image by the mean of the whole caption's embeddings.
+
+
 LEAKY_VARIANTS = {"film_on_image": Variant(modulation="film", modulation_target="image", gate_name="gate")}
 
 

@@ -15,8 +15,12 @@ import random
 from pathlib import Path
 
 THINGS = ["apple", "ball", "book", "cup", "dog", "hat", "key", "shoe", "spoon", "toy", "bird", "coat", "milk", "plate"]
+
+
 NONCE = ["wug", "blick", "dax", "fep", "tove", "zorp", "glim", "narp", "quib", "sprock"]
 PROPERTIES = ["can fly", "has fur", "is red", "can swim", "lays eggs", "has wheels", "is soft", "can bark"]
+
+
 CONTEXTS = ["the child saw that the", "my mother said the", "we looked at the", "then the little", "after lunch the",
             "she knows that the", "in the garden the", "yesterday a big"]
 VERBS = ["ran", "slept", "fell", "sang", "jumped", "smiled", "waited", "played"]
@@ -139,6 +143,8 @@ def cdi_table(rng: random.Random) -> list[dict]:
 
 
 # (Super)GLUE task -> its fields, as the pipeline's finetune/dataset.py reads them, and its number of labels
+
+
 GLUE_FIELDS = {"boolq": (("question", "passage"), 2), "mnli": (("premise", "hypothesis"), 3),
                "mrpc": (("sentence1", "sentence2"), 2), "multirc": (("question", "answer", "paragraph"), 2),
                "qqp": (("question1", "question2"), 2), "rte": (("sentence1", "sentence2"), 2),

@@ -5,7 +5,7 @@ configs/accelerate/fsdp.yaml's wrap policy (and the root) sharded by `fully_shar
 carries no image arguments. The steps: rank 0 text-only while rank 1 has images, then a text-only step everywhere
 (the image parameters get no gradient), then images on both.
 
-    python tests/fsdp2_worker.py OUT          (writes OUT.safetensors: the full weights, and OUT.json: step losses)
+    python tests/helpers/fsdp2_worker.py OUT   (writes OUT.safetensors: the full weights, and OUT.json: step losses)
 """
 
 import json

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
+from .lock import locked_pins
+from .remote_code import WITHOUT_THE_PACKAGE, offline_hub_env
+
 CACHE = Path(os.environ.get("GATEDGPT2_ENV_CACHE", Path.home() / ".cache" / "gatedgpt2" / "envs"))
+
+
 LOCAL_WHEELS = Path("/opt/wheels")  # this project's machines keep the CPU torch build here
 FIND_LINKS = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
 
@@ -71,3 +76,42 @@ def client_env(name: str, requirements: list[str]) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return python
+
+
+def locked_version(package: str) -> str:
+    return locked_pins()[package]
+
+# (transformers release, what else that client pins): the BabyLM 2025 pipeline's pin (with its tokenizers), the last
+# 4.x, the first 5.x, the locked release, and the newest release when this list was written.
+
+
+MATRIX = [
+    ("4.51.3", ["tokenizers==0.21.1"]),
+    ("4.57.6", []),
+    ("5.0.0", []),
+    (locked_version("transformers"), []),
+    ("5.24.0", []),
+]
+
+def client_python(version: str, extra: list[str]) -> Path:
+    return client_env(f"transformers-{version}",
+                      [torch_requirement(), f"transformers=={version}", "safetensors", "pillow", *extra])
+
+def run_client_script(python: Path, hf_home: Path, script: str, args: list[str], cwd: Path,
+                      allow_package: bool = False) -> str:
+    """Run `script` under `python` offline against the Hub cache in `hf_home`, unable to import this package."""
+    env = offline_hub_env(hf_home, TOKENIZERS_PARALLELISM="false")
+    guard = "" if allow_package else WITHOUT_THE_PACKAGE
+    result = subprocess.run([str(python), "-c", "import sys\n" + guard + script, *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{python}:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+PIPELINE = Path(__file__).resolve().parents[3] / "shared" / "vendor" / "babylm-evaluation-pipeline-2025"
+
+
+def pipeline_python() -> Path:
+    pins = [line.strip() for line in (PIPELINE / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("torch==")]
+    return client_env("babylm-pipeline-2025", [torch_requirement(), *pins])
