@@ -79,7 +79,7 @@ OUR_SIDE = textwrap.dedent("""
     import json, sys, time
     import torch
     from gatedgpt2.eval.checkpoint import load_checkpoint
-    from gatedgpt2.eval.zero_shot import load_accuracy_metric, write_pipeline_tree, zero_shot
+    from gatedgpt2.eval.babylm.zero_shot import load_accuracy_metric, write_pipeline_tree, zero_shot
     load_accuracy_metric()  # evaluate's import, once
     model_path, out, data, jobs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     repeats, repeat_below = int(sys.argv[5]), float(sys.argv[6])
@@ -106,7 +106,7 @@ def pipeline_python() -> Path:
 
 def prepare_data(root: Path, scale: int) -> Path:
     """The real fast BLiMP / supplement / EWoK (EWoK unzipped: the pipeline reads a folder) and the fixtures."""
-    from gatedgpt2.eval.tasks import EWOK_PASSWORD
+    from gatedgpt2.eval.babylm.tasks import EWOK_PASSWORD
     from tests.helpers.babylm_fixtures import write_evaluation_data
 
     data = write_evaluation_data(root / "evaluation_data", scale=scale)
@@ -159,10 +159,10 @@ def profile(model_path: str, data: Path, out: Path) -> list[dict]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    from gatedgpt2.eval.babylm.scoring import encode_candidates
+    from gatedgpt2.eval.babylm.tasks import read_task
+    from gatedgpt2.eval.babylm.zero_shot import evaluate_task, load_accuracy_metric
     from gatedgpt2.eval.checkpoint import load_checkpoint
-    from gatedgpt2.eval.scoring import encode_candidates
-    from gatedgpt2.eval.tasks import read_task
-    from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric
 
     model, tokenizer = load_checkpoint(model_path)
     task = read_task(data, "blimp", fast=True)

@@ -55,9 +55,9 @@ def spread(items: list, count: int | None) -> list:
 
 @torch.no_grad()
 def worker(setup: Setup, checkpoint: str, batch_size: int, naive_pairs: int, pairs: int | None) -> dict:
+    from gatedgpt2.eval.babylm.tasks import read_task
+    from gatedgpt2.eval.babylm.zero_shot import evaluate_task, load_accuracy_metric
     from gatedgpt2.eval.checkpoint import load_checkpoint
-    from gatedgpt2.eval.tasks import read_task
-    from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric
 
     model, tokenizer = load_checkpoint(checkpoint, device=str(setup.device))
     model = setup.prepare(model, dynamic=True)

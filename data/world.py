@@ -16,6 +16,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -129,8 +130,23 @@ def _swap_positions(scene: Scene) -> Scene:
     return (replace(a, row=b.row, col=b.col), replace(b, row=a.row, col=a.col), *scene[2:])
 
 
-def winoground_items(rng: random.Random, num_items: int) -> list[tuple[str, Scene, Scene, str, str]]:
-    """(kind, scene_0, scene_1, caption_0, caption_1): caption_i is true of scene_i only."""
+class WinogroundItem(NamedTuple):
+    kind: str  # "Attribute" or "Relation"
+    scene_0: Scene
+    scene_1: Scene
+    caption_0: str  # true of scene_0 only
+    caption_1: str  # true of scene_1 only
+
+
+class VqaItem(NamedTuple):
+    scene: Scene
+    question: str
+    answer: str
+    distractors: list[str]
+
+
+def winoground_items(rng: random.Random, num_items: int) -> list[WinogroundItem]:
+    """Attribute swaps and relation swaps, alternately: caption_i is true of scene_i only."""
     items = []
     while len(items) < num_items:
         scene = random_scene(rng, 2)
@@ -142,17 +158,17 @@ def winoground_items(rng: random.Random, num_items: int) -> list[tuple[str, Scen
             a1, b1 = other[:2]
             c0 = f"there is {noun_phrase(a, rng, with_size=False)} and {noun_phrase(b, rng, with_size=False)} ."
             c1 = f"there is {noun_phrase(a1, rng, with_size=False)} and {noun_phrase(b1, rng, with_size=False)} ."
-            items.append(("Attribute", scene, other, c0, c1))
+            items.append(WinogroundItem("Attribute", scene, other, c0, c1))
         else:
             other = _swap_positions(scene)
             word = relation(a, b)
             c0 = f"the {a.colour} {a.shape} is {word} the {b.colour} {b.shape} ."
             c1 = f"the {b.colour} {b.shape} is {word} the {a.colour} {a.shape} ."
-            items.append(("Relation", scene, other, c0, c1))
+            items.append(WinogroundItem("Relation", scene, other, c0, c1))
     return items
 
 
-def vqa_items(rng: random.Random, num_items: int) -> list[tuple[Scene, str, str, list[str]]]:
+def vqa_items(rng: random.Random, num_items: int) -> list[VqaItem]:
     """(scene, question, answer, 7 distractors), answers of the question's type first among the distractors."""
     items = []
     while len(items) < num_items:
@@ -171,7 +187,7 @@ def vqa_items(rng: random.Random, num_items: int) -> list[tuple[Scene, str, str,
         others = [w for w in [*COLOURS, *SHAPES, *COUNTS] if w not in pool]
         rng.shuffle(same_type)
         rng.shuffle(others)
-        items.append((scene, question, answer, (same_type + others)[:7]))
+        items.append(VqaItem(scene, question, answer, (same_type + others)[:7]))
     return items
 
 

@@ -10,8 +10,8 @@ from gatedgpt2.data import ImageEmbeddings, WorldFiles, iter_text_lines, load_ca
 from gatedgpt2.data.model_folder import check_local_model
 from modeling_gatedgpt import ImageKind
 
+from .babylm.tasks import ALL_TASKS, EWOK_PASSWORD, SUITES
 from .checkpoint import load_checkpoint
-from .tasks import ALL_TASKS, EWOK_PASSWORD, SUITES
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -41,7 +41,7 @@ def positive_int_list(text: str) -> list[int]:
 
 
 def zero_shot_command(args: argparse.Namespace) -> None:
-    from .zero_shot import results_table, write_pipeline_tree, zero_shot
+    from .babylm.zero_shot import results_table, write_pipeline_tree, zero_shot
 
     model, tokenizer = load_checkpoint(args.model, args.revision, args.device, args.trust_remote_code)
     if args.tasks.strip() in ("fast", "full") and args.fast != (args.tasks.strip() == "fast"):
@@ -73,7 +73,7 @@ def finetune_command(args: argparse.Namespace) -> None:
 
     from transformers import AutoTokenizer
 
-    from .finetune import GLUE_TASKS, finetune_task, write_finetune_results
+    from .babylm.finetune import GLUE_TASKS, finetune_task, write_finetune_results
 
     tasks = [t.strip() for t in args.tasks.split(",")]
     unknown = [t for t in tasks if t not in GLUE_TASKS]
@@ -93,7 +93,7 @@ def finetune_command(args: argparse.Namespace) -> None:
 
 
 def gates_command(args: argparse.Namespace) -> None:
-    from .gates import Norms, gate_analysis, word_frequencies
+    from .interpret.gates import Norms, gate_analysis, word_frequencies
 
     world = WorldFiles(args.captions) if args.captions.is_dir() else None
     caption_file = world.captions("dev") if world else args.captions
@@ -140,8 +140,8 @@ def controls(model, tokenizer, captions, store, world: WorldFiles | None, args: 
 
     from gatedgpt2.data.factorial_world import cell, cell_name
 
-    from .gate_controls import gate_controls, write_report
-    from .gates import CONTENT_POS, FUNCTION_POS
+    from .interpret.gate_controls import gate_controls, write_report
+    from .interpret.gates import CONTENT_POS, FUNCTION_POS
 
     def depicted(word: str) -> bool:
         return bool(cell(word) and cell(word)[1])
@@ -185,7 +185,7 @@ def controls(model, tokenizer, captions, store, world: WorldFiles | None, args: 
 
 
 def narrow_gate_command(args: argparse.Namespace) -> None:
-    from .narrow_gate import knockout_markdown, narrow_gate_report
+    from .interpret.narrow_gate import knockout_markdown, narrow_gate_report
 
     model, tokenizer = load_checkpoint(args.model, args.revision, args.device, args.trust_remote_code)
     images = ImageEmbeddings.load(args.images or WorldFiles.task_images(args.data, ImageKind.CLS_PATCHES))
@@ -201,7 +201,7 @@ def fewshot_command(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from .fewshot import class_text_features, fewshot, world_dataset, write
+    from .interpret.fewshot import class_text_features, fewshot, world_dataset, write
 
     if args.features is not None:
         if args.labels is None or args.class_names is None:

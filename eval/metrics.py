@@ -20,11 +20,11 @@ from gatedgpt2.data import (
 from gatedgpt2.data.factorial_world import cell, cell_name
 from modeling_gatedgpt import ImageKind
 
+from .babylm.zero_shot import scoring_of, zero_shot
 from .checkpoint import load_checkpoint
-from .gate_controls import gate_controls, write_report
-from .gates import CONTENT_POS, FUNCTION_POS, Norms, gate_analysis, word_frequencies
-from .narrow_gate import attention_profile, knockout_table
-from .zero_shot import scoring_of, zero_shot
+from .interpret.gate_controls import gate_controls, write_report
+from .interpret.gates import CONTENT_POS, FUNCTION_POS, Norms, gate_analysis, word_frequencies
+from .interpret.narrow_gate import attention_profile, knockout_table
 
 
 def word_class_gates(pooled: dict) -> dict:

@@ -1,9 +1,9 @@
 """Every statistical test and estimate the package reports, in one place: correlation (Spearman), the Kruskal-Wallis
-tests of the gate analysis with their effect size and their nulls (word types, within-word permutations, the
-percentile in a null sample), the resampling of whole captions, the comparisons of runs across seeds (paired t,
-Welch, pooled variance, Holm's adjustment, McNemar item by item), ordinary least squares with its coefficient tests,
-and the R^2 gain of the reading task. The modules that report them (eval/gates.py, eval/gate_controls.py,
-eval/reading.py, pipeline/sweep_tables.py) build their data and read these."""
+tests of the gate analysis with their effect size and their nulls (word types, within-word permutations, the percentile
+in a null sample), the resampling of whole captions, the comparisons of runs across seeds (paired t, Welch, pooled
+variance, Holm's adjustment, McNemar item by item), ordinary least squares with its coefficient tests, and the R^2 gain
+of the reading task. The modules that report them (eval/interpret/gates.py, eval/interpret/gate_controls.py,
+eval/babylm/reading.py, pipeline/sweep_tables.py) build their data and read these."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from gatedgpt2.data import ImageEmbeddings, WorldFiles
 from modeling_gatedgpt import ImageKind
 
-from .zero_shot import zero_shot
+from .babylm.zero_shot import zero_shot
 
 
 def evaluate_world(model, tokenizer, world: WorldFiles, image_kind: ImageKind | str = ImageKind.GLOBAL,

@@ -51,27 +51,27 @@ class ImageKnockout:
     def __init__(self, tokens: torch.Tensor, renormalise: bool = False):
         self.tokens, self.renormalise = torch.as_tensor(tokens, dtype=torch.bool), renormalise
 
-    def apply(self, image_rows: torch.Tensor, image_attention_mask: torch.Tensor | None, num_tokens: int):
+    def apply(self, image_mask: torch.Tensor, cross_attention_mask: torch.Tensor | None, num_tokens: int):
         """-> the rows that still read the image, the cross-attention mask, and the tokens whose values are zeroed
         (None when renormalising)."""
-        mask = self.tokens.to(image_rows.device)
-        mask = mask.expand(image_rows.shape[0], -1) if mask.dim() == 1 else mask
-        if mask.shape[0] != image_rows.shape[0] or mask.shape[1] != num_tokens:
+        mask = self.tokens.to(image_mask.device)
+        mask = mask.expand(image_mask.shape[0], -1) if mask.dim() == 1 else mask
+        if mask.shape[0] != image_mask.shape[0] or mask.shape[1] != num_tokens:
             raise ValueError(f"`knocked` has shape {tuple(self.tokens.shape)}; expected (num_image_tokens,) or "
-                             f"(batch_size, num_image_tokens) = ({image_rows.shape[0]}, {num_tokens}).")
+                             f"(batch_size, num_image_tokens) = ({image_mask.shape[0]}, {num_tokens}).")
         all_knocked = mask.all(-1)
-        image_rows = image_rows & ~all_knocked
+        image_mask = image_mask & ~all_knocked
         if not self.renormalise:
-            return image_rows, image_attention_mask, mask
+            return image_mask, cross_attention_mask, mask
         # rows with every token knocked are skipped above; their keys stay valid so the softmax stays finite
         keep = (~mask | all_knocked[:, None])[:, None, None, :]
-        if image_attention_mask is None:
-            image_attention_mask = keep
-        elif image_attention_mask.dtype == torch.bool:
-            image_attention_mask = image_attention_mask & keep
+        if cross_attention_mask is None:
+            cross_attention_mask = keep
+        elif cross_attention_mask.dtype == torch.bool:
+            cross_attention_mask = cross_attention_mask & keep
         else:
-            image_attention_mask = image_attention_mask.masked_fill(~keep, torch.finfo(image_attention_mask.dtype).min)
-        return image_rows, image_attention_mask, None
+            cross_attention_mask = cross_attention_mask.masked_fill(~keep, torch.finfo(cross_attention_mask.dtype).min)
+        return image_mask, cross_attention_mask, None
 
 
 @contextmanager

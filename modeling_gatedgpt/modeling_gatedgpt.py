@@ -83,9 +83,9 @@ class ImageInputs(NamedTuple):
 
     states: torch.Tensor | None  # (B, N, D) image tokens after the image encoder
     pooled: torch.Tensor | None  # (B, 1, D) their mean, for modulation of the text stream
-    rows: torch.Tensor | None  # (B,) bool: which rows have an image
-    token_mask: torch.Tensor | None  # (B, N) bool: real image tokens (None: all are)
-    cross_mask: torch.Tensor | None  # (B, 1, 1, N): the cross-attention mask (None: nothing masked)
+    image_mask: torch.Tensor | None  # (B,) bool: which rows have an image (the argument `image_mask`, resolved)
+    token_mask: torch.Tensor | None  # (B, N) bool: real image tokens (the argument `image_attention_mask`; None: all)
+    cross_attention_mask: torch.Tensor | None  # (B, 1, 1, N): token_mask as the cross-attention takes it
 
 
 NO_IMAGE = ImageInputs(None, None, None, None, None)
@@ -127,8 +127,8 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         image_states: torch.Tensor | None = None,
         image_pooled: torch.Tensor | None = None,
-        image_attention_mask: torch.Tensor | None = None,
-        image_rows: torch.Tensor | None = None,
+        cross_attention_mask: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
         image_knockout: ImageKnockout | None = None,
         output_cross_attentions: bool = False,
         **kwargs,
@@ -143,16 +143,16 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         hidden_states = hidden_states + attn_output
 
         gate = cross_weights = None
-        if self.has_cross_attention and image_rows is not None:
+        if self.has_cross_attention and image_mask is not None:
             hidden_states, gate, cross_weights = self.cross_attend(
-                hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values,
+                hidden_states, image_states, cross_attention_mask, image_mask, image_pooled, past_key_values,
                 image_knockout, output_cross_attentions,
             )
 
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
         return hidden_states, gate, attn_weights, cross_weights
 
-    def cross_attend(self, hidden_states, image_states, image_attention_mask, image_rows, image_pooled, past_key_values,
+    def cross_attend(self, hidden_states, image_states, cross_attention_mask, image_mask, image_pooled, past_key_values,
                      image_knockout=None, output_cross_attentions=False):
         """The gated cross-attention sub-layer. With one image token per row, cross-attention runs without queries
         (its output and the gate's image half once per row where dropout allows; a one-key softmax is exactly 1, and
@@ -161,8 +161,8 @@ class GatedGPT2Block(GradientCheckpointingLayer):
         one_token = image_states.shape[-2] == 1 and image_knockout is None and not output_cross_attentions
         knocked_values = None
         if image_knockout is not None:
-            image_rows, image_attention_mask, knocked_values = image_knockout.apply(
-                image_rows, image_attention_mask, image_states.shape[-2]
+            image_mask, cross_attention_mask, knocked_values = image_knockout.apply(
+                image_mask, cross_attention_mask, image_states.shape[-2]
             )
         query = text = self.ln_cross_attn(hidden_states)
         image_kv = image_states
@@ -173,7 +173,7 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             # Image tokens seen from position t are conditioned on h_t alone, which only depends on tokens <= t.
             image_kv = self.modulation(image_states.unsqueeze(1), text.unsqueeze(2))
         cross, cross_weights = self.crossattention(
-            query, past_key_values=past_key_values, attention_mask=image_attention_mask, key_value_states=image_kv,
+            query, past_key_values=past_key_values, attention_mask=cross_attention_mask, key_value_states=image_kv,
             knocked_values=knocked_values, one_image_token=one_token,
         )
         if self.modulation is not None and self.modulation_target == "cross_attn":
@@ -188,10 +188,9 @@ class GatedGPT2Block(GradientCheckpointingLayer):
             else:
                 update = (1 - gate) * cross
 
-        with_image = image_rows[:, None, None]
-        hidden_states = torch.where(with_image, hidden_states + update, hidden_states)
+        hidden_states = torch.where(image_mask[:, None, None], hidden_states + update, hidden_states)
         if gate is not None:
-            gate = torch.where(with_image, gate, 1.0)
+            gate = torch.where(image_mask[:, None, None], gate, 1.0)
             gate = gate.squeeze(-1) if self.per_token_gate else gate
         return hidden_states, gate, cross_weights
 
@@ -357,7 +356,8 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         return tokens[:, :1] if ImageKind.parse(self.config.vision_feature) is ImageKind.GLOBAL else tokens
 
     def _check_image_inputs(self, image_embeds, image_mask, image_attention_mask, batch_size):
-        """Validate the image arguments; return (embeds (B, N, D), rows (B,) bool, token mask (B, N) bool or None)."""
+        """Validate the image arguments; return (embeds (B, N, D), image_mask (B,) bool, token mask (B, N) bool or
+        None)."""
         _check_tensors(image_embeds=image_embeds, image_mask=image_mask, image_attention_mask=image_attention_mask)
         if image_embeds.dim() == 2:
             image_embeds = image_embeds.unsqueeze(1)
@@ -375,14 +375,14 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
             raise ValueError(
                 f"`image_embeds` has {image_embeds.shape[0]} rows but the text batch has {batch_size}."
             )
-        rows = torch.ones(batch_size, dtype=torch.bool, device=image_embeds.device)
+        has_image = torch.ones(batch_size, dtype=torch.bool, device=image_embeds.device)  # image_mask, resolved
         if image_mask is not None:
             if tuple(image_mask.shape) != (batch_size,):
                 raise ValueError(f"`image_mask` must have shape ({batch_size},), got {tuple(image_mask.shape)}.")
             if (image_mask.dtype != torch.bool and self._checks_input_values()
                     and not bool(((image_mask == 0) | (image_mask == 1)).all())):
                 raise ValueError(f"`image_mask` must be boolean (or 0/1), got values {image_mask.tolist()}.")
-            rows = image_mask.to(device=image_embeds.device, dtype=torch.bool)
+            has_image = image_mask.to(device=image_embeds.device, dtype=torch.bool)
         token_mask = None
         if image_attention_mask is not None:
             expected = tuple(image_embeds.shape[:2])
@@ -391,20 +391,21 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                     f"`image_attention_mask` must have shape {expected}, got {tuple(image_attention_mask.shape)}."
                 )
             token_mask = image_attention_mask.to(device=image_embeds.device, dtype=torch.bool)
-            empty = (rows & ~token_mask.any(-1)).nonzero().flatten().tolist() if self._checks_input_values() else []
+            checks = self._checks_input_values()
+            empty = (has_image & ~token_mask.any(-1)).nonzero().flatten().tolist() if checks else []
             if empty:
                 raise ValueError(f"`image_attention_mask` masks every image token of rows {empty}, which have an "
                                  f"image.")
             # Rows without an image attend to (zeroed) tokens anyway, so that no softmax sees an all-masked row.
-            token_mask = token_mask | ~rows[:, None]
-        return image_embeds, rows, token_mask
+            token_mask = token_mask | ~has_image[:, None]
+        return image_embeds, has_image, token_mask
 
-    def _blank_and_check_values(self, image_embeds, rows, token_mask):
+    def _blank_and_check_values(self, image_embeds, image_mask, token_mask):
         """Zero padding tokens and the placeholders of rows without an image (zeros, NaN), so nothing leaks into
         gradients; the remaining values must be finite."""
         if token_mask is not None:
             image_embeds = image_embeds.masked_fill(~token_mask.unsqueeze(-1), 0.0)
-        image_embeds = image_embeds.masked_fill(~rows[:, None, None], 0.0)
+        image_embeds = image_embeds.masked_fill(~image_mask[:, None, None], 0.0)
         if not self._checks_input_values():
             return image_embeds
         finite = torch.isfinite(image_embeds).flatten(1).all(-1)
@@ -433,15 +434,15 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 )
             return NO_IMAGE
 
-        image_embeds, image_rows, token_mask = self._check_image_inputs(
+        image_embeds, image_mask, token_mask = self._check_image_inputs(
             image_embeds, image_mask, image_attention_mask, inputs_embeds.shape[0]
         )
-        image_embeds = self._blank_and_check_values(image_embeds, image_rows, token_mask).to(inputs_embeds.dtype)
+        image_embeds = self._blank_and_check_values(image_embeds, image_mask, token_mask).to(inputs_embeds.dtype)
         image_states = self.image_encoder(image_embeds, token_mask)
         image_pooled = None
         if self.config.modulation_reads_pooled_image:
             image_pooled = masked_mean(image_states, token_mask).unsqueeze(1)
-        prepared = ImageInputs(image_states, image_pooled, image_rows, token_mask, bidirectional_mask(token_mask))
+        prepared = ImageInputs(image_states, image_pooled, image_mask, token_mask, bidirectional_mask(token_mask))
         if past_key_values is not None:
             setattr(past_key_values, _CACHED_IMAGE, prepared)
         return prepared
@@ -523,7 +524,7 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         image = self._prepare_images(
             image_embeds, pixel_values, image_mask, image_attention_mask, inputs_embeds, past_key_values
         )
-        image_rows = image.rows
+        image_mask = image.image_mask  # resolved: (B,) bool, or None without images
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
         if self.ln_embd is not None:
@@ -547,15 +548,15 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
                 self_mask,
                 image.states,  # tensors that carry gradient go positionally, for reentrant checkpointing
                 image.pooled,
-                image_attention_mask=image.cross_mask,
-                image_rows=image_rows,
+                cross_attention_mask=image.cross_attention_mask,
+                image_mask=image_mask,
                 image_knockout=block.image_knockout if block.has_cross_attention else None,
                 output_cross_attentions=output_attentions,
                 position_ids=position_ids,
                 **kwargs,
             )
             attentions.append(attn_weights)
-            if block.has_cross_attention and image_rows is not None:
+            if block.has_cross_attention and image_mask is not None:
                 cross_attentions.append(cross_weights)
                 if gate is not None:
                     gates.append(gate)
@@ -564,21 +565,21 @@ class GatedGPT2Model(GatedGPT2PreTrainedModel):
         all_hidden_states.append(hidden_states)
 
         contrastive_loss = None
-        if self.contrastive_head is not None and image_rows is not None and past_length == 0:
+        if self.contrastive_head is not None and image_mask is not None and past_length == 0:
             text_mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden_states.device)
             if attention_mask is not None and attention_mask.dim() == 2:
                 text_mask = attention_mask.bool()
             features = text_features if text_features is not None else hidden_states
             contrastive_loss = self.contrastive_head(
-                features[image_rows], text_mask[image_rows], image.states[image_rows],
-                None if image.token_mask is None else image.token_mask[image_rows],
+                features[image_mask], text_mask[image_mask], image.states[image_mask],
+                None if image.token_mask is None else image.token_mask[image_mask],
             )
 
         return GatedGPT2ModelOutput(
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
-            cross_attentions=tuple(cross_attentions) if output_attentions and image_rows is not None else None,
+            cross_attentions=tuple(cross_attentions) if output_attentions and image_mask is not None else None,
             gates=tuple(gates) if output_gates else None,
             contrastive_loss=contrastive_loss,
             **{CACHE_FIELD: past_key_values},

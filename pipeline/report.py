@@ -13,13 +13,13 @@ import numpy as np  # noqa: E402
 
 from gatedgpt2.data.run_files import RunFiles, save_figure, write_atomically, write_json  # noqa: E402
 from gatedgpt2.data.world import word_class  # noqa: E402
-from gatedgpt2.eval.gates import read_word_gates, whitespace_words  # noqa: E402
-from gatedgpt2.eval.narrow_gate import knockout_markdown  # noqa: E402
+from gatedgpt2.eval.interpret.gates import read_word_gates, whitespace_words  # noqa: E402
+from gatedgpt2.eval.interpret.narrow_gate import knockout_markdown  # noqa: E402
 
 
 def gate_by_word_class(model, tokenizer, captions: list[str], images: np.ndarray, batch_size: int = 64) -> dict:
-    """Mean gate (over features and cross-attention layers) per whitespace word, pooled by word class; a word's gate
-    is the mean over its BPE pieces, as in the gate analysis (`gatedgpt2.eval.gates.read_word_gates`). The gate
+    """Mean gate (over features and cross-attention layers) per whitespace word, pooled by word class; a word's gate is
+    the mean over its BPE pieces, as in the gate analysis (`gatedgpt2.eval.interpret.gates.read_word_gates`). The gate
     weighs the text stream: 1 = the word ignores the image, 0 = it is replaced by the image."""
     per_class = defaultdict(list)
     for gate in read_word_gates(model, tokenizer, captions, images, whitespace_words, "mean", batch_size=batch_size):

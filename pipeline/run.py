@@ -44,7 +44,7 @@ from gatedgpt2.data import (
 )
 from gatedgpt2.data.model_folder import check_local_model, check_weights_readable
 from gatedgpt2.data.run_files import RunFiles
-from gatedgpt2.eval.narrow_gate import knockout_table
+from gatedgpt2.eval.interpret.narrow_gate import knockout_table
 from gatedgpt2.eval.world import evaluate_world
 from gatedgpt2.hub_cards.card import write_card
 from gatedgpt2.hub_cards.push import push_with_revisions

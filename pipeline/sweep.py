@@ -45,7 +45,7 @@ import yaml
 from gatedgpt2.data import RunFiles, WorldFiles, write_json
 from gatedgpt2.data.run_files import move_into_place, partial_path, write_atomically
 from gatedgpt2.eval.checkpoint import load_checkpoint
-from gatedgpt2.eval.gates import Norms
+from gatedgpt2.eval.interpret.gates import Norms
 from gatedgpt2.eval.metrics import factorial_metrics, gate_metrics, knockout_metrics, zero_shot_metrics
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
 from modeling_gatedgpt import ImageKind

@@ -41,7 +41,7 @@ def imported_packages(path: Path) -> set[str]:
 
 
 def modules():
-    return [(package, path) for package in ALLOWED for path in sorted((ROOT / package).glob("*.py"))]
+    return [(package, path) for package in ALLOWED for path in sorted((ROOT / package).rglob("*.py"))]
 
 
 @pytest.mark.parametrize("package,path", modules(), ids=[str(path.relative_to(ROOT)) for _, path in modules()])
@@ -84,7 +84,11 @@ def test_installed_import_names_are_namespaced():
     setup.read(ROOT / "setup.cfg")
     packages = setup["options"]["packages"].split()
     assert {p.split(".")[0] for p in packages} == {"modeling_gatedgpt", "gatedgpt2"}
-    assert {p.split(".")[-1] for p in packages} == set(ALLOWED)
+    assert {p if p == "modeling_gatedgpt" else p.split(".")[1] for p in packages} == set(ALLOWED)
+    folders = {str(init.parent.relative_to(ROOT)).replace("/", ".") for layer in ALLOWED
+               for init in (ROOT / layer).rglob("__init__.py")}
+    installed = {p if p == "modeling_gatedgpt" else p.removeprefix("gatedgpt2.") for p in packages}
+    assert installed == folders, f"setup.cfg's packages are not the tree's: {sorted(installed ^ folders)}"
 
 
 # A run's folder layout is spelled once, in data/run_files.py (`RunFiles`) and data/revisions.py (`revision_name`):
@@ -130,18 +134,23 @@ def test_the_layout_check_sees_a_literal(tmp_path):
 
 
 
-def module_imports(package: str) -> dict[str, set[str]]:
-    """{module: the modules of the same package it imports}, relative and absolute imports alike, anywhere in it
-    (function-local and TYPE_CHECKING imports too: a cycle there is still two modules that need each other)."""
-    modules = {path.stem: path for path in (ROOT / package).glob("*.py")}
-    absolute = package if package == "modeling_gatedgpt" else f"gatedgpt2.{package}"
+def module_imports(folder: str) -> dict[str, set[str]]:
+    """{module: the modules of the same folder it imports}, relative and absolute imports alike, anywhere in it
+    (function-local and TYPE_CHECKING imports too: a cycle there is still two modules that need each other). A
+    sub-package counts as one module of its folder."""
+    here = ROOT / folder
+    modules = {path.stem for path in here.glob("*.py")} | {p.parent.name for p in here.glob("*/__init__.py")}
+    dotted = folder.replace("/", ".")
+    absolute = dotted if dotted.startswith("modeling_gatedgpt") else f"gatedgpt2.{dotted}"
     graph = {}
-    for name, path in modules.items():
+    for path in [*here.glob("*.py"), *here.glob("*/*.py")]:
+        name = path.stem if path.parent == here else path.parent.name
+        level = 1 if path.parent == here else 2  # the relative level that reaches this folder
         found = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level == 1:
+                if node.level == level:
                     targets = [base] if base else [alias.name for alias in node.names]
                 elif node.level == 0 and base.startswith(absolute + "."):
                     targets = [base.removeprefix(absolute + ".")]
@@ -150,7 +159,7 @@ def module_imports(package: str) -> dict[str, set[str]]:
                 else:
                     continue
                 found |= {t.split(".")[0] for t in targets if t.split(".")[0] in modules}
-        graph[name] = found - {name}
+        graph[name] = graph.get(name, set()) | (found - {name})
     return graph
 
 
@@ -173,10 +182,14 @@ def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
     return next((c for node in sorted(graph) if (c := visit(node, [])) is not None), None)
 
 
-@pytest.mark.parametrize("package", list(ALLOWED))
-def test_no_import_cycle_inside_a_package(package):
-    cycle = cycle_in(module_imports(package))
-    assert cycle is None, f"{package}/: modules import each other: {' -> '.join(cycle)}"
+FOLDERS = sorted({str(init.parent.relative_to(ROOT)) for layer in ALLOWED
+                  for init in (ROOT / layer).rglob("__init__.py")})
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_no_import_cycle_inside_a_package(folder):
+    cycle = cycle_in(module_imports(folder))
+    assert cycle is None, f"{folder}/: modules import each other: {' -> '.join(cycle)}"
 
 
 def test_the_cycle_check_sees_a_cycle():

@@ -13,7 +13,7 @@ from gatedgpt2.data import WorldFiles
 from gatedgpt2.data.factorial_world import cell, cell_name, describe_pair, random_pair
 from gatedgpt2.data.scenes import random_scene
 from gatedgpt2.data.world import WorldSpec, describe, minimal_pairs, write_world
-from gatedgpt2.eval.gate_controls import (
+from gatedgpt2.eval.interpret.gate_controls import (
     gate_controls,
     next_word_pairs,
     untrained_gates,

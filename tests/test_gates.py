@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gatedgpt2.data import load_caption_shards, train_tokenizer
-from gatedgpt2.eval.gates import (
+from gatedgpt2.eval.interpret.gates import (
     Norms,
     collect_word_gates,
     gate_analysis,
@@ -234,7 +234,7 @@ def _norm_rows(rng, types: int, per_type: int, link: float) -> tuple[list[dict],
 
 
 def test_the_concreteness_correlation_per_word_type_finds_a_planted_link_and_holds_its_rate_where_occurrences_do_not():
-    from gatedgpt2.eval.gates import analyse
+    from gatedgpt2.eval.interpret.gates import analyse
 
     rows, norms = _norm_rows(np.random.default_rng(0), 40, 30, link=0.3)
     planted = analyse(rows, [0], [norms], None)["by_layer"]["pooled"]["norms"]["concreteness"]

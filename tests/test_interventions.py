@@ -131,7 +131,7 @@ def test_the_narrow_gate_report_on_a_world_model(tiny_world, tmp_path):
     import json
 
     from gatedgpt2.data import ImageEmbeddings, train_tokenizer
-    from gatedgpt2.eval.narrow_gate import narrow_gate_report
+    from gatedgpt2.eval.interpret.narrow_gate import narrow_gate_report
 
     lines = (tiny_world / "text" / "train" / "world.train").read_text().splitlines()
     tokenizer = train_tokenizer(lines, vocab_size=150, model_max_length=64)

@@ -23,8 +23,8 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 
 from gatedgpt2.data import iter_text_lines, text_files, train_tokenizer
-from gatedgpt2.eval.reading import EYE_TRACKING
-from gatedgpt2.eval.tasks import EWOK_PASSWORD
+from gatedgpt2.eval.babylm.reading import EYE_TRACKING
+from gatedgpt2.eval.babylm.tasks import EWOK_PASSWORD
 from modeling_gatedgpt import GatedGPT2Processor
 from tests.helpers.babylm_fixtures import add_text_task_subsets, write_evaluation_data
 from tests.helpers.client_envs import pipeline_python
@@ -362,7 +362,7 @@ def test_aoa_curve_fitness_is_the_leaderboards(fixture_data, tmp_path):
     acquisition points are planted to follow the children's order."""
     import pandas as pd
 
-    from gatedgpt2.eval.aoa import curve_fitness
+    from gatedgpt2.eval.babylm.aoa import curve_fitness
 
     table = pd.read_csv(fixture_data / "cdi_proportions.csv")
     generator = np.random.default_rng(0)
@@ -394,7 +394,7 @@ def test_babylm_command_scores_each_revision_once_and_summarises(babylm_run, sub
     """Every revision gets the fast suite and the final model the full one, in the pipeline's tree; a second run
     scores nothing again; a revision whose scores.json is gone (a run killed mid-revision) is scored again, alone;
     the summary has a row per checkpoint and a learning-curve PNG."""
-    from gatedgpt2.eval.babylm import score_run
+    from gatedgpt2.eval.babylm.submission import score_run
 
     run, _ = babylm_run
     summary = score_run(run, submission_data, tmp_path, progress=False)

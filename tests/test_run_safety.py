@@ -221,7 +221,7 @@ def test_a_model_path_that_does_not_exist_is_named(tmp_path):
 
 
 def test_evals_into_one_folder_join_their_tasks_and_never_mix_two_models(tmp_path):
-    from gatedgpt2.eval.zero_shot import write_results
+    from gatedgpt2.eval.babylm.zero_shot import write_results
 
     task = {"dataset": "d", "metric": "accuracy", "score": 50.0, "items": 2, "exact_ties": 0, "accuracies": {},
             "predictions": {}, "correct": [1, 0]}

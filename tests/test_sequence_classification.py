@@ -115,7 +115,7 @@ def test_the_trainer_fine_tunes_it(tmp_path):
     ('{"sentence1": "a", "sentence2": "b", "label": true}', "label must be an integer"),
 ])
 def test_glue_files_are_read_as_the_pipeline_reads_them_and_bad_records_named(tmp_path, line, message):
-    from gatedgpt2.eval.finetune import read_glue
+    from gatedgpt2.eval.babylm.finetune import read_glue
 
     good = tmp_path / "wsc.jsonl"
     good.write_text('{"span1_text": "the cup", "span2_text": "it", "text": "It fell.", "label": 1}\n')
@@ -127,7 +127,7 @@ def test_glue_files_are_read_as_the_pipeline_reads_them_and_bad_records_named(tm
 
 
 def test_classification_metrics_are_accuracy_f1_and_matthews():
-    from gatedgpt2.eval.finetune import classification_metrics
+    from gatedgpt2.eval.babylm.finetune import classification_metrics
 
     metrics = classification_metrics(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
     tp, fp, fn, tn = 2, 1, 1, 1

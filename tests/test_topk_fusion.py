@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gatedgpt2.data import train_tokenizer
-from gatedgpt2.eval.fewshot import class_text_features, fewshot, split, write
-from gatedgpt2.eval.topk_fusion import TopKCrossModalFusion, topk_fusion_loss
+from gatedgpt2.eval.interpret.fewshot import class_text_features, fewshot, split, write
+from gatedgpt2.eval.interpret.topk_fusion import TopKCrossModalFusion, topk_fusion_loss
 from tests.helpers.models import tiny_model
 
 

@@ -12,10 +12,10 @@ import torch
 
 from gatedgpt2.data import ImageEmbeddings, train_tokenizer
 from gatedgpt2.eval.__main__ import main as eval_main
+from gatedgpt2.eval.babylm.scoring import score_candidates
+from gatedgpt2.eval.babylm.tasks import read_task
+from gatedgpt2.eval.babylm.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
 from gatedgpt2.eval.checkpoint import load_checkpoint
-from gatedgpt2.eval.scoring import score_candidates
-from gatedgpt2.eval.tasks import read_task
-from gatedgpt2.eval.zero_shot import evaluate_task, load_accuracy_metric, zero_shot
 from tests.helpers.models import tiny_model
 
 EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" / "evaluation_data"
@@ -347,7 +347,7 @@ def test_exact_ties_are_counted_and_shown(babylm_tokenizer, tmp_path):
 def test_prefix_trees_score_what_padded_batches_and_lone_sequences_score(model, babylm_tokenizer):
     """Duplicates, a sentence that is another's prefix, a sequence longer than a whole tree, phrases that end early:
     the prefix-tree scorer agrees with right-padded batches, and with each sequence run alone."""
-    from gatedgpt2.eval.scoring import encode_candidates, score_as_prefix_trees, score_padded_batches
+    from gatedgpt2.eval.babylm.scoring import encode_candidates, score_as_prefix_trees, score_padded_batches
 
     sentences = ["The cat sat on the mat.", "The cat sat on the mat.", "The cat sat", "The dog ran home quickly.",
                  "A much longer sentence about dogs that ran home and then slept all day long.", "Hi", "The cat"]
@@ -414,8 +414,8 @@ def test_a_model_that_computes_nan_is_an_error_naming_the_item_not_a_perfect_sco
 def test_a_new_task_is_one_task_record_and_scores_through_every_writer(model, babylm_tokenizer, tmp_path, monkeypatch):
     """A task the package has never seen, in a format of its own, added by one `Task` record: zero-shot scores it as
     the pipeline would, and babylm's per-revision scoring, its summary and the pipeline's results tree carry it."""
-    from gatedgpt2.eval import tasks
-    from gatedgpt2.eval.babylm import score_revision, write_summary
+    from gatedgpt2.eval.babylm import tasks
+    from gatedgpt2.eval.babylm.submission import score_revision, write_summary
 
     def decode_word_order(record, stem, where):
         right, wrong = tasks._texts(record, ("right", "wrong"), where)

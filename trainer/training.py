@@ -392,19 +392,19 @@ class GatedGPT2Trainer(Trainer):
                                      ignore_index=-100, reduction="none")
         real = labels != -100
         # masks multiply rather than index, so that a step reads nothing back from the device
-        image_rows = inputs.get("image_mask")
-        if image_rows is None:
-            image_rows = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
-        for name, rows in (("text", ~image_rows), ("captions", image_rows)):
+        image_mask = inputs.get("image_mask")
+        if image_mask is None:
+            image_mask = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
+        for name, rows in (("text", ~image_mask), ("captions", image_mask)):
             counted = real & rows[:, None]
             sums[f"loss_{name}"] += (token_loss * counted).sum()
             sums[f"loss_{name}/count"] += counted.sum()
         if outputs.contrastive_loss is not None:
-            has_images = image_rows.any()  # a sharded run's placeholder images give a loss of 0 that is not counted
+            has_images = image_mask.any()  # a sharded run's placeholder images give a loss of 0 that is not counted
             sums["contrastive_loss"] += outputs.contrastive_loss.detach() * has_images
             sums["contrastive_loss/count"] += has_images
         if outputs.gates:
-            mask = inputs["attention_mask"].bool() & image_rows[:, None]
+            mask = inputs["attention_mask"].bool() & image_mask[:, None]
             for layer, gate in zip(self.model.config.cross_attention_layer_indices, outputs.gates):
                 sums[f"gate_mean/layer_{layer}"] += (gate_per_token(gate) * mask).sum()
                 sums[f"gate_mean/layer_{layer}/count"] += mask.sum()

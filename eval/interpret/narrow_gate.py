@@ -28,9 +28,9 @@ from gatedgpt2.data.run_files import save_figure, write_atomically, write_json
 from modeling_gatedgpt import gate_per_token, knockout, patch_image_path, record_image_path
 from modeling_gatedgpt.interventions import cross_attention_blocks
 
-from .scoring import score_candidates
-from .tasks import read_task
-from .zero_shot import evaluate_task, load_accuracy_metric
+from ..babylm.scoring import score_candidates
+from ..babylm.tasks import read_task
+from ..babylm.zero_shot import evaluate_task, load_accuracy_metric
 
 
 @contextmanager
@@ -44,20 +44,20 @@ def eager_attention(model):
         model.set_attn_implementation(previous)
 
 
-def _batches(tokenizer, texts, image_rows, batch_size):
+def _batches(tokenizer, texts, image_indices, batch_size):
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer(texts[start : start + batch_size], padding=True, return_tensors="pt")
-        yield encoded["input_ids"], encoded["attention_mask"].bool(), image_rows[start : start + batch_size]
+        yield encoded["input_ids"], encoded["attention_mask"].bool(), image_indices[start : start + batch_size]
 
 
 @torch.no_grad()
-def attention_profile(model, tokenizer, texts, images: np.ndarray, image_rows, batch_size: int = 32) -> dict:
+def attention_profile(model, tokenizer, texts, images: np.ndarray, image_indices, batch_size: int = 32) -> dict:
     """{layer: {"cls", "patches", "max_patch", "cls_gate_weighted", "cls_value_weighted"}}: shares of the attention
     from real text positions to the image tokens (averaged over heads, positions and examples)."""
     blocks = cross_attention_blocks(model)
     sums = {i: defaultdict(float) for i in blocks}
     with eager_attention(model), record_image_path(model) as recorded:
-        for input_ids, mask, rows in _batches(tokenizer, texts, image_rows, batch_size):
+        for input_ids, mask, rows in _batches(tokenizer, texts, image_indices, batch_size):
             embeds = torch.from_numpy(np.asarray(images[rows], dtype=np.float32))
             out = model(input_ids=input_ids, attention_mask=mask, image_embeds=embeds, output_attentions=True,
                         output_gates=True)
@@ -91,13 +91,14 @@ def homogeneity(labels_true: np.ndarray, labels_cluster: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def modality_gap(model, tokenizer, texts, images: np.ndarray, image_rows, batch_size: int = 32, seed: int = 0) -> dict:
+def modality_gap(model, tokenizer, texts, images: np.ndarray, image_indices, batch_size: int = 32,
+                 seed: int = 0) -> dict:
     """{layer: {"median_abs_cos", "q1", "q3", "homogeneity"}}, text states entering each cross-attention layer
     against the image encoder's tokens (both in model width)."""
     blocks = cross_attention_blocks(model)
     cosines, text_states, image_states = defaultdict(list), defaultdict(list), []
     with record_image_path(model, layers=[]) as recorded:
-        for input_ids, mask, rows in _batches(tokenizer, texts, image_rows, batch_size):
+        for input_ids, mask, rows in _batches(tokenizer, texts, image_indices, batch_size):
             embeds = torch.from_numpy(np.asarray(images[rows], dtype=np.float32))
             out = model(input_ids=input_ids, attention_mask=mask, image_embeds=embeds, output_hidden_states=True)
             image = torch.nn.functional.normalize(recorded["encoder"].float(), dim=-1)  # (B, N, D)

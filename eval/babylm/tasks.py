@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from gatedgpt2.data import decode_utf8
 
@@ -229,13 +230,19 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str]]]:
-    """(stem, display name, lines) of every JSONL file of a folder, or of the zip archive next to it."""
+class JsonlSource(NamedTuple):
+    stem: str  # the file's name without .jsonl (the supplement's UID, COMPS's subset)
+    name: str  # for messages: the path, or archive:member
+    lines: list[str]
+
+
+def _jsonl_sources(folder: Path, password: str) -> list[JsonlSource]:
+    """Every JSONL file of a folder, or of the zip archive next to it."""
     if folder.is_dir():
         files = sorted(folder.glob("*.jsonl"))
         if not files:
             raise FileNotFoundError(f"No *.jsonl files in {folder}.")
-        return [(f.stem, str(f), decode_utf8(f.read_bytes(), str(f)).splitlines()) for f in files]
+        return [JsonlSource(f.stem, str(f), decode_utf8(f.read_bytes(), str(f)).splitlines()) for f in files]
     archive = folder.with_suffix(".zip")
     if not zipfile.is_zipfile(archive):
         raise ValueError(f"{archive}: not a zip archive")
@@ -244,7 +251,7 @@ def _jsonl_sources(folder: Path, password: str) -> list[tuple[str, str, list[str
         if not members:
             raise FileNotFoundError(f"No *.jsonl files in {archive}.")
         try:
-            return [(Path(m).stem, f"{archive}:{m}",
+            return [JsonlSource(Path(m).stem, f"{archive}:{m}",
                      decode_utf8(zipped.read(m, pwd=password.encode()), f"{archive}:{m}").splitlines())
                     for m in members]
         # zipfile says "bad password" (RuntimeError) only when the password fails ZipCrypto's one check byte; a wrong

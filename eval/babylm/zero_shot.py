@@ -138,7 +138,7 @@ class CorrelationScoring(ChoiceScoring):
 
 
 class ReadingScoring:
-    """Reading (`eval/reading.py`): the R^2 gains of surprisal on eye tracking and self-paced reading."""
+    """Reading (`eval/babylm/reading.py`): the R^2 gains of surprisal on eye tracking and self-paced reading."""
 
     unit = "eye-tracking R² gain, %"
     dataset_level = False  # the pipeline writes reading/...
@@ -179,13 +179,13 @@ def evaluate_task(model, tokenizer, task: TaskData, images: ImageEmbeddings | No
     sentences = [s for item in items for s in item.sentences]
     completions = [c for item in items for c in item.completions]
     sources = [item.source for item in items for _ in item.sentences]
-    image_table = image_rows = None
+    image_table = image_indices = None
     if images is not None:
         image_table = images.embeddings
-        image_rows = images.indices([item.image_id for item in items for _ in item.sentences], sources)
+        image_indices = images.indices([item.image_id for item in items for _ in item.sentences], sources)
     # each candidate's log p after what all of its item's candidates share: choices, ties and probabilities are the
     # pipeline's, whose full sums differ from these by the same amount within an item
-    scores = score_candidates(model, tokenizer, sentences, completions, image_table, image_rows, sources, batch_size,
+    scores = score_candidates(model, tokenizer, sentences, completions, image_table, image_indices, sources, batch_size,
                               desc=task.name if progress else None,
                               items=[n for n, item in enumerate(items) for _ in item.sentences])
     bounds = np.cumsum([0] + [len(item.sentences) for item in items])

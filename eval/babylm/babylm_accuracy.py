@@ -20,7 +20,7 @@ Returns:
     micro_accuracy (`float`): accuracy over all items, in %.
     per_group (`dict`): accuracy in % of each group, in order of first appearance.
 Examples:
-    >>> metric = evaluate.load("eval/babylm_accuracy.py")
+    >>> metric = evaluate.load("eval/babylm/babylm_accuracy.py")
     >>> metric.compute(predictions=[0, 1, 0], references=[0, 0, 0], groups=["a", "a", "b"])["accuracy"]
     75.0
 """

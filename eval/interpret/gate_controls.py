@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ import torch
 from gatedgpt2.data.run_files import write_json
 from modeling_gatedgpt.gating import GATE_CLASSES
 
+from ..statistics import caption_bootstrap, epsilon_squared, percentile_in, shuffled_within_words, spearman
 from .gates import read_word_gates, whitespace_words
-from .statistics import caption_bootstrap, epsilon_squared, percentile_in, shuffled_within_words, spearman
 
 
 def word_gates_and_benefits(model, tokenizer, captions: Sequence[str], images, batch_size: int = 64,
@@ -64,20 +65,27 @@ def next_word_pairs(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 
+class WordGap(NamedTuple):
+    difference: float  # the word's mean gate before an image-dependent word minus before an image-independent one
+    n_dependent: int
+    n_independent: int
+
+
 def within_word_gap(gates: np.ndarray, words: Sequence[str], next_dependent: np.ndarray,
-                    min_count: int = 5) -> tuple[float | None, dict]:
+                    min_count: int = 5) -> tuple[float | None, dict[str, WordGap]]:
     """Mean over word types of (mean gate before an image-dependent word - mean gate before an image-independent
-    one), over the types with at least `min_count` occurrences of each; (gap, {word: (difference, n_dep, n_indep)})."""
+    one), over the types with at least `min_count` occurrences of each; (the gap, each type's `WordGap`)."""
     words = np.asarray(words)
     per_type = {}
     for word in np.unique(words):
         mine = words == word
         dependent, independent = gates[mine & next_dependent], gates[mine & ~next_dependent]
         if len(dependent) >= min_count and len(independent) >= min_count:
-            per_type[str(word)] = (float(dependent.mean() - independent.mean()), len(dependent), len(independent))
+            per_type[str(word)] = WordGap(float(dependent.mean() - independent.mean()), len(dependent),
+                                          len(independent))
     if not per_type:
         return None, per_type
-    return float(np.mean([d for d, _, _ in per_type.values()])), per_type
+    return float(np.mean([g.difference for g in per_type.values()])), per_type
 
 
 
@@ -166,8 +174,7 @@ def _grouped_report(pairs: dict, labels: np.ndarray, next_dependent: np.ndarray 
 
             observed, per_type = within_word_gap(pairs["gate"][mine], words, before, min_count)
             entry["within_word_gap"] = {
-                "gap": observed, "types": {w: {"difference": d, "n_dependent": a, "n_independent": b}
-                                           for w, (d, a, b) in per_type.items()},
+                "gap": observed, "types": {w: g._asdict() for w, g in per_type.items()},
                 "ci95": caption_bootstrap(pairs["caption"][mine], lambda s: gap(pairs["gate"], s), resamples, seed)
                 if observed is not None else None,
                 # two-sided: the size of the gap, whichever its sign, against the nulls' sizes

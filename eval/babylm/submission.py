@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from gatedgpt2.data.run_files import RunFiles, save_figure, write_atomically, write_json
 
+from ..checkpoint import load_checkpoint
 from .aoa import curve_fitness, read_cdi_contexts, surprisal_file, word_surprisals
-from .checkpoint import load_checkpoint
 from .zero_shot import scoring_of, write_pipeline_tree, zero_shot
 
 SCORES = "scores.json"  # ours, beside the pipeline's zero_shot/ folder: the revision's scores, written last
