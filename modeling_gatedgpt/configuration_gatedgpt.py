@@ -374,9 +374,10 @@ class GatedGPT2Config(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, preset: str, variant: str | None = None, **overrides) -> "GatedGPT2Config":
-        """A configuration from one of `PRESETS` ("gpt2": this package's defaults; "paper_code": the function of the
-        paper's code), with one of `PAPER_VARIANTS` (the paper's model files) and then `overrides` (sizes, any
-        field) on top."""
+        """A configuration from one of `PRESETS` ("default": this package's defaults, GPT-2's text stream;
+        "paper_code": the function of the paper's code), with one of `PAPER_VARIANTS` (the paper's model files) and
+        then `overrides` (sizes, any field) on top. "gpt2", the default preset's earlier name, still works."""
+        preset = PRESET_ALIASES.get(preset, preset)
         if preset not in PRESETS:
             raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}.")
         if variant is not None and variant not in PAPER_VARIANTS:
@@ -429,11 +430,13 @@ class GatedGPT2Config(PreTrainedConfig):
 # post-LN image encoder layers without a final LayerNorm; its dropout placement and PyTorch's default initialisation.
 # Its defects stay fixed (see docs/reproducing_the_paper.md).
 PRESETS = {
-    "gpt2": {},
+    "default": {},
     "paper_code": dict(scale_embedding=True, embedding_norm=True, final_norm=False, tie_word_embeddings=False,
                        lm_head_bias=True, activation_function="gelu", image_encoder_norm_position="post",
                        dropout_placement="paper_code", initialization="paper_code"),
 }
+# "gpt2" also names an initialisation and a dropout placement (GPT-2's), which the default preset does not both use
+PRESET_ALIASES = {"gpt2": "default"}
 
 
 # The paper's model files (its `models/model_<name>.py`; `base` is `model.py`) as configuration fields. The hard

@@ -170,7 +170,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer,
         overrides.setdefault("image_embed_dim", image_shape[-1])
     if model_args.init_from_gpt2:
         return GatedGPT2ForCausalLM.from_gpt2(model_args.init_from_gpt2, **overrides)
-    config = GatedGPT2Config.from_preset(model_args.preset or "gpt2", model_args.variant, vocab_size=len(tokenizer),
+    config = GatedGPT2Config.from_preset(model_args.preset or "default", model_args.variant, vocab_size=len(tokenizer),
                                          n_positions=data_args.block_size, bos_token_id=tokenizer.bos_token_id,
                                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                          **overrides)

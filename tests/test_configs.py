@@ -125,11 +125,12 @@ def test_every_config_field_is_settable_from_the_yaml_and_the_command_line(tmp_p
     assert model_args.model == {**parse_args([str(CONFIGS / "base.yaml")])[0].model, "layer_norm_epsilon": 1e-6,
                                 "gate": "none", "contrastive_temperature": 0.05, "cross_attention_layers": [0, 2],
                                 "channel_attention": True}
-    built = GatedGPT2Config.from_preset("gpt2", **model_args.config_overrides())
+    built = GatedGPT2Config.from_preset("default", **model_args.config_overrides())
     assert (built.layer_norm_epsilon, built.contrastive_temperature, built.cross_attention_layers) == (1e-6, 0.05,
                                                                                                         [0, 2])
     with pytest.raises(ValueError, match=r"`gate` must be one of \['soft', 'hard', 'none'\], got 'hrd'"):
-        GatedGPT2Config.from_preset("gpt2", **parse_args([str(config), "--model.gate", "hrd"])[0].config_overrides())
+        GatedGPT2Config.from_preset("default", **parse_args([str(config), "--model.gate", "hrd"])[0].config_overrides())
+    assert GatedGPT2Config.from_preset("gpt2").to_dict() == GatedGPT2Config.from_preset("default").to_dict()
 
 
 @pytest.mark.parametrize("where,error", [

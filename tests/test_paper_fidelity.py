@@ -216,7 +216,7 @@ def test_train_py_builds_the_paper_code_preset_and_gpt2_conversions_refuse_it(ti
     gpt2 = tiny_model().to_gpt2()
     with pytest.raises(ValueError, match=r"\['final_norm'\] are fixed by the GPT-2 checkpoint"):
         GatedGPT2ForCausalLM.from_gpt2(gpt2, final_norm=False)
-    with pytest.raises(ValueError, match=r"`preset` must be one of \['gpt2', 'paper_code'\], got 'paper'"):
+    with pytest.raises(ValueError, match=r"`preset` must be one of \['default', 'paper_code'\], got 'paper'"):
         GatedGPT2Config.from_preset("paper")
 
 

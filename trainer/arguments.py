@@ -56,8 +56,8 @@ class ModelArguments:
         "help": "Also save the trained text stream as a GPT2LMHeadModel (+ tokenizer) in output_dir/gpt2, for a later "
                 "run's init_from_gpt2 (text-only pretraining, then grounding)."})
     preset: str | None = field(default=None, metadata={
-        "help": "A new model's architecture: gpt2 (default) | paper_code (the function of the paper's code; see "
-                "docs/reproducing_the_paper.md). The other fields override it."})
+        "help": "A new model's architecture: default (GPT-2's text stream) | paper_code (the function of the paper's "
+                "code; see docs/reproducing_the_paper.md). The other fields override it."})
     variant: str | None = field(default=None, metadata={
         "help": "A new model as one of the paper's model files (base, gate_hard_per_token, with_lcg, ...: "
                 "PAPER_VARIANTS), on top of the preset. The other fields override it."})
