@@ -120,7 +120,7 @@ def test_every_config_field_is_settable_from_the_yaml_and_the_command_line(tmp_p
     assert not {f for f in ModelArguments.__dataclass_fields__ if f != "model"} & CONFIG_FIELDS  # one surface
     config = tmp_path / "run.yaml"
     config.write_text(f"base: {CONFIGS / 'base.yaml'}\nmodel:\n  layer_norm_epsilon: 1.0e-6\n  gate: hard\n")
-    model_args = parse_args([str(config), "--model.contrastive_temperature", "0.05", "--model.gate=none",
+    model_args = parse_args([str(config), "--model", "{contrastive_temperature: 0.05}", "--model.gate=none",
                              "--model.cross_attention_layers", "[0, 2]", "--model.channel_attention"])[0]
     assert model_args.model == {**parse_args([str(CONFIGS / "base.yaml")])[0].model, "layer_norm_epsilon": 1e-6,
                                 "gate": "none", "contrastive_temperature": 0.05, "cross_attention_layers": [0, 2],
@@ -145,6 +145,8 @@ def test_a_bad_model_mapping_names_the_file_and_the_field(tmp_path, where, error
         parse_args([str(config)])
     with pytest.raises(ValueError, match=r"command line: model\.gaet is not a GatedGPT2Config field"):
         parse_args([str(CONFIGS / "demo.yaml"), "--model.gaet", "hard"])
+    with pytest.raises(ValueError, match=r"--model: expected a YAML mapping of config fields, .* got 'hard'"):
+        parse_args([str(CONFIGS / "demo.yaml"), "--model", "hard"])
 
 
 def test_old_top_level_config_fields_still_work_and_say_how_to_write_them(tmp_path, caplog):

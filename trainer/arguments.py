@@ -262,8 +262,8 @@ def _flag_value(text: str):
 
 
 def model_flags(argv: list[str]) -> tuple[list[str], dict]:
-    """`--model.<field> value` (or `--model.<field>=value`; a flag alone is true), and the earlier `--<config field>
-    value`, taken out of argv: (the other arguments, the model fields they set)."""
+    """`--model.<field> value` (or `--model.<field>=value`; a flag alone is true), `--model '{field: value, ...}'`,
+    and the earlier `--<config field> value`, taken out of argv: (the other arguments, the model fields they set)."""
     rest, given, legacy = [], {}, {}
     i = 0
     while i < len(argv):
@@ -271,6 +271,15 @@ def model_flags(argv: list[str]) -> tuple[list[str], dict]:
         name, eq, text = arg.removeprefix("--").partition("=")
         is_model, is_legacy = arg.startswith("--model."), arg.startswith("--") and name in LEGACY_CONFIG_KEYS
         i += 1
+        if name == "model":  # --model "{gate: hard, n_layer: 4}": the whole mapping at once
+            if not eq:
+                text, i = (argv[i], i + 1) if i < len(argv) else ("", i)
+            mapping = yaml.safe_load(text) if text.strip() else None
+            if not isinstance(mapping, dict):
+                raise ValueError(f"--model: expected a YAML mapping of config fields, like '{{gate: hard}}', got "
+                                 f"{text!r}")
+            given.update(mapping)
+            continue
         if not (is_model or is_legacy):
             rest.append(arg)
             continue
