@@ -5,7 +5,7 @@ unchanged. `write_world` writes either design: this module's original one or the
 - Captions mix content words (colours, shapes, sizes, relations, counts) with function words; question-answer
   captions teach the format of the VQA-style evaluation. Text-only sentences describe scenes nobody shows.
 - `write_world` writes: text/{train,dev}/world.{train,dev} (BabyLM text), captions/{split}_captions.json aligned with
-  {split}_embeddings.npy (N, D) and {split}_tokens.npy (N, 17, D), and eval/ with minimal pairs (BLiMP fields),
+  {split}_global.npy (N, D) and {split}_cls_patches.npy (N, 17, D), and eval/ with minimal pairs (BLiMP fields),
   Winoground-style records (attribute and relation swaps, mirrored so an image-blind model scores exactly 50%),
   VQA-style records (target + 7 distractors) and the eval images' embeddings keyed by image id.
 """
@@ -214,6 +214,9 @@ class WorldSpec:
     embed_dim: int = 128
     version: int = WORLD_VERSIONS[-1]
     design: str = "original"
+    # 2: image files named by their `ImageKind` (global, cls_patches); a world written before (1: embeddings,
+    # tokens) has no such field in its manifest and is written again
+    file_layout: int = 2
 
     def __post_init__(self):
         if self.version not in WORLD_VERSIONS:
@@ -271,7 +274,7 @@ class WorldFiles:
 
 
 def _image_file_stem(kind: ImageKind | str) -> str:
-    return "tokens" if ImageKind.parse(kind) is ImageKind.CLS_PATCHES else "embeddings"
+    return ImageKind.parse(kind).value
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

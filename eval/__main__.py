@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    narrow_gate_command)
     gate.add_argument("--data", required=True, type=Path,
                       help="a folder with winoground/ and vqa/ tasks (the grounded world's eval/)")
-    gate.add_argument("--images", type=Path, help="CLS + patch token embeddings (default: DATA/images/tokens.npy)")
+    gate.add_argument("--images", type=Path, help="CLS + patch token embeddings (default: DATA/images/cls_patches.npy)")
     gate.add_argument("--random-k", type=positive_int, default=1, help="patches knocked out in the random control")
     gate.add_argument("--seeds", type=positive_int, default=3, help="random draws of the control")
     gate.add_argument("--max-pairs", type=positive_int, default=200, help="VQA pairs for activation patching")

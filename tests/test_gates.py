@@ -113,7 +113,7 @@ def test_regression_interactions_recover_a_content_word_slope():
 
 def test_gate_analysis_on_a_world_model_end_to_end(tiny_world, tmp_path, nlp):
     captions, store = load_caption_shards([tiny_world / "captions" / "dev_captions.json"],
-                                          [tiny_world / "captions" / "dev_tokens.npy"])
+                                          [tiny_world / "captions" / "dev_cls_patches.npy"])
     lines = (tiny_world / "text" / "train" / "world.train").read_text().splitlines()
     tokenizer = train_tokenizer(lines, vocab_size=150, model_max_length=64)
     model = tiny_model(vocab_size=len(tokenizer), n_positions=64, image_embed_dim=32, initializer_range=0.3)

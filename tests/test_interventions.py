@@ -136,7 +136,7 @@ def test_the_narrow_gate_report_on_a_world_model(tiny_world, tmp_path):
     lines = (tiny_world / "text" / "train" / "world.train").read_text().splitlines()
     tokenizer = train_tokenizer(lines, vocab_size=150, model_max_length=64)
     model = tiny_model(vocab_size=len(tokenizer), n_positions=64, image_embed_dim=32, initializer_range=0.3)
-    images = ImageEmbeddings.load(tiny_world / "eval" / "images" / "tokens.npy")
+    images = ImageEmbeddings.load(tiny_world / "eval" / "images" / "cls_patches.npy")
     report = narrow_gate_report(model, tokenizer, tiny_world / "eval", images, tmp_path, seeds=2, max_pairs=12)
 
     for layer in report["attention_profile"].values():

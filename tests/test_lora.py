@@ -111,8 +111,8 @@ def test_image_key_masking_gives_the_same_gradients_with_gradient_checkpointing(
 def test_masked_lora_fine_tunes_a_trained_checkpoint_through_train_py(tiny_world, tmp_path, quantised):
     import train
 
-    patches = ["--embedding_files", f"{tiny_world}/captions/train_tokens.npy",
-               "--eval_embedding_files", f"{tiny_world}/captions/dev_tokens.npy"]
+    patches = ["--embedding_files", f"{tiny_world}/captions/train_cls_patches.npy",
+               "--eval_embedding_files", f"{tiny_world}/captions/dev_cls_patches.npy"]
     # bitsandbytes' CPU 4-bit kernel for AVX512-BF16 machines needs every quantised input width to be a multiple of
     # its block of 64 (narrower layers fail inside bitsandbytes with a reshape error)
     width = ["--model.n_embd", "64", "--model.n_inner", "128"] if quantised else []

@@ -14,7 +14,7 @@ EVAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babylm" /
 
 
 def world_files(world, kind: str) -> dict:
-    """train.py data keys for the tiny world with `kind` image embeddings ("embeddings" or "tokens")."""
+    """train.py data keys for the tiny world with `kind` image embeddings ("global" or "cls_patches")."""
     return {"text_dir": f"{world}/text/train", "eval_text_dir": f"{world}/text/dev",
             "caption_files": [f"{world}/captions/train_captions.json"],
             "embedding_files": [f"{world}/captions/train_{kind}.npy"],
@@ -26,7 +26,7 @@ def write_sweep(tmp_path, world, runs: dict, seeds=(0, 1)) -> Path:
     base = {
         "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_inner": 64, "image_encoder_layers": 1,
                   "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
-        "world_dir": str(world), "eval_world": True, **world_files(world, "embeddings"),
+        "world_dir": str(world), "eval_world": True, **world_files(world, "global"),
         "cache_dir": str(tmp_path / "cache"), "vocab_size": 200, "block_size": 64,
         "per_device_train_batch_size": 16, "max_steps": 6, "learning_rate": 3e-3, "eval_strategy": "no",
         "save_strategy": "no", "logging_steps": 2, "report_to": "none", "use_cpu": True,
@@ -43,7 +43,7 @@ def write_sweep(tmp_path, world, runs: dict, seeds=(0, 1)) -> Path:
 
 def test_a_sweep_trains_evaluates_tabulates_and_resumes(tiny_world, tmp_path, capsys):
     patches = {"image_tokens": "cls_patches", "model": {"gate_granularity": "token"},
-               **world_files(tiny_world, "tokens")}
+               **world_files(tiny_world, "cls_patches")}
     path = write_sweep(tmp_path, tiny_world, {"patches": patches, "not_run": {}})
     spec = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**spec, "tables": {"Knockout": {"runs": ["patches", "not_run"],

@@ -15,7 +15,7 @@ def assert_has_gradient(module, name):
 
 
 @pytest.mark.parametrize("overrides", GRID, ids=grid_id)
-@pytest.mark.parametrize("image_kind", ["global", "tokens"])
+@pytest.mark.parametrize("image_kind", ["global", "cls_patches"])
 def test_forward_backward(overrides, image_kind, batch):
     model = tiny_model(**overrides).train()
     images = batch["image_global"] if image_kind == "global" else batch["image_tokens"]
@@ -34,14 +34,14 @@ def test_forward_backward(overrides, image_kind, batch):
         cross = block.crossattention
         assert_has_gradient(cross.c_attn, "cross-attention keys/values")
         assert_has_gradient(cross.c_proj, "cross-attention output")
-        if image_kind == "tokens":
+        if image_kind == "cls_patches":
             assert_has_gradient(cross.q_attn, "cross-attention queries")
         else:
             # One image token makes the cross-attention softmax exactly 1: no query is computed (documented).
             assert cross.q_attn.weight.grad is None
         if block.modulation is not None and block.gate is None and block.modulation_target == "text":
             # it modulates the query alone, which one image token makes irrelevant
-            assert_has_gradient(block.modulation, "modulation") if image_kind == "tokens" else None
+            assert_has_gradient(block.modulation, "modulation") if image_kind == "cls_patches" else None
         elif block.modulation is not None:
             assert_has_gradient(block.modulation, "modulation")
     assert_has_gradient(model.transformer.image_encoder, "image encoder")

@@ -56,10 +56,10 @@ def test_world_is_deterministic_and_written_in_the_babylm_formats(tmp_path, tiny
         assert (again / path).read_bytes() == (tiny_world / path).read_bytes(), path
     assert text_files(tiny_world / "text" / "train")
     captions, store = load_caption_shards([tiny_world / "captions" / "train_captions.json"],
-                                          [tiny_world / "captions" / "train_embeddings.npy"], 32)
+                                          [tiny_world / "captions" / "train_global.npy"], 32)
     assert len(captions) == len(store) == TINY_WORLD["train_captions"]
     _, tokens = load_caption_shards([tiny_world / "captions" / "train_captions.json"],
-                                    [tiny_world / "captions" / "train_tokens.npy"])
+                                    [tiny_world / "captions" / "train_cls_patches.npy"])
     assert tokens.row_shape == (17, 32)
 
 
@@ -79,4 +79,4 @@ def test_eval_sets_follow_the_babylm_records(tiny_world):
     assert all(len(r["distractors"]) == 7 and r["target_ans"] not in r["distractors"] for r in vqa)
     ids = json.loads((tiny_world / "eval" / "images" / "image_ids.json").read_text())
     assert {r["image_id"] for r in wino + vqa} <= set(ids)
-    assert np.load(tiny_world / "eval" / "images" / "embeddings.npy").shape == (len(ids), 32)
+    assert np.load(tiny_world / "eval" / "images" / "global.npy").shape == (len(ids), 32)

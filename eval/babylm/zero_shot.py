@@ -225,7 +225,7 @@ def zero_shot(model, tokenizer, data_dir: str | Path, tasks: str | Sequence[str]
     """Run the zero-shot tasks on a model and its tokenizer; return (and with `out_dir`, write) the results.
 
     images: embeddings for Winoground / VQA (see `gatedgpt2.data.images`); with a grounded-world eval folder the default
-    is its `images/embeddings.npy`. no_image: score those tasks without images (BabyLM's "no vision" rows)."""
+    is its `images/global.npy`. no_image: score those tasks without images (BabyLM's "no vision" rows)."""
     tasks = parse_tasks(tasks)
     data_dir = Path(data_dir)
     model.eval()

@@ -59,7 +59,8 @@ def main(out: str) -> None:
 
         dist.init_process_group("gloo")
         rank, mesh = dist.get_rank(), init_device_mesh("cpu", (world,))
-        fsdp = yaml.safe_load((Path(__file__).parents[1] / "configs/accelerate/fsdp.yaml").read_text())["fsdp_config"]
+        accelerate_config = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "fsdp.yaml"
+        fsdp = yaml.safe_load(accelerate_config.read_text())["fsdp_config"]
         unit = getattr(modeling, fsdp["fsdp_transformer_layer_cls_to_wrap"])
         units = [m for m in model.modules() if isinstance(m, unit)]
         assert len(units) == config.n_layer, units
