@@ -60,7 +60,7 @@ def zero_shot_command(args: argparse.Namespace) -> None:
 
 
 def babylm_command(args: argparse.Namespace) -> None:
-    from .babylm import score_run
+    from .babylm.submission import score_run
 
     score_run(args.run, args.data, args.results_dir, args.model_name, args.cdi_words, args.cdi_table, args.batch_size)
     model_dir = args.results_dir / Path(args.model_name or args.run.resolve().name).stem
