@@ -120,8 +120,10 @@ def test_every_config_field_is_settable_from_the_yaml_and_the_command_line(tmp_p
     assert not {f for f in ModelArguments.__dataclass_fields__ if f != "model"} & CONFIG_FIELDS  # one surface
     config = tmp_path / "run.yaml"
     config.write_text(f"base: {CONFIGS / 'base.yaml'}\nmodel:\n  layer_norm_epsilon: 1.0e-6\n  gate: hard\n")
-    model_args = parse_args([str(config), "--model", "{contrastive_temperature: 0.05}", "--model.gate=none",
-                             "--model.cross_attention_layers", "[0, 2]", "--model.channel_attention"])[0]
+    model_args, _, training_args = parse_args([
+        str(config), "--model", "{contrastive_temperature: 0.05}", "--model.gate=none", "--output_dir", "model",
+        "--model.cross_attention_layers", "[0, 2]", "--model.channel_attention"])
+    assert training_args.output_dir == "model"  # a value that reads "model" is not the --model flag
     assert model_args.model == {**parse_args([str(CONFIGS / "base.yaml")])[0].model, "layer_norm_epsilon": 1e-6,
                                 "gate": "none", "contrastive_temperature": 0.05, "cross_attention_layers": [0, 2],
                                 "channel_attention": True}

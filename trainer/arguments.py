@@ -271,7 +271,7 @@ def model_flags(argv: list[str]) -> tuple[list[str], dict]:
         name, eq, text = arg.removeprefix("--").partition("=")
         is_model, is_legacy = arg.startswith("--model."), arg.startswith("--") and name in LEGACY_CONFIG_KEYS
         i += 1
-        if name == "model":  # --model "{gate: hard, n_layer: 4}": the whole mapping at once
+        if arg.startswith("--") and name == "model":  # --model "{gate: hard, n_layer: 4}": the whole mapping at once
             if not eq:
                 text, i = (argv[i], i + 1) if i < len(argv) else ("", i)
             mapping = yaml.safe_load(text) if text.strip() else None
