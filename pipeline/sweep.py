@@ -42,8 +42,8 @@ from pathlib import Path
 
 import yaml
 
-from gatedgpt2.data import RunFiles, WorldFiles, write_json
-from gatedgpt2.data.run_files import move_into_place, partial_path, write_atomically
+from gatedgpt2.data import WorldFiles
+from gatedgpt2.data.run_files import RunFiles, move_into_place, partial_path, write_atomically, write_json
 from gatedgpt2.eval.checkpoint import load_checkpoint
 from gatedgpt2.eval.interpret.gates import Norms
 from gatedgpt2.eval.metrics import factorial_metrics, gate_metrics, knockout_metrics, zero_shot_metrics

@@ -27,7 +27,6 @@ def aggregate(records: list[dict]) -> dict:
     return summary
 
 
-
 def comparisons(sweep: Sweep, records: dict) -> dict:
     """Each of the sweep's `comparisons` (`runs`: a reference, then the runs compared with it): per metric and run,
     the paired difference run - reference, Holm-adjusted over the family of runs; and for a zero-shot task the

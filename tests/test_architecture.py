@@ -135,7 +135,6 @@ def test_the_layout_check_sees_a_literal(tmp_path):
         "'chck_10M'", "'report'", "'report.json'", "'revisions'", "'revisions/*'"]
 
 
-
 def module_imports(folder: str) -> dict[str, set[str]]:
     """{module: the modules of the same folder it imports}, relative and absolute imports alike, anywhere in it
     (function-local and TYPE_CHECKING imports too: a cycle there is still two modules that need each other). A

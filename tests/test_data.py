@@ -237,7 +237,6 @@ def test_the_collator_refuses_a_row_longer_than_the_models_positions():
         collate([{"input_ids": [1, 2]}, {"input_ids": [1, 2, 3, 4, 5]}])
 
 
-
 def test_the_gpt2_vocabulary_is_gpt2s_with_the_papers_special_tokens(gpt2_vocabulary_installed, tmp_path):
     from gatedgpt2.data import gpt2_tokenizer, load_tokenizer
 

@@ -85,7 +85,6 @@ def word_surprisals(model, tokenizer, contexts: list[str], words: list[str], bat
     return np.array([-math.log(np.prod([probability[q] for q in queries])) for queries in per_word])
 
 
-
 def reading_scores(frame) -> dict[str, float]:
     """The pipeline's two reading scores from a frame with `pred` and `prev_pred` (surprisals)."""
     return {"eye_tracking": float(np.mean([r_squared_gain(frame, dv, BASELINE) for dv in EYE_TRACKING])),

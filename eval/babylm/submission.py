@@ -103,7 +103,6 @@ def write_summary(summary: dict, model_dir: Path) -> None:
                    else f"{aoa['curve_fitness']:.3f} (p = {aoa['p_value']:.3g})")
         notes.append(f"AoA curve fitness (Pearson r, model vs child age of acquisition): {fitness} over "
                      f"{aoa['n_words']} words.")
-    model_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(model_dir / "summary.md", "\n".join(lines + notes) + "\n")
     write_json(model_dir / "summary.json", summary)
     plot_learning_curves(checkpoints, tasks, model_dir / "learning_curves.png")

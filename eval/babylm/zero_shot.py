@@ -25,7 +25,6 @@ from .tasks import EWOK_PASSWORD, SUITES, TASKS, Item, Task, TaskData, get_task,
 ACCURACY_METRIC = Path(__file__).with_name("babylm_accuracy.py")
 
 
-
 @functools.cache
 def load_accuracy_metric():
     """The local `evaluate` module, loaded once per process (loading it costs as much as scoring a small task)."""
@@ -273,7 +272,7 @@ def write_results(results: dict, out_dir: str | Path) -> None:
             folder = out_dir / name
             summary["tasks"][name] = {k: v for k, v in task.items() if k not in ("predictions", "correct")}
             scoring_of(name).write(task, folder)
-        write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
+        write_json(out_dir / "results.json", summary)
         write_atomically(out_dir / "results.md", results_table(summary))
 
 

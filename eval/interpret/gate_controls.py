@@ -61,8 +61,7 @@ def next_word_pairs(rows: list[dict]) -> dict[str, np.ndarray]:
             "next_benefit": np.array([rows[i + 1]["benefit"] for i in first])}
 
 
-# ----------------------------------------------------------------------------------------------------- statistics
-
+# ------------------------------------------------------------------------------------------------ within-word gap
 
 
 class WordGap(NamedTuple):
@@ -86,7 +85,6 @@ def within_word_gap(gates: np.ndarray, words: Sequence[str], next_dependent: np.
     if not per_type:
         return None, per_type
     return float(np.mean([g.difference for g in per_type.values()])), per_type
-
 
 
 # ------------------------------------------------------------------------------------------------ untrained null

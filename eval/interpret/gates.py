@@ -182,7 +182,6 @@ def collect_word_gates(model, tokenizer, captions: Sequence[str], images, nlp, b
                                      batch_size=batch_size, progress=progress)]
 
 
-
 def regression(gates: np.ndarray, pos: np.ndarray, concreteness: np.ndarray, log_frequency: np.ndarray,
                min_count: int, interactions: bool = False) -> dict | None:
     """OLS: gate ~ POS (dummies, the most frequent POS as reference) + concreteness + log frequency (both z-scored),
