@@ -7,26 +7,26 @@ from .images import ImageEmbeddings, ImageStore
 from .revisions import BABYLM_REVISION_WORDS, parse_revision_words, revision_name, revision_words
 from .run_files import RunFiles, write_atomically, write_json
 from .text import (
-                   caption_dataset,
-                   clean_line,
-                   decode_utf8,
-                   iter_text_lines,
-                   load_caption_shards,
-                   read_captions,
-                   text_dataset,
-                   text_files,
-                   tokenize_examples,
-                   with_shuffled_images,
+    caption_dataset,
+    clean_line,
+    decode_utf8,
+    iter_text_lines,
+    load_caption_shards,
+    read_captions,
+    text_dataset,
+    text_files,
+    tokenize_examples,
+    with_shuffled_images,
 )
 from .tokenizer import (
-                   BOS,
-                   EOS,
-                   PAD,
-                   PreTrainedTokenizerFast,
-                   gpt2_tokenizer,
-                   load_tokenizer,
-                   portable_tokenizer,
-                   train_tokenizer,
+    BOS,
+    EOS,
+    PAD,
+    PreTrainedTokenizerFast,
+    gpt2_tokenizer,
+    load_tokenizer,
+    portable_tokenizer,
+    train_tokenizer,
 )
 from .world import WorldFiles, WorldSpec, write_world
 

@@ -11,10 +11,10 @@ from .configuration_gatedgpt import GatedGPT2Config, ImageKind
 from .gating import HardGate, SoftGate, gate_per_token
 from .interventions import knockout, patch_image_path, record_image_path
 from .modeling_gatedgpt import (
-                                GatedGPT2ForCausalLM,
-                                GatedGPT2ForSequenceClassification,
-                                GatedGPT2Model,
-                                GatedGPT2PreTrainedModel,
+    GatedGPT2ForCausalLM,
+    GatedGPT2ForSequenceClassification,
+    GatedGPT2Model,
+    GatedGPT2PreTrainedModel,
 )
 from .processing_gatedgpt import GatedGPT2Processor
 
