@@ -49,7 +49,7 @@ from gatedgpt2.eval.world import evaluate_world
 from gatedgpt2.hub_cards.card import write_card
 from gatedgpt2.hub_cards.push import push_with_revisions
 from gatedgpt2.trainer.arguments import DataArguments, ModelArguments
-from gatedgpt2.trainer.launch import check_process_count, end_process_group, end_with_launcher
+from gatedgpt2.trainer.launch import check_process_count, end_with_launcher
 from gatedgpt2.trainer.lora import ImageKeyMasking, lora_model, quantization_config
 from gatedgpt2.trainer.run_definition import check_resumed_run, run_definition
 from gatedgpt2.trainer.training import Curriculum, GatedGPT2Trainer, remove_unfinished_saves
@@ -192,16 +192,7 @@ def _total_steps(num_batches: int, args: TrainingArguments) -> int:
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
         callbacks: list | None = None) -> dict:
-    """Train, save, evaluate, report and publish; returns the summary written to report.json. The process leaves its
-    process group at the end, however the run ends (`end_process_group`)."""
-    try:
-        return _run(model_args, data_args, training_args, callbacks)
-    finally:
-        end_process_group()
-
-
-def _run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
-         callbacks: list | None) -> dict:
+    """Train, save, evaluate, report and publish; returns the summary written to report.json."""
     started = time.time()
     end_with_launcher()
     configure_logging(training_args)

@@ -1,5 +1,5 @@
-"""How train.py was started and ends: a launch asked for N processes gets N of them or fails, a worker does not
-outlive the `accelerate launch` that started it, and it leaves its process group before it exits."""
+"""How train.py was started: a launch asked for N processes gets N of them or fails, and a worker does not outlive
+the `accelerate launch` that started it."""
 
 from __future__ import annotations
 
@@ -46,12 +46,3 @@ def end_with_launcher() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != launcher:  # it ended before the request was made
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def end_process_group() -> None:
-    """Leave the run's process group (if it joined one) before the process exits: gloo's threads still running at
-    interpreter shutdown can abort a finished run ("terminate called without an active exception", exit -6)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
