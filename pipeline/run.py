@@ -214,6 +214,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             knockout_before = world_knockout(trainer.model, tokenizer, data)
 
         summary = train_and_save(trainer, model_args, data, training_args, tokenizer, images)
+        # Every process leaves the process group here, together, while the interpreter is whole: gloo's worker
+        # threads still hold work objects at exit otherwise, and a process could abort in its teardown (SIGABRT,
+        # "terminate called without an active exception") after a finished run. What follows is the main
+        # process's alone.
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
         if not trainer.is_world_process_zero():
             return summary
         if data.evaluates_world:
