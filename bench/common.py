@@ -107,14 +107,24 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def matmul_peak_flops(setup: Setup, repeats: int = 10) -> float:
-    """The fp32 (or bf16) matmul rate on this device: 2048² on CPU, 8192² on a GPU (2048² is launch-bound there)."""
-    n = 8192 if setup.device.type == "cuda" else 2048
+def matmul_peak_flops(setup: Setup, seconds: float = 0.5) -> float:
+    """The fp32 (or bf16) square-matmul rate on this device, for MFU. The size doubles from 256² while one product
+    takes under 50 ms, up to 2048² on CPU and 8192² on a GPU (smaller ones are launch-bound there), and products are
+    timed for about `seconds`: a fixed 2048² count would take minutes on a CPU without bf16 instructions (AVX2),
+    where bf16 matmuls are emulated."""
     dtype = torch.float32 if setup.dtype == "fp32" else torch.bfloat16
-    a, b = (torch.randn(n, n, device=setup.device, dtype=dtype) for _ in range(2))
-    for _ in range(2):
-        a @ b
-    start = setup.clock()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (setup.clock() - start)
+    largest = 8192 if setup.device.type == "cuda" else 2048
+
+    def timed(n: int, repeats: int) -> float:
+        a, b = (torch.randn(n, n, device=setup.device, dtype=dtype) for _ in range(2))
+        a @ b  # warm-up
+        start = setup.clock()
+        for _ in range(repeats):
+            a @ b
+        return setup.clock() - start
+
+    n = 256
+    while n < largest and timed(n, 1) < 0.05:
+        n *= 2
+    repeats = max(1, round(seconds / max(timed(n, 1), 1e-6)))
+    return 2 * n**3 * repeats / timed(n, repeats)
