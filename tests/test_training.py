@@ -472,6 +472,13 @@ def test_accelerate_launch_gives_a_run_the_processes_it_asked_for_or_fails(tiny_
                      two.stdout + two.stderr)
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def test_sigterm_to_accelerate_launch_ends_the_training_worker(tiny_world, tmp_path):
     """accelerate's one-process launcher does not pass SIGTERM on; the worker asks the kernel for it and ends too,
     instead of training on into the output folder."""
@@ -482,24 +489,24 @@ def test_sigterm_to_accelerate_launch_ends_the_training_worker(tiny_world, tmp_p
                                  "train.py", TINY_YAML, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     lock, worker = tmp_path / "run" / ".lock", None
-    for _ in range(600):
-        if lock.is_file() and (match := re.match(r"pid (\d+)", lock.read_text())):
-            worker = int(match.group(1))
-            break
-        time.sleep(0.1)
-    assert worker is not None and worker != launcher.pid
-    launcher.send_signal(signal.SIGTERM)
-    launcher.wait(timeout=30)
-
-    def alive(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
-    deadline = time.monotonic() + 60
-    while alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(worker), f"the worker {worker} outlived its launcher"
+    try:
+        deadline = time.monotonic() + 300  # the worker's start (imports, tokenizer, datasets) on a loaded machine
+        while worker is None and launcher.poll() is None and time.monotonic() < deadline:
+            if lock.is_file() and (match := re.match(r"pid (\d+)", lock.read_text())):
+                worker = int(match.group(1))
+            time.sleep(0.1)
+        assert worker is not None and worker != launcher.pid, "the worker never claimed the output folder"
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(worker), f"the worker {worker} outlived its launcher"
+    finally:  # a failed assertion must not leave a 100,000-step run on the machine
+        launcher.kill()
+        launcher.wait()
+        if worker is not None and alive(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_fsdp2_sharded_training_on_cpu_matches_one_process(tmp_path):
