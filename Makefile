@@ -34,7 +34,7 @@ demo: install
 	@echo "Checkpoint + card: outputs/demo   Report: outputs/demo/report/{report.json,loss_curves.png,gate_by_word_class.png}"
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # The GPU benchmark (bench/gpu.py): paper size on one CUDA device, bf16, eager and compiled, ~5 minutes. On a machine
 # without the local wheel folder, TORCH's pin takes the CUDA build from the package index.

@@ -7,6 +7,16 @@ from tests.helpers.models import IMAGE_DIM, VOCAB
 from tests.helpers.training import TINY_WORLD
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs a worker per core) each worker, and every process it starts, computes
+    on its share of the cores: two workers of two torch threads each on two cores would oversubscribe them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def batch():
     """Token ids, a global image vector and a 1 + 4 token image set for 3 rows."""
