@@ -63,6 +63,15 @@ def replaced_path(final: str | os.PathLike) -> str:
     return _hidden_beside(final, "replaced")
 
 
+def unfinished_saves(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """What a kill mid-save leaves in `folder`: the partial folders (`partial_path`), and each folder renamed aside
+    by `move_into_place` (`replaced_path`) with the folder it was being replaced as."""
+    folder = Path(folder)
+    partial = sorted(folder.glob(".*.partial"))
+    replaced = sorted(folder.glob(".*.replaced"))
+    return partial, [(aside, folder / aside.name[1:].removesuffix(".replaced")) for aside in replaced]
+
+
 def move_into_place(staged: str | os.PathLike, final: str | os.PathLike) -> None:
     """Makes the complete folder `staged` the folder `final` by a rename, so that after a kill there is either the
     earlier `final` or the new one, never half a save (an earlier `final` is first renamed aside, then deleted)."""

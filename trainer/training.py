@@ -26,7 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from gatedgpt2.data.collator import GroundedCollator
 from gatedgpt2.data.model_folder import discard_cut_off_install, install_model
 from gatedgpt2.data.revisions import revision_name
-from gatedgpt2.data.run_files import RunFiles, move_into_place, partial_path
+from gatedgpt2.data.run_files import RunFiles, move_into_place, partial_path, unfinished_saves
 from modeling_gatedgpt import gate_per_token
 
 from .curriculum import CurriculumBatchSampler
@@ -174,12 +174,12 @@ def remove_unfinished_saves(output_dir: str | os.PathLike) -> None:
         logger.warning("Deleting the final model of %s (%s): its save did not finish (the run was stopped while "
                        "writing it); resuming saves it again.", output_dir, ", ".join(p.name for p in deleted))
     for folder in (output_dir, RunFiles(output_dir).revisions_dir):
-        for unfinished in sorted(folder.glob(".*.partial")):
+        partial, replaced_aside = unfinished_saves(folder)
+        for unfinished in partial:
             logger.warning("Deleting %s: a save that did not finish (the run was stopped while writing it).",
                            unfinished)
             shutil.rmtree(unfinished)
-        for replaced in sorted(folder.glob(".*.replaced")):
-            final = folder / replaced.name[1:].removesuffix(".replaced")
+        for replaced, final in replaced_aside:
             if final.exists():
                 shutil.rmtree(replaced)
             else:
