@@ -47,29 +47,36 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> None:
     write_atomically(path, buffer.getvalue())
 
 
+PARTIAL, REPLACED = "partial", "replaced"  # the suffixes of the hidden folders beside a save in progress
+
+
 def _hidden_beside(final: str | os.PathLike, suffix: str) -> str:
     parent, name = os.path.split(os.path.normpath(final))
     return os.path.join(parent, f".{name}.{suffix}")
 
 
+def _hidden_in(folder: Path, suffix: str) -> list[tuple[Path, Path]]:
+    """Each hidden folder with `suffix` in `folder`, with the folder it stands beside (`_hidden_beside`'s inverse)."""
+    return [(hidden, folder / hidden.name[1:].removesuffix(f".{suffix}"))
+            for hidden in sorted(folder.glob(f".*.{suffix}"))]
+
+
 def partial_path(final: str | os.PathLike) -> str:
     """Where a folder is written before it becomes `final`: beside it, hidden, so that neither the Trainer's
     checkpoint list nor a resume nor `RunFiles.revisions` takes it for a finished save."""
-    return _hidden_beside(final, "partial")
+    return _hidden_beside(final, PARTIAL)
 
 
 def replaced_path(final: str | os.PathLike) -> str:
     """Where a finished folder waits while `move_into_place` replaces it."""
-    return _hidden_beside(final, "replaced")
+    return _hidden_beside(final, REPLACED)
 
 
 def unfinished_saves(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, Path]]]:
     """What a kill mid-save leaves in `folder`: the partial folders (`partial_path`), and each folder renamed aside
     by `move_into_place` (`replaced_path`) with the folder it was being replaced as."""
     folder = Path(folder)
-    partial = sorted(folder.glob(".*.partial"))
-    replaced = sorted(folder.glob(".*.replaced"))
-    return partial, [(aside, folder / aside.name[1:].removesuffix(".replaced")) for aside in replaced]
+    return [partial for partial, _ in _hidden_in(folder, PARTIAL)], _hidden_in(folder, REPLACED)
 
 
 def move_into_place(staged: str | os.PathLike, final: str | os.PathLike) -> None:
