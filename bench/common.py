@@ -123,8 +123,9 @@ def matmul_peak_flops(setup: Setup, seconds: float = 0.5) -> float:
             a @ b
         return setup.clock() - start
 
-    n = 256
-    while n < largest and timed(n, 1) < 0.05:
+    n, one_product = 256, timed(256, 1)
+    while n < largest and one_product < 0.05:
         n *= 2
-    repeats = max(1, round(seconds / max(timed(n, 1), 1e-6)))
+        one_product = timed(n, 1)
+    repeats = max(1, round(seconds / max(one_product, 1e-6)))
     return 2 * n**3 * repeats / timed(n, repeats)
